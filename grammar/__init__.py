@@ -1,0 +1,1 @@
+"""radixgen.grammar: grammar backends for constrained decoding (built in the grammar issue)."""
