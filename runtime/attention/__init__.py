@@ -1,0 +1,21 @@
+"""Attention backends: one interface (base.AttentionBackend), a portable torch backend and a Triton one."""
+
+from radixgen.runtime.attention.base import AttentionBackend, AttentionLayer
+from radixgen.runtime.attention.torch_backend import TorchAttentionBackend
+
+__all__ = ["AttentionBackend", "AttentionLayer", "TorchAttentionBackend", "create_attention_backend"]
+
+
+def create_attention_backend(name: str) -> AttentionBackend:
+    """Build the backend named ``name`` ("torch" or "triton").
+
+    Raises:
+        ValueError: unknown name.
+    """
+    if name == "torch":
+        return TorchAttentionBackend()
+    if name == "triton":
+        from radixgen.runtime.attention.triton_backend import TritonAttentionBackend
+
+        return TritonAttentionBackend()
+    raise ValueError(f"attention_backend must be 'torch' or 'triton', got {name!r}")

@@ -1,0 +1,223 @@
+"""Llama-family decoder (Llama, Mistral, Qwen2, Qwen3) whose attention reads and writes radixgen's KV pool.
+
+Architecture: Llama (Touvron et al. 2023, "LLaMA: Open and Efficient Foundation Language Models",
+arXiv:2302.13971; Llama 2, arXiv:2307.09288): pre-norm decoder layers with RMSNorm (Zhang & Sennrich 2019),
+rotary position embedding (Su et al. 2021), grouped-query attention (Ainslie et al. 2023) and a SwiGLU MLP
+(Shazeer 2020). The family members differ only by flags taken from ``ModelConfig``: q/k/v and o biases
+(Qwen2, Llama ``attention_bias``), per-head q/k RMSNorm (Qwen3), MLP bias (Llama ``mlp_bias``), tied
+embeddings. Numerics follow the transformers implementations, which the tests use as the reference.
+
+The q/k/v projections are fused into one ``qkv_proj`` and gate/up into one ``gate_up_proj`` (one GEMM
+each); ``hf_weight_views`` maps the checkpoint's separate tensors onto slices of the fused weights.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from radixgen.runtime.attention.base import AttentionLayer
+from radixgen.runtime.models.config import ModelConfig
+from radixgen.runtime.models.rope import RotaryEmbedding, apply_rotary
+from torch import nn
+
+if TYPE_CHECKING:
+    from radixgen.runtime.forward_batch import ForwardBatch
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square layer norm over the last dimension, computed in float32 as transformers does.
+
+    ``y = weight * (x / sqrt(mean(x^2) + eps)).to(x.dtype)``; input ``[..., dim]``, output same shape/dtype.
+    """
+
+    def __init__(self, dim: int, eps: float, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim, dtype=dtype))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        input_dtype = x.dtype
+        x = x.to(torch.float32)
+        variance = x.pow(2).mean(-1, keepdim=True)  # [..., 1]
+        x = x * torch.rsqrt(variance + self.eps)
+        return self.weight * x.to(input_dtype)
+
+
+class LlamaAttention(nn.Module):
+    """Self-attention of one layer: fused qkv projection, optional q/k norm, RoPE, pool attention, o_proj."""
+
+    def __init__(self, config: ModelConfig, layer_id: int, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.q_size, self.kv_size, self.head_dim = config.q_size, config.kv_size, config.head_dim
+        self.qkv_proj = nn.Linear(
+            config.hidden_size, self.q_size + 2 * self.kv_size, bias=config.attention_bias, dtype=dtype
+        )
+        self.o_proj = nn.Linear(self.q_size, config.hidden_size, bias=config.o_proj_bias, dtype=dtype)
+        self.q_norm = RMSNorm(config.head_dim, config.rms_norm_eps, dtype) if config.qk_norm else None
+        self.k_norm = RMSNorm(config.head_dim, config.rms_norm_eps, dtype) if config.qk_norm else None
+        self.layer = AttentionLayer(
+            layer_id=layer_id,
+            num_heads=config.num_attention_heads,
+            num_kv_heads=config.num_key_value_heads,
+            head_dim=config.head_dim,
+            scaling=config.head_dim**-0.5,
+        )
+
+    def forward(
+        self, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, batch: ForwardBatch
+    ) -> torch.Tensor:
+        """``hidden [T, hidden_size]``, ``cos``/``sin [T, 1, D/2]`` → ``[T, hidden_size]``."""
+        num_tokens = hidden.shape[0]
+        qkv = self.qkv_proj(hidden)  # [T, Hq*D + 2*Hkv*D]
+        q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)  # [T, Hq*D], [T, Hkv*D] x2
+        if self.q_norm is not None and self.k_norm is not None:
+            q = self.q_norm(q.reshape(num_tokens, -1, self.head_dim))  # [T, Hq, D]
+            k = self.k_norm(k.reshape(num_tokens, -1, self.head_dim))  # [T, Hkv, D]
+        q = apply_rotary(q, cos, sin, self.head_dim)  # [T, Hq*D]
+        k = apply_rotary(k, cos, sin, self.head_dim)  # [T, Hkv*D]
+        out = batch.attn_backend.forward(q, k, v.contiguous(), self.layer, batch)  # [T, Hq*D]
+        return self.o_proj(out)  # [T, hidden_size]
+
+
+class LlamaMLP(nn.Module):
+    """SwiGLU MLP: ``down(silu(gate(x)) * up(x))`` with gate and up fused into one projection."""
+
+    def __init__(self, config: ModelConfig, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.intermediate_size = config.intermediate_size
+        self.gate_up_proj = nn.Linear(
+            config.hidden_size, 2 * config.intermediate_size, bias=config.mlp_bias, dtype=dtype
+        )
+        self.down_proj = nn.Linear(
+            config.intermediate_size, config.hidden_size, bias=config.mlp_bias, dtype=dtype
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x [T, hidden_size]`` → ``[T, hidden_size]``."""
+        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)  # each [T, intermediate_size]
+        return self.down_proj(F.silu(gate) * up)
+
+
+class LlamaDecoderLayer(nn.Module):
+    """Pre-norm block: ``h = h + attn(norm(h)); h = h + mlp(norm(h))``."""
+
+    def __init__(self, config: ModelConfig, layer_id: int, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype)
+        self.self_attn = LlamaAttention(config, layer_id, dtype)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype)
+        self.mlp = LlamaMLP(config, dtype)
+
+    def forward(
+        self, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, batch: ForwardBatch
+    ) -> torch.Tensor:
+        """``hidden [T, hidden_size]`` → ``[T, hidden_size]``."""
+        hidden = hidden + self.self_attn(self.input_layernorm(hidden), cos, sin, batch)
+        return hidden + self.mlp(self.post_attention_layernorm(hidden))
+
+
+class LlamaModel(nn.Module):
+    """Embedding, decoder layers and final norm (the ``model.`` prefix of Hugging Face checkpoints)."""
+
+    def __init__(self, config: ModelConfig, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, dtype=dtype)
+        self.layers = nn.ModuleList(
+            [LlamaDecoderLayer(config, i, dtype) for i in range(config.num_hidden_layers)]
+        )
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype)
+
+
+class LlamaForCausalLM(nn.Module):
+    """A Llama-family causal LM over radixgen's paged-by-token KV pool.
+
+    Args:
+        config: the model's ``ModelConfig`` (any of ``SUPPORTED_ARCHITECTURES``).
+        dtype: parameter dtype (float32, bfloat16 or float16).
+
+    Use ``radixgen.runtime.models.load_model`` to build one with checkpoint or dummy weights; constructing
+    directly gives PyTorch's default initialisation. ``forward`` returns final-normed hidden states;
+    ``compute_logits`` projects them to the vocabulary (tied embeddings reuse ``embed_tokens.weight``).
+    """
+
+    def __init__(self, config: ModelConfig, dtype: torch.dtype = torch.float32) -> None:
+        super().__init__()
+        self.config = config
+        self.dtype = dtype
+        self.model = LlamaModel(config, dtype)
+        self.lm_head = (
+            None
+            if config.tie_word_embeddings
+            else nn.Linear(config.hidden_size, config.vocab_size, bias=False, dtype=dtype)
+        )
+        self.rotary_emb = RotaryEmbedding(
+            config.head_dim, config.context_len, config.rope_theta, config.rope_scaling
+        )
+
+    def forward(self, batch: ForwardBatch) -> torch.Tensor:
+        """Run all layers over the new tokens of ``batch``, writing their K/V into ``batch.token_to_kv_pool``.
+
+        The caller (the model runner) has written ``req_to_token`` for the new positions and called
+        ``batch.attn_backend.init_forward_metadata(batch)``.
+
+        Args:
+            batch: EXTEND or DECODE batch; ``input_ids`` and ``positions`` int64 ``[num_tokens]``, positions
+                in ``[0, config.context_len)``.
+        Returns:
+            Final-normed hidden states ``[num_tokens, hidden_size]`` in the model dtype.
+        """
+        hidden = self.model.embed_tokens(batch.input_ids)  # [T, hidden_size]
+        cos, sin = self.rotary_emb.cos_sin(batch.positions, hidden.dtype)  # each [T, 1, D/2]
+        for layer in self.model.layers:
+            hidden = layer(hidden, cos, sin, batch)
+        return self.model.norm(hidden)
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Project hidden states ``[n, hidden_size]`` to float32 logits ``[n, vocab_size]``.
+
+        The projection runs in the model dtype (as transformers does) and is then upcast.
+        """
+        weight = self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
+        return F.linear(hidden, weight).float()  # [n, vocab_size]
+
+    def hf_weight_views(self) -> dict[str, torch.Tensor]:
+        """Map every Hugging Face checkpoint tensor name to the parameter storage it fills.
+
+        Values are views (``.data`` slices, no autograd) of this module's parameters with exactly the
+        checkpoint tensor's shape: ``q_proj``/``k_proj``/``v_proj`` are row ranges of ``qkv_proj``
+        (``[q_size | kv_size | kv_size]``), ``gate_proj``/``up_proj`` row halves of ``gate_up_proj``.
+        With tied embeddings there is no ``lm_head.weight`` entry.
+        """
+        c = self.config
+        q, kv, inter = c.q_size, c.kv_size, c.intermediate_size
+        views: dict[str, torch.Tensor] = {
+            "model.embed_tokens.weight": self.model.embed_tokens.weight.data,
+            "model.norm.weight": self.model.norm.weight.data,
+        }
+        if self.lm_head is not None:
+            views["lm_head.weight"] = self.lm_head.weight.data
+        kinds = ["weight"] + (["bias"] if c.attention_bias else [])
+        for i, layer in enumerate(self.model.layers):
+            pre = f"model.layers.{i}."
+            attn, mlp = layer.self_attn, layer.mlp
+            for kind in kinds:
+                fused = getattr(attn.qkv_proj, kind).data  # [q + 2kv, hidden] or [q + 2kv]
+                views[pre + f"self_attn.q_proj.{kind}"] = fused[:q]
+                views[pre + f"self_attn.k_proj.{kind}"] = fused[q : q + kv]
+                views[pre + f"self_attn.v_proj.{kind}"] = fused[q + kv :]
+            views[pre + "self_attn.o_proj.weight"] = attn.o_proj.weight.data
+            if attn.o_proj.bias is not None:
+                views[pre + "self_attn.o_proj.bias"] = attn.o_proj.bias.data
+            if attn.q_norm is not None and attn.k_norm is not None:
+                views[pre + "self_attn.q_norm.weight"] = attn.q_norm.weight.data
+                views[pre + "self_attn.k_norm.weight"] = attn.k_norm.weight.data
+            for kind in ["weight"] + (["bias"] if c.mlp_bias else []):
+                fused = getattr(mlp.gate_up_proj, kind).data  # [2 * inter, hidden] or [2 * inter]
+                views[pre + f"mlp.gate_proj.{kind}"] = fused[:inter]
+                views[pre + f"mlp.up_proj.{kind}"] = fused[inter:]
+                views[pre + f"mlp.down_proj.{kind}"] = getattr(mlp.down_proj, kind).data
+            views[pre + "input_layernorm.weight"] = layer.input_layernorm.weight.data
+            views[pre + "post_attention_layernorm.weight"] = layer.post_attention_layernorm.weight.data
+        return views

@@ -1,0 +1,86 @@
+"""Test helper: drive a radixgen model through ForwardBatches the way the scheduler does, without a scheduler.
+
+``KVHarness`` owns the memory pools, a slot allocator and the torch attention backend; each request gets a
+``ReqToTokenPool`` row, and before every forward the harness writes ``req_to_token`` for the new positions
+(the contract in ``runtime/attention/base.py``), builds the ForwardBatch, prepares the backend, and returns
+float32 logits.
+"""
+
+from __future__ import annotations
+
+import torch
+from radixgen.radix.memory_pool import ReqToTokenPool, TokenSlotAllocator, TokenToKVPool
+from radixgen.runtime.attention.torch_backend import TorchAttentionBackend
+from radixgen.runtime.forward_batch import ForwardBatch, ForwardMode
+from radixgen.runtime.models.llama import LlamaForCausalLM
+
+
+class KVHarness:
+    """Scheduler stand-in for model tests.
+
+    Args:
+        model: the model under test (its ``config`` sizes the pools; the KV pool uses the model dtype).
+        max_requests: rows of the ReqToTokenPool.
+        num_slots: KV slots; the free list is shuffled with ``seed`` so a request's slots are not contiguous.
+    """
+
+    def __init__(self, model: LlamaForCausalLM, max_requests: int = 4, num_slots: int = 512, seed: int = 0):
+        cfg = model.config
+        self.model = model
+        self.req_pool = ReqToTokenPool(max_requests, cfg.context_len)
+        self.kv_pool = TokenToKVPool(
+            num_slots, cfg.num_hidden_layers, cfg.num_key_value_heads, cfg.head_dim, dtype=model.dtype
+        )
+        self.allocator = TokenSlotAllocator(num_slots)
+        gen = torch.Generator().manual_seed(seed)
+        perm = torch.randperm(num_slots, generator=gen)  # [num_slots]
+        self.allocator.free_slots = self.allocator.free_slots[perm]
+        self.backend = TorchAttentionBackend()
+        self.seq_lens: dict[int, int] = {}
+
+    def new_request(self) -> int:
+        """Allocate a request row (its sequence starts empty)."""
+        row = self.req_pool.alloc()
+        assert row is not None, "KVHarness: out of request rows"
+        self.seq_lens[row] = 0
+        return row
+
+    def extend(self, rows: list[int], chunks: list[list[int]]) -> torch.Tensor:
+        """One EXTEND forward appending ``chunks[i]`` to request ``rows[i]``: float32 ``[sum(lens), V]``."""
+        return self._forward(ForwardMode.EXTEND, rows, chunks)
+
+    def decode(self, rows: list[int], token_ids: list[int]) -> torch.Tensor:
+        """One DECODE forward appending one token per request; float32 ``[len(rows), vocab]``."""
+        return self._forward(ForwardMode.DECODE, rows, [[t] for t in token_ids])
+
+    def _forward(self, mode: ForwardMode, rows: list[int], chunks: list[list[int]]) -> torch.Tensor:
+        prefix_lens = [self.seq_lens[r] for r in rows]
+        extend_lens = [len(c) for c in chunks]
+        slots = self.allocator.alloc(sum(extend_lens))
+        assert slots is not None, "KVHarness: out of KV slots"
+        offset = 0
+        for row, prefix, n in zip(rows, prefix_lens, extend_lens, strict=True):
+            # the scheduler's job: req_to_token[row, prefix:prefix+n] = this request's new slots
+            self.req_pool.req_to_token[row, prefix : prefix + n] = slots[offset : offset + n].to(torch.int32)
+            self.seq_lens[row] = prefix + n
+            offset += n
+        batch = ForwardBatch.build(
+            mode,
+            [t for c in chunks for t in c],
+            rows,
+            prefix_lens,
+            extend_lens,
+            slots,
+            self.req_pool,
+            self.kv_pool,
+            self.backend,
+        )
+        self.backend.init_forward_metadata(batch)
+        with torch.no_grad():
+            return self.model.compute_logits(self.model(batch))  # [num_tokens, vocab]
+
+
+def hf_logits(hf_model: torch.nn.Module, token_ids: list[int]) -> torch.Tensor:
+    """Reference: transformers' float32 logits ``[len(token_ids), vocab]`` of a full-sequence forward."""
+    with torch.no_grad():
+        return hf_model(input_ids=torch.tensor([token_ids])).logits[0].float()  # [L, vocab]
