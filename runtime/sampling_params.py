@@ -1,0 +1,164 @@
+"""Per-request sampling parameters, validated on construction (names follow SGLang's native API)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+_MAX_STOP_STRINGS = 32
+
+
+@dataclass
+class SamplingParams:
+    """How one request samples and when it stops.
+
+    Attributes:
+        max_new_tokens: upper bound on generated tokens (0 = only prefill the prompt).
+        min_new_tokens: eos / stop tokens / stop strings are suppressed until this many tokens exist.
+        stop: stop strings (matched on the detokenized output, trimmed unless ``no_stop_trim``).
+        stop_token_ids: extra token ids that end the request (like eos).
+        temperature: 0 = greedy; otherwise logits are divided by it.
+        top_p: nucleus mass in (0, 1]. top_k: -1 or 0 = all tokens, else keep the k best.
+        min_p: drop tokens whose probability < min_p * max probability, in [0, 1].
+        frequency_penalty / presence_penalty: OpenAI semantics over generated tokens, in [-2, 2].
+        repetition_penalty: CTRL/HF semantics over prompt + generated tokens, > 0 (1 = off).
+        logit_bias: token id → additive bias, each in [-100, 100].
+        seed: per-request RNG seed; the same seed gives the same tokens whatever else is in the batch.
+        ignore_eos: keep generating past eos ids.
+        skip_special_tokens / spaces_between_special_tokens: detokenizer options.
+        no_stop_trim: keep the matched stop string in the text.
+        n: number of samples for this prompt (expanded into n requests by the frontends).
+
+    Raises:
+        ValueError: a field has the wrong type or is out of range; the message names the field.
+    """
+
+    max_new_tokens: int = 128
+    min_new_tokens: int = 0
+    stop: list[str] = field(default_factory=list)
+    stop_token_ids: list[int] = field(default_factory=list)
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = -1
+    min_p: float = 0.0
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    logit_bias: dict[int, float] = field(default_factory=dict)
+    seed: int | None = None
+    ignore_eos: bool = False
+    skip_special_tokens: bool = True
+    spaces_between_special_tokens: bool = True
+    no_stop_trim: bool = False
+    n: int = 1
+
+    def __post_init__(self) -> None:
+        if isinstance(self.stop, str):
+            self.stop = [self.stop]
+        if self.stop is None:
+            self.stop = []
+        if self.stop_token_ids is None:
+            self.stop_token_ids = []
+        if self.logit_bias is None:
+            self.logit_bias = {}
+        self._validate()
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> SamplingParams:
+        """Build from a JSON-like dict; unknown keys are an error naming them.
+
+        Raises:
+            ValueError: unknown key, wrong type or out-of-range value.
+        """
+        if d is None:
+            return cls()
+        if not isinstance(d, dict):
+            raise ValueError(f"sampling_params must be an object, got {type(d).__name__}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"sampling_params: unknown field(s) {', '.join(unknown)}")
+        kwargs = dict(d)
+        if "logit_bias" in kwargs and isinstance(kwargs["logit_bias"], dict):
+            try:
+                kwargs["logit_bias"] = {int(k): v for k, v in kwargs["logit_bias"].items()}
+            except (TypeError, ValueError):
+                raise ValueError("logit_bias: keys must be token ids (integers)") from None
+        return cls(**kwargs)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @property
+    def is_greedy(self) -> bool:
+        return self.temperature == 0.0 or self.top_k == 1
+
+    def _validate(self) -> None:
+        _check_int("max_new_tokens", self.max_new_tokens, lo=0)
+        _check_int("min_new_tokens", self.min_new_tokens, lo=0)
+        if self.min_new_tokens > self.max_new_tokens:
+            raise ValueError(
+                f"min_new_tokens ({self.min_new_tokens}) must be <= max_new_tokens ({self.max_new_tokens})"
+            )
+        if not isinstance(self.stop, list) or not all(isinstance(s, str) and s for s in self.stop):
+            raise ValueError("stop: must be a non-empty string or a list of non-empty strings")
+        if len(self.stop) > _MAX_STOP_STRINGS:
+            raise ValueError(f"stop: at most {_MAX_STOP_STRINGS} stop strings")
+        if not isinstance(self.stop_token_ids, list):
+            raise ValueError("stop_token_ids: must be a list of token ids")
+        for t in self.stop_token_ids:
+            _check_int("stop_token_ids", t, lo=0)
+        _check_float("temperature", self.temperature, lo=0.0)
+        _check_float("top_p", self.top_p, lo=0.0, lo_open=True, hi=1.0)
+        _check_int("top_k", self.top_k, lo=-1)
+        _check_float("min_p", self.min_p, lo=0.0, hi=1.0)
+        _check_float("frequency_penalty", self.frequency_penalty, lo=-2.0, hi=2.0)
+        _check_float("presence_penalty", self.presence_penalty, lo=-2.0, hi=2.0)
+        _check_float("repetition_penalty", self.repetition_penalty, lo=0.0, lo_open=True, hi=2.0**16)
+        if not isinstance(self.logit_bias, dict):
+            raise ValueError("logit_bias: must be an object mapping token ids to biases")
+        for tok, bias in self.logit_bias.items():
+            _check_int("logit_bias", tok, lo=0)
+            _check_float("logit_bias", bias, lo=-100.0, hi=100.0)
+        if self.seed is not None:
+            _check_int("seed", self.seed, lo=0, hi=2**63 - 1)
+        for name in ("ignore_eos", "skip_special_tokens", "spaces_between_special_tokens", "no_stop_trim"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name}: must be a boolean")
+        _check_int("n", self.n, lo=1, hi=128)
+
+    def check_vocab(self, vocab_size: int) -> None:
+        """Check token ids against the model's vocabulary.
+
+        Raises:
+            ValueError: a stop_token_ids or logit_bias id is >= vocab_size.
+        """
+        for t in self.stop_token_ids:
+            if t >= vocab_size:
+                raise ValueError(f"stop_token_ids: token id {t} out of range [0, {vocab_size})")
+        for t in self.logit_bias:
+            if t >= vocab_size:
+                raise ValueError(f"logit_bias: token id {t} out of range [0, {vocab_size})")
+
+
+def _check_int(name: str, v: object, lo: int | None = None, hi: int | None = None) -> None:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise ValueError(f"{name}: must be an integer, got {v!r}")
+    if lo is not None and v < lo:
+        raise ValueError(f"{name}: must be >= {lo}, got {v}")
+    if hi is not None and v > hi:
+        raise ValueError(f"{name}: must be <= {hi}, got {v}")
+
+
+def _check_float(name: str, v: object, lo: float | None = None, hi: float | None = None, lo_open: bool = False) -> None:
+    try:  # float() of a huge int (JSON allows 1 followed by 400 zeros) raises OverflowError
+        x = float(v) if isinstance(v, int | float) and not isinstance(v, bool) else math.nan
+    except OverflowError:
+        x = math.inf
+    if not math.isfinite(x):
+        raise ValueError(f"{name}: must be a finite number, got {v!r}")
+    if lo is not None and (x <= lo if lo_open else x < lo):
+        raise ValueError(f"{name}: must be {'>' if lo_open else '>='} {lo}, got {x}")
+    if hi is not None and x > hi:
+        raise ValueError(f"{name}: must be <= {hi}, got {x}")
