@@ -1,0 +1,217 @@
+"""Incremental detokenization and stop-string handling (torch-free: runs in the detokenizer process).
+
+``IncrementalDetokenizer`` turns a growing list of output token ids into text deltas with the
+prefix_offset/read_offset algorithm of vLLM and SGLang's DetokenizerManager: the text of the tokens added
+since the last emission is the difference between decoding a short window that ends with them and the same
+window without them. Only O(new tokens) are decoded per ``append``.
+
+``StopStringMatcher`` and ``trim_stop`` find stop strings in generated text, tell how much of a streamed text
+is safe to send (no tail that could still grow into a stop string), and cut the final text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = ["IncrementalDetokenizer", "StopStringMatcher", "trim_stop"]
+
+_REPLACEMENT = "\ufffd"
+# Prompt tokens decoded before the first output token, so that its word-boundary space comes out right.
+_INITIAL_CONTEXT = 5
+# An incomplete UTF-8 character has at most 3 bytes, hence spans at most 3 tokens at the end of the ids.
+_MAX_INCOMPLETE_TOKENS = 3
+# Bound on how far a window may grow while its leading tokens decode to nothing (e.g. skipped specials).
+_MAX_WINDOW = 32
+
+
+class IncrementalDetokenizer:
+    """Turns a growing list of output token ids into text deltas.
+
+    Each ``append`` decodes the windows ``ids[prefix_offset:]`` and ``ids[prefix_offset:read_offset]`` and
+    emits the difference; only tokens since the last emission (plus a short context) are decoded. Text
+    that ends in an incomplete UTF-8 sequence (decoded as U+FFFD, e.g. a byte-fallback token of a CJK
+    character or emoji) is held back until its bytes complete, or until ``finish`` flushes it. Because the
+    window always starts with already-emitted context, sentencepiece word-boundary spaces ('▁') come out
+    exactly as ``decode(prompt + output)`` minus ``decode(prompt)``, and without a prompt exactly as
+    ``decode(output)``.
+
+    Args:
+        tokenizer: a Hugging Face tokenizer (anything with ``decode(ids, skip_special_tokens=...,
+            spaces_between_special_tokens=..., clean_up_tokenization_spaces=...)``).
+        prompt_ids: the prompt's token ids (only its last few tokens are kept, as decoding context).
+        skip_special_tokens: drop special tokens from the text.
+        spaces_between_special_tokens: passed to ``tokenizer.decode`` (some tokenizers ignore it).
+
+    Tokenization-space clean-up is always off: it rewrites text across token boundaries, which no
+    incremental detokenizer can reproduce.
+    """
+
+    def __init__(
+        self,
+        tokenizer: Any,
+        prompt_ids: Sequence[int] | None = None,
+        skip_special_tokens: bool = True,
+        spaces_between_special_tokens: bool = True,
+    ) -> None:
+        self.tokenizer = tokenizer
+        self.skip_special_tokens = skip_special_tokens
+        self.spaces_between_special_tokens = spaces_between_special_tokens
+        prompt = list(prompt_ids or [])
+        # Start the context a few tokens back, then further back while the context starts inside a UTF-8
+        # character (a byte-fallback run would otherwise decode to U+FFFD as a whole) or decodes to nothing.
+        start = max(len(prompt) - _INITIAL_CONTEXT, 0)
+        while start > 0 and len(prompt) - start < _MAX_WINDOW:
+            head = self._decode(prompt[start:])
+            if head and not head.startswith(_REPLACEMENT):
+                break
+            start -= 1
+        self._ids: list[int] = prompt[start:]
+        self._prefix_offset = 0  # window start (relative to self._ids)
+        self._read_offset = len(self._ids)  # end of the already-emitted tokens
+        self._prefix_text: str | None = None  # cached decode of ids[prefix_offset:read_offset]
+        self._pieces: list[str] = []
+
+    def _decode(self, ids: Sequence[int]) -> str:
+        if not ids:
+            return ""
+        return self.tokenizer.decode(
+            list(ids),
+            skip_special_tokens=self.skip_special_tokens,
+            spaces_between_special_tokens=self.spaces_between_special_tokens,
+            clean_up_tokenization_spaces=False,
+        )
+
+    @property
+    def text(self) -> str:
+        """All text emitted so far (the concatenation of every delta returned)."""
+        if len(self._pieces) > 1:
+            self._pieces = ["".join(self._pieces)]
+        return self._pieces[0] if self._pieces else ""
+
+    def append(self, new_ids: Sequence[int]) -> str:
+        """Add output token ids; return the newly stable text (possibly ``""``)."""
+        if not new_ids:
+            return ""
+        self._ids.extend(int(i) for i in new_ids)
+        return self._step(final=False)
+
+    def finish(self) -> str:
+        """Flush text held back for an incomplete UTF-8 sequence; return the final delta (possibly ``""``)."""
+        if self._read_offset == len(self._ids):
+            return ""
+        return self._step(final=True)
+
+    def _step(self, final: bool) -> str:
+        if self._prefix_text is None:
+            self._prefix_text = self._decode(self._ids[self._prefix_offset : self._read_offset])
+        prefix_len = len(self._prefix_text)
+        end = len(self._ids)
+        window_text = self._decode(self._ids[self._prefix_offset :])
+        if not final and window_text[prefix_len:].endswith(_REPLACEMENT):
+            # Incomplete character at the end: commit up to the last token boundary before it, if any.
+            carried = end - self._read_offset
+            for cut in range(end - 1, max(self._read_offset, end - _MAX_INCOMPLETE_TOKENS - 1), -1):
+                cut_text = self._decode(self._ids[self._prefix_offset : cut])
+                if not cut_text[prefix_len:].endswith(_REPLACEMENT):
+                    return self._commit(cut, cut_text)
+            if carried <= _MAX_INCOMPLETE_TOKENS:
+                return ""  # hold back: the character may still complete
+            # More tokens than any valid character can span: genuinely invalid bytes; emit them as they are.
+        return self._commit(end, window_text)
+
+    def _commit(self, cut: int, window_text: str) -> str:
+        """Emit the text of ids[read_offset:cut] (``window_text``: decode of ids[prefix_offset:cut])."""
+        delta = window_text[len(self._prefix_text or "") :]
+        chunk_text = self._decode(self._ids[self._read_offset : cut])
+        if chunk_text or cut - self._prefix_offset >= _MAX_WINDOW:
+            # The next window starts at the just-emitted tokens; they decode to text, so the decoder's
+            # start-of-text handling (e.g. stripping one leading space) is spent on them.
+            self._prefix_offset, self._prefix_text = self._read_offset, chunk_text
+        else:
+            # They decode to nothing (e.g. skipped special tokens): keep the older context in the window.
+            self._prefix_text = window_text
+        self._read_offset = cut
+        if self._prefix_offset > 0:  # drop ids that no window will read again
+            del self._ids[: self._prefix_offset]
+            self._read_offset -= self._prefix_offset
+            self._prefix_offset = 0
+        if delta:
+            self._pieces.append(delta)
+        return delta
+
+
+class StopStringMatcher:
+    """Finds stop strings in generated text.
+
+    Args:
+        stop: the stop strings (a single ``str`` is accepted too); empty strings are ignored.
+
+    Raises:
+        TypeError: if a stop string is not a ``str``.
+    """
+
+    def __init__(self, stop: Sequence[str] | str | None) -> None:
+        if stop is None:
+            stop = []
+        elif isinstance(stop, str):
+            stop = [stop]
+        for s in stop:
+            if not isinstance(s, str):
+                raise TypeError(f"stop strings must be str, got {type(s).__name__}: {s!r}")
+        # Deduplicated, in the given order (shorter first on ties, see find).
+        self.stop: list[str] = list(dict.fromkeys(s for s in stop if s))
+        self.max_len = max((len(s) for s in self.stop), default=0)
+
+    def __bool__(self) -> bool:
+        return bool(self.stop)
+
+    def find(self, text: str) -> tuple[str, int] | None:
+        """Return ``(stop_string, start_index)`` of the earliest stop string in ``text``, or ``None``.
+
+        On a tie (two stop strings starting at the same index) the shorter one wins: it completes first.
+        To scan a growing text, pass only its tail (the new text plus ``max_len - 1`` characters before it)
+        and add the tail's offset to the index.
+        """
+        best: tuple[str, int] | None = None
+        for s in self.stop:
+            i = text.find(s)
+            if i < 0:
+                continue
+            if best is None or i < best[1] or (i == best[1] and len(s) < len(best[0])):
+                best = (s, i)
+        return best
+
+    def safe_prefix_len(self, text: str) -> int:
+        """Length of the prefix of ``text`` that can be streamed now.
+
+        Excludes a tail of ``text`` that is a proper prefix of some stop string (it might still become one)
+        and, if a stop string already occurs, everything from its start on.
+        """
+        match = self.find(text)
+        if match is not None:
+            return match[1]
+        hold = 0
+        for s in self.stop:
+            for k in range(min(len(s) - 1, len(text)), hold, -1):
+                if text.endswith(s[:k]):
+                    hold = k
+                    break
+        return len(text) - hold
+
+
+def trim_stop(text: str, matched: str, no_stop_trim: bool) -> str:
+    """Cut ``text`` at the first occurrence of the stop string ``matched``.
+
+    The stop string itself is removed, or kept (and everything after it dropped) if ``no_stop_trim``.
+    ``text`` is returned unchanged if ``matched`` does not occur in it.
+
+    Raises:
+        ValueError: if ``matched`` is empty.
+    """
+    if not matched:
+        raise ValueError("matched stop string must be non-empty")
+    i = text.find(matched)
+    if i < 0:
+        return text
+    return text[: i + len(matched)] if no_stop_trim else text[:i]
