@@ -1,0 +1,125 @@
+"""ModelRunner: loads the model, sizes and owns the KV pools, and runs one forward per scheduler step."""
+
+from __future__ import annotations
+
+import logging
+
+import psutil
+import torch
+from radixgen.radix import ReqToTokenPool, TokenSlotAllocator, TokenToKVPool
+from radixgen.runtime.attention import create_attention_backend
+from radixgen.runtime.forward_batch import ForwardBatch, ForwardMode
+from radixgen.runtime.models import ModelConfig, load_model
+from radixgen.runtime.server_args import ServerArgs
+
+logger = logging.getLogger(__name__)
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# default KV budget when neither max_total_tokens nor kv_cache_budget_bytes is given: this share of the
+# memory available at start-up, capped so a small model does not reserve gigabytes it can never use
+_DEFAULT_KV_SHARE = 0.25
+
+
+def resolve_dtype(name: str, device: str) -> torch.dtype:
+    """``auto`` is float32 on CPU and bfloat16 on CUDA."""
+    if name == "auto":
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    return _DTYPES[name]
+
+
+class ModelRunner:
+    """Owns the model and its memory.
+
+    Attributes:
+        model_config: the parsed Hugging Face config.
+        context_len: longest sequence (prompt + output) a request may have, in tokens.
+        max_total_tokens: KV pool size in tokens (slots), from ``max_total_tokens`` or a memory budget
+            (``kv_cache_budget_bytes``, default a quarter of available RAM) capped at
+            ``max_running_requests * context_len`` and at least ``context_len``. An explicit
+            ``max_total_tokens`` smaller than the model context caps ``context_len`` to it, so one request
+            always fits the pool alone.
+        req_to_token_pool / token_to_kv_pool / allocator: the memory pools (radix/).
+
+    Raises:
+        ValueError: from the model config or loader (missing directory, unknown architecture, bad weights).
+    """
+
+    def __init__(self, args: ServerArgs) -> None:
+        if args.num_threads:
+            torch.set_num_threads(args.num_threads)
+        self.args = args
+        self.device = torch.device(args.device)
+        self.model_config = ModelConfig.from_pretrained(args.model_path)
+        self.dtype = resolve_dtype(args.dtype, args.device)
+        self.model = load_model(
+            self.model_config,
+            dtype=self.dtype,
+            load_format=args.load_format,
+            device=args.device,
+            seed=args.random_seed,
+        )
+        cfg = self.model_config
+        self.vocab_size = cfg.vocab_size
+        context_len = cfg.context_len if args.context_length is None else min(args.context_length, cfg.context_len)
+        per_token = TokenToKVPool.bytes_per_token(
+            cfg.num_hidden_layers, cfg.num_key_value_heads, cfg.head_dim, self.dtype
+        )
+        if args.max_total_tokens is not None:
+            total = args.max_total_tokens
+        else:
+            budget = args.kv_cache_budget_bytes or int(psutil.virtual_memory().available * _DEFAULT_KV_SHARE)
+            total = min(budget // per_token, args.max_running_requests * context_len)
+            total = max(total, context_len)
+        self.context_len = min(context_len, total)
+        self.max_total_tokens = total
+        self.kv_bytes = total * per_token
+        self.req_to_token_pool = ReqToTokenPool(args.max_running_requests, self.context_len + 1, self.device)
+        self.token_to_kv_pool = TokenToKVPool(
+            total, cfg.num_hidden_layers, cfg.num_key_value_heads, cfg.head_dim, self.dtype, self.device
+        )
+        self.allocator = TokenSlotAllocator(total, self.device)
+        self.attn_backend = create_attention_backend(args.resolved_attention_backend)
+        logger.info(
+            "model %s loaded (%s); KV pool %d tokens (%.1f MiB), context %d",
+            cfg.architecture,
+            self.dtype,
+            total,
+            self.kv_bytes / 2**20,
+            self.context_len,
+        )
+
+    @torch.inference_mode()
+    def forward(
+        self,
+        mode: ForwardMode,
+        input_ids: list[int],
+        req_pool_indices: list[int],
+        prefix_lens: list[int],
+        extend_lens: list[int],
+        out_cache_loc: torch.Tensor,
+        logits_rows: torch.Tensor,
+    ) -> torch.Tensor:
+        """One forward pass; returns float32 logits ``[len(logits_rows), vocab]`` for the selected tokens.
+
+        Args:
+            input_ids: the new tokens of every request, concatenated (``sum(extend_lens)``).
+            req_pool_indices / prefix_lens / extend_lens: per request (``[batch]``).
+            out_cache_loc: int64 ``[sum(extend_lens)]`` KV slots for the new tokens.
+            logits_rows: int64 ``[k]`` indices into the new tokens whose logits are wanted.
+        """
+        batch = ForwardBatch.build(
+            mode,
+            input_ids,
+            req_pool_indices,
+            prefix_lens,
+            extend_lens,
+            out_cache_loc,
+            self.req_to_token_pool,
+            self.token_to_kv_pool,
+            self.attn_backend,
+        )
+        self.attn_backend.init_forward_metadata(batch)
+        hidden = self.model(batch)  # [num_tokens, hidden]
+        if logits_rows.numel() == 0:
+            return torch.empty((0, self.vocab_size), dtype=torch.float32)
+        return self.model.compute_logits(hidden[logits_rows.to(hidden.device)])  # [k, vocab]

@@ -1,0 +1,88 @@
+"""Req: the scheduler's record of one generation request, its KV state tracked by integer positions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from radixgen.radix.radix_cache import TreeNode
+from radixgen.runtime.sampling_params import SamplingParams
+
+
+class Req:
+    """One request inside the scheduler.
+
+    Positions (no state flags): ``seq = origin_input_ids + output_ids``; ``kv_len`` tokens of ``seq`` have K/V
+    in the pool (``req_to_token[req_pool_idx, :kv_len]``), of which the first ``prefix_len`` are the cached
+    prefix matched in the radix cache and locked through ``last_node``. The next forward computes
+    ``seq[kv_len:]`` (or a chunk of it). A request is decoding when ``kv_len == len(seq) - 1``.
+
+    Input logprobs are gathered while ``input_logprob_pos < len(origin_input_ids)`` (positions from
+    ``logprob_start_len``); ``finished_reason`` is None until the request ends.
+    """
+
+    def __init__(
+        self,
+        rid: str,
+        input_ids: list[int],
+        sampling_params: SamplingParams,
+        return_logprob: bool = False,
+        logprob_start_len: int = -1,
+        top_logprobs_num: int = 0,
+        arrival: int = 0,
+    ) -> None:
+        self.rid = rid
+        self.origin_input_ids = list(input_ids)
+        self.output_ids: list[int] = []
+        self.sampling_params = sampling_params
+        self.return_logprob = return_logprob
+        self.top_logprobs_num = top_logprobs_num if return_logprob else 0
+        n = len(self.origin_input_ids)
+        # -1 = no input logprobs; otherwise positions logprob_start_len .. n-1 get one each
+        self.logprob_start_len = n if (not return_logprob or logprob_start_len < 0) else min(logprob_start_len, n)
+        self.input_logprob_pos = self.logprob_start_len
+        self.arrival = arrival
+
+        self.req_pool_idx: int | None = None
+        self.kv_len = 0
+        self.prefix_len = 0
+        self.prefix_indices: torch.Tensor = torch.empty(0, dtype=torch.int64)
+        self.last_node: TreeNode | None = None
+        self.cached_tokens = 0
+        self.retracted_count = 0
+
+        self.generator: torch.Generator | None = None
+        if sampling_params.seed is not None:
+            self.generator = torch.Generator().manual_seed(sampling_params.seed)
+
+        self.finished_reason: dict[str, Any] | None = None
+        self.stop_tail = ""  # detokenized tail used for stop-string matching
+        self.stop_detok: Any = None
+
+        # per-step deltas, emitted and cleared by the scheduler
+        self.new_token_ids: list[int] = []
+        self.delta_input_logprobs: list[list[Any]] = []
+        self.delta_input_top: list[list[list[Any]]] = []
+        self.delta_output_logprobs: list[list[Any]] = []
+        self.delta_output_top: list[list[list[Any]]] = []
+
+    @property
+    def seq_len(self) -> int:
+        return len(self.origin_input_ids) + len(self.output_ids)
+
+    def seq(self) -> list[int]:
+        return self.origin_input_ids + self.output_ids
+
+    @property
+    def finished(self) -> bool:
+        return self.finished_reason is not None
+
+    @property
+    def remaining_new_tokens(self) -> int:
+        return max(self.sampling_params.max_new_tokens - len(self.output_ids), 0)
+
+    def __repr__(self) -> str:
+        return (
+            f"Req(rid={self.rid!r}, prompt={len(self.origin_input_ids)}, out={len(self.output_ids)}, "
+            f"kv_len={self.kv_len}, prefix_len={self.prefix_len}, row={self.req_pool_idx})"
+        )

@@ -1,0 +1,168 @@
+"""ScheduleBatch: the requests of one forward, with the token layout and the logits rows it needs.
+
+Logits are computed only for the rows that are used (the hidden states of all other tokens are dropped before
+the LM head): each request's last position when its sequence end is computed (to sample), and the prompt
+positions whose input logprobs were asked for.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from radixgen.runtime.forward_batch import ForwardMode
+from radixgen.runtime.req import Req
+from radixgen.runtime.sampler import (
+    Sampler,
+    SamplingBatchInfo,
+    compute_logprobs,
+    gather_token_logprobs,
+    top_logprobs,
+)
+
+
+@dataclass
+class ScheduleBatch:
+    """One forward's requests and layout.
+
+    Attributes:
+        reqs / extend_lens / prefix_lens: per request, new tokens this step and tokens already in the KV pool.
+        input_ids: the new tokens of all requests, concatenated (``sum(extend_lens)``).
+        out_cache_loc: int64 ``[sum(extend_lens)]`` KV slots for the new tokens.
+        logits_rows: token indices (into ``input_ids``) whose logits are computed.
+        sample_index: per request, its index among the sampled rows, or -1 if it does not sample this step.
+        sample_rows: for each sampled request, its row in the computed logits.
+        input_lp: per request, ``(first_position, logits_row_indices)``: the logits rows predicting prompt
+            positions ``first_position, first_position + 1, ...``.
+    """
+
+    mode: ForwardMode
+    reqs: list[Req]
+    extend_lens: list[int]
+    prefix_lens: list[int]
+    input_ids: list[int]
+    req_pool_indices: list[int]
+    out_cache_loc: torch.Tensor
+    logits_rows: list[int] = field(default_factory=list)
+    sample_index: list[int] = field(default_factory=list)
+    sample_rows: list[int] = field(default_factory=list)
+    input_lp: list[tuple[int, list[int]]] = field(default_factory=list)
+
+    @classmethod
+    def build(cls, mode: ForwardMode, items: list[tuple[Req, int]], out_cache_loc: torch.Tensor) -> ScheduleBatch:
+        """Lay out ``items`` (request, number of new tokens) for one forward."""
+        batch = cls(
+            mode=mode,
+            reqs=[r for r, _ in items],
+            extend_lens=[n for _, n in items],
+            prefix_lens=[r.kv_len for r, _ in items],
+            input_ids=[],
+            req_pool_indices=[r.req_pool_idx for r, _ in items],  # type: ignore[misc]
+            out_cache_loc=out_cache_loc,
+        )
+        base = 0
+        for req, n in items:
+            start = req.kv_len
+            seq = req.seq()
+            batch.input_ids.extend(seq[start : start + n])
+            # input logprobs: prompt position p is predicted by the logits at position p - 1
+            n_prompt = len(req.origin_input_ids)
+            first_p = max(req.input_logprob_pos, start + 1)
+            last_p = min(n_prompt, start + n + 1)
+            rows: list[int] = []
+            if req.input_logprob_pos < n_prompt and first_p < last_p:
+                for p in range(first_p, last_p):
+                    rows.append(len(batch.logits_rows))
+                    batch.logits_rows.append(base + (p - 1 - start))
+            batch.input_lp.append((first_p, rows))
+            if start + n == req.seq_len and len(req.output_ids) < req.sampling_params.max_new_tokens:
+                batch.sample_index.append(len(batch.sample_rows))
+                batch.sample_rows.append(len(batch.logits_rows))
+                batch.logits_rows.append(base + n - 1)
+            else:
+                batch.sample_index.append(-1)
+            base += n
+        return batch
+
+    def logits_rows_tensor(self) -> torch.Tensor:
+        """int64 ``[num_logits_rows]`` token indices whose logits the model runner computes."""
+        return torch.tensor(self.logits_rows, dtype=torch.int64)
+
+    def sampling_reqs(self) -> list[Req]:
+        return [r for r, i in zip(self.reqs, self.sample_index, strict=True) if i >= 0]
+
+    def sample(
+        self, sampler: Sampler, logits: torch.Tensor, eos_token_ids: tuple[int, ...], vocab_size: int
+    ) -> torch.Tensor:
+        """Next token of each sampling request: int64 ``[len(sample_rows)]``.
+
+        eos ids and stop_token_ids are suppressed while a request has fewer than min_new_tokens outputs.
+        """
+        reqs = self.sampling_reqs()
+        if not reqs:
+            return torch.empty(0, dtype=torch.int64)
+        rows = logits[torch.tensor(self.sample_rows, dtype=torch.int64)]  # [num_sampling, vocab]
+        suppress = [
+            (
+                [*eos_token_ids, *r.sampling_params.stop_token_ids]
+                if len(r.output_ids) < r.sampling_params.min_new_tokens
+                else []
+            )
+            for r in reqs
+        ]
+        info = SamplingBatchInfo.build(
+            params=[r.sampling_params for r in reqs],
+            generators=[r.generator for r in reqs],
+            output_ids=[r.output_ids for r in reqs],
+            prompt_ids=[r.origin_input_ids for r in reqs],
+            suppress_ids=suppress,
+            vocab_size=vocab_size,
+            device=logits.device,
+        )
+        return sampler.sample(rows, info)
+
+    def gather_logprobs(self, logits: torch.Tensor, next_ids: torch.Tensor) -> None:
+        """Append input- and output-token logprobs (deltas) to the requests that asked for them."""
+        if not any(r.return_logprob for r in self.reqs):
+            return
+        logprobs = compute_logprobs(logits)  # [num_logits_rows, vocab]
+        next_list = next_ids.tolist()
+        for i, req in enumerate(self.reqs):
+            if not req.return_logprob:
+                continue
+            k = req.top_logprobs_num
+            first_p, rows = self.input_lp[i]
+            if req.input_logprob_pos == 0 and req.kv_len == 0 and len(req.origin_input_ids) > 0:
+                req.delta_input_logprobs.append([None, req.origin_input_ids[0]])
+                req.delta_input_top.append([])
+                req.input_logprob_pos = 1
+            if rows:
+                idx = torch.tensor(rows, dtype=torch.int64)
+                targets = torch.tensor(req.origin_input_ids[first_p : first_p + len(rows)], dtype=torch.int64)
+                _append(req.delta_input_logprobs, req.delta_input_top, logprobs[idx], targets, k)
+                req.input_logprob_pos = first_p + len(rows)
+            j = self.sample_index[i]
+            if j >= 0:
+                row = logprobs[self.sample_rows[j] : self.sample_rows[j] + 1]
+                tok = torch.tensor([next_list[j]], dtype=torch.int64)
+                _append(req.delta_output_logprobs, req.delta_output_top, row, tok, k)
+
+
+def _append(
+    dst: list[list[Any]],
+    dst_top: list[list[list[Any]]],
+    logprobs: torch.Tensor,
+    targets: torch.Tensor,
+    k: int,
+) -> None:
+    """logprobs: float32 [n, vocab]; targets: int64 [n]. Appends [logprob, id] and, when k > 0, top-k lists."""
+    values = gather_token_logprobs(logprobs, targets)
+    for v, t in zip(values, targets.tolist(), strict=True):
+        dst.append([v, t])
+    if k > 0:
+        top_vals, top_ids = top_logprobs(logprobs, k)
+        for vs, ids in zip(top_vals, top_ids, strict=True):
+            dst_top.append([[v, t] for v, t in zip(vs, ids, strict=True)])
+    else:
+        dst_top.extend([] for _ in range(len(values)))

@@ -1,0 +1,185 @@
+"""Scheduler policy tests without model weights: a fake runner whose next token is (last token + 1) % V.
+
+Every output is then known exactly, so chunking, retraction, abort and cache reuse are checked token for token,
+and check_integrity() runs after every step.
+"""
+
+from __future__ import annotations
+
+import torch
+from radixgen.radix import ReqToTokenPool, TokenSlotAllocator
+from radixgen.runtime.forward_batch import ForwardMode
+from radixgen.runtime.io_struct import AbortReq, TokenizedGenerateReq
+from radixgen.runtime.scheduler import Scheduler
+from radixgen.runtime.server_args import ServerArgs
+
+from tests.conftest import STORIES
+
+VOCAB = 97
+EOS = 0
+
+
+class FakeRunner:
+    """Pools plus a 'model' that predicts (input token + 1) % VOCAB at every position."""
+
+    def __init__(self, max_total_tokens: int, rows: int = 16, context_len: int = 256) -> None:
+        self.vocab_size = VOCAB
+        self.context_len = context_len
+        self.max_total_tokens = max_total_tokens
+        self.req_to_token_pool = ReqToTokenPool(rows, context_len + 1)
+        self.allocator = TokenSlotAllocator(max_total_tokens)
+        self.calls: list[tuple[ForwardMode, list[int]]] = []
+
+    def forward(self, mode, input_ids, req_pool_indices, prefix_lens, extend_lens, out_cache_loc, logits_rows):
+        assert out_cache_loc.numel() == len(input_ids) == sum(extend_lens)
+        # every new token's slot was written into req_to_token before the forward
+        table = self.req_to_token_pool.req_to_token
+        off = 0
+        for row, p, n in zip(req_pool_indices, prefix_lens, extend_lens, strict=True):
+            assert torch.equal(table[row, p : p + n].long(), out_cache_loc[off : off + n])
+            off += n
+        self.calls.append((mode, list(extend_lens)))
+        ids = torch.tensor(input_ids, dtype=torch.int64)[logits_rows]
+        logits = torch.full((len(logits_rows), VOCAB), -10.0)
+        logits[torch.arange(len(logits_rows)), (ids + 1) % VOCAB] = 10.0
+        return logits
+
+
+def make(max_total_tokens: int = 4096, **kw) -> tuple[Scheduler, FakeRunner]:
+    args = ServerArgs(model_path=str(STORIES), **kw)
+    runner = FakeRunner(max_total_tokens)
+    return Scheduler(args, runner, eos_token_ids=(EOS,)), runner
+
+
+def submit(s: Scheduler, rid: str, ids: list[int], n: int, **sp) -> None:
+    params = {"max_new_tokens": n, "temperature": 0, **sp}
+    s.add_request(TokenizedGenerateReq(rid=rid, input_ids=ids, sampling_params=params))
+
+
+_TOKS: dict[int, dict[str, list[int]]] = {}
+
+
+def step(s: Scheduler, done: dict[str, dict] | None = None) -> None:
+    """One scheduler step; token deltas accumulate per scheduler so no output is lost between calls."""
+    toks = _TOKS.setdefault(id(s), {})
+    for out in s.step():
+        toks.setdefault(out.rid, []).extend(out.new_token_ids)
+        if out.finish_reason is not None and done is not None:
+            done[out.rid] = {
+                "ids": toks.pop(out.rid),
+                "finish": out.finish_reason,
+                "cached": out.cached_tokens,
+            }
+    s.check_integrity()
+
+
+def run(s: Scheduler, max_steps: int = 10_000) -> dict[str, dict]:
+    done: dict[str, dict] = {}
+    for _ in range(max_steps):
+        if not s.has_work():
+            break
+        step(s, done)
+    assert not s.has_work()
+    return done
+
+
+def expected(prompt: list[int], n: int) -> list[int]:
+    return [(prompt[-1] + i) % VOCAB for i in range(1, n + 1)]
+
+
+def test_outputs_exact_and_memory_returned() -> None:
+    s, runner = make()
+    prompts = {f"r{i}": list(range(1 + i, 6 + 2 * i)) for i in range(8)}
+    for rid, p in prompts.items():
+        submit(s, rid, p, 10, ignore_eos=True)
+    done = run(s)
+    for rid, p in prompts.items():
+        assert done[rid]["ids"] == expected(p, 10)
+        assert done[rid]["finish"] == {"type": "length", "length": 10}
+    # every slot is free or cached (evictable), nothing leaked
+    assert runner.allocator.available_size() + s.tree_cache.evictable_size() == runner.max_total_tokens
+    assert s.tree_cache.protected_size() == 0
+
+
+def test_chunked_prefill_interleaves_with_decode() -> None:
+    s, runner = make(chunked_prefill_size=8)
+    submit(s, "short", [5, 6, 7], 30, ignore_eos=True)
+    step(s)  # prefill of the short request
+    submit(s, "long", list(range(1, 41)), 3, ignore_eos=True)
+    done = run(s)
+    assert done["long"]["ids"] == expected(list(range(1, 41)), 3)
+    assert done["short"]["ids"] == expected([5, 6, 7], 30)
+    extend_sizes = [lens for mode, lens in runner.calls if mode == ForwardMode.EXTEND]
+    assert [8] * 5 == [x for lens in extend_sizes for x in lens if x == 8][:5]  # 40 tokens in 5 chunks
+    modes = [m for m, _ in runner.calls]
+    # between two chunks of the long prompt, the short request decoded
+    first_chunk = next(i for i, (m, lens) in enumerate(runner.calls) if m == ForwardMode.EXTEND and lens == [8])
+    assert modes[first_chunk + 1] == ForwardMode.DECODE
+
+
+def test_retraction_when_pool_is_full_finishes_every_request() -> None:
+    s, runner = make(max_total_tokens=160)
+    prompts = {f"r{i}": [1 + i] * 10 for i in range(8)}
+    for rid, p in prompts.items():
+        submit(s, rid, p, 30, ignore_eos=True)
+    done = run(s)
+    assert s.num_retractions > 0
+    for rid, p in prompts.items():
+        assert done[rid]["ids"] == expected(p, 30), rid
+
+
+def test_abort_queued_and_running_frees_everything() -> None:
+    s, runner = make()
+    submit(s, "a", [1, 2, 3, 4], 50, ignore_eos=True)
+    submit(s, "b", [9, 9, 9], 50, ignore_eos=True)
+    step(s)
+    step(s)
+    assert s.abort_request(AbortReq("a"))
+    submit(s, "c", [7, 7], 50, ignore_eos=True)
+    assert s.abort_request(AbortReq("c"))  # still queued
+    assert not s.abort_request(AbortReq("nope"))
+    done = run(s)
+    assert done["a"]["finish"]["type"] == "abort"
+    assert done["c"]["finish"]["type"] == "abort"
+    assert done["b"]["ids"] == expected([9, 9, 9], 50)
+    assert s.tree_cache.protected_size() == 0
+    assert runner.allocator.available_size() + s.tree_cache.evictable_size() == runner.max_total_tokens
+
+
+def test_prefix_cache_hit_and_eos_stop() -> None:
+    s, _ = make()
+    prefix = list(range(10, 60))
+    submit(s, "first", prefix + [1], 5, ignore_eos=True)
+    run(s)
+    submit(s, "second", prefix + [2], 5, ignore_eos=True)
+    done = run(s)
+    assert done["second"]["cached"] >= len(prefix)
+    # the fake model emits EOS (0) after 96: the request stops there with matched=0
+    submit(s, "eos", [94], 20)
+    done = run(s)
+    assert done["eos"]["ids"] == [95, 96, 0]
+    assert done["eos"]["finish"] == {"type": "stop", "matched": 0}
+
+
+def test_lpm_orders_by_cached_prefix() -> None:
+    order = {}
+    for policy in ("fcfs", "lpm"):
+        s, runner = make(schedule_policy=policy)
+        shared = list(range(20, 70))
+        submit(s, "warm", shared + [3], 1)
+        run(s)
+        submit(s, "cold", list(range(1, 40)), 1)  # arrives first, nothing cached
+        submit(s, "hot", shared + [4], 1)  # 50 tokens cached: extends 1 token
+        step(s)
+        order[policy] = runner.calls[-1][1]
+        run(s)
+    assert order["fcfs"] == [39, 1]
+    assert order["lpm"] == [1, 39]
+
+
+def test_max_new_tokens_zero_only_prefills_and_caches() -> None:
+    s, _ = make()
+    submit(s, "p", list(range(30, 60)), 0)
+    done = run(s)
+    assert done["p"]["ids"] == [] and done["p"]["finish"]["type"] == "length"
+    assert s.tree_cache.total_size() >= 29
