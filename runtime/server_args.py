@@ -42,6 +42,14 @@ class ServerArgs:
     new_token_ratio_decay: float = 0.001
     random_seed: int = 0
     num_threads: int | None = None
+    # server (the HTTP process); unused by the offline Engine
+    host: str = "127.0.0.1"
+    port: int = 30000
+    served_model_name: str | None = None
+    chat_template: str | None = None
+    api_key: str | None = None
+    log_level: str = "info"
+    enable_metrics: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.model_path, str) or not self.model_path:
@@ -65,12 +73,19 @@ class ServerArgs:
                 raise ValueError(f"{name}: must be a positive integer, got {v!r}")
         if not 0.0 < self.min_new_token_ratio <= self.init_new_token_ratio <= 1.0:
             raise ValueError("init_new_token_ratio/min_new_token_ratio: need 0 < min <= init <= 1")
+        if not isinstance(self.port, int) or not 0 < self.port < 65536:
+            raise ValueError(f"port: must be in 1..65535, got {self.port!r}")
+        _choice("log_level", self.log_level, ("debug", "info", "warning", "error", "critical"))
         if not 0.0 <= self.new_token_ratio_decay < 1.0:
             raise ValueError("new_token_ratio_decay: must be in [0, 1)")
 
     @property
     def resolved_tokenizer_path(self) -> str:
         return self.tokenizer_path or self.model_path
+
+    @property
+    def resolved_served_model_name(self) -> str:
+        return self.served_model_name or self.model_path
 
     @property
     def resolved_attention_backend(self) -> str:
