@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 import torch
 from radixgen.radix import ReqToTokenPool, TokenSlotAllocator
-from radixgen.radix.radix_cache import create_prefix_cache
+from radixgen.radix.radix_cache import NoReuseCache, create_prefix_cache
 from radixgen.runtime.forward_batch import ForwardMode
 from radixgen.runtime.io_struct import AbortReq, FlushCacheReq, ReqOutput, TokenizedGenerateReq
 from radixgen.runtime.req import Req
@@ -30,6 +30,10 @@ from radixgen.runtime.server_args import ServerArgs
 from radixgen.runtime.stop_checker import StopChecker
 
 logger = logging.getLogger(__name__)
+
+# a waiting request is deferred when this many of its uncached tokens are being computed by another request of
+# the same extend batch (SGLang uses a similar threshold for its in-batch prefix caching check)
+IN_BATCH_PREFIX_MIN = 32
 
 
 class ModelRunnerProtocol(Protocol):
@@ -229,6 +233,8 @@ class Scheduler:
                 self.stop_checker.check(req, tok)
             elif req.kv_len == req.seq_len and req.sampling_params.max_new_tokens == 0:
                 req.finished_reason = {"type": "length", "length": 0}
+            if batch.mode == ForwardMode.EXTEND and not req.finished:
+                self._cache_unfinished(req)
             if req is self.chunked_req and req.kv_len < req.seq_len:
                 outputs_for_req = self._make_output(req) if req.delta_input_logprobs else None
                 if outputs_for_req is not None:
@@ -273,6 +279,8 @@ class Scheduler:
                 break
             if self.req_to_token_pool.available_size() == 0:
                 break
+            if self._shares_uncached_prefix(req, adder):
+                continue  # admitted after the other one's prefix is in the cache
             if not self._try_admit(req, adder):
                 break
             admitted_new.append(req)
@@ -306,6 +314,43 @@ class Scheduler:
         if prefix_len:
             self.req_to_token_pool.req_to_token[row, :prefix_len] = match.indices.to(torch.int32)
         return True
+
+    def _shares_uncached_prefix(self, req: Req, adder: PrefillAdder) -> bool:
+        """In-batch prefix dedup (SGLang's in-batch prefix caching check): True when ``req``'s uncached part
+        starts with >= IN_BATCH_PREFIX_MIN tokens that a request admitted to this batch is about to compute.
+        Deferring it one step lets it hit the cache instead of computing the same KV twice."""
+        if isinstance(self.tree_cache, NoReuseCache) or not adder.admitted:
+            return False
+        key = prefix_match_key(req)
+        cached = int(self.tree_cache.match_prefix(key).indices.numel())
+        probe = key[cached : cached + IN_BATCH_PREFIX_MIN]
+        if len(probe) < IN_BATCH_PREFIX_MIN:
+            return False
+        for other, _ in adder.admitted:
+            if other.origin_input_ids[cached : cached + IN_BATCH_PREFIX_MIN] == probe:
+                return True
+        return False
+
+    def _cache_unfinished(self, req: Req) -> None:
+        """Insert a request's computed KV into the radix cache right after its extend (SGLang's
+        cache_unfinished_req), so requests arriving while it decodes reuse its prompt. Slots that duplicate
+        tokens already in the tree are freed and replaced by the tree's; the lock moves to the new last node."""
+        if isinstance(self.tree_cache, NoReuseCache) or req.req_pool_idx is None or req.kv_len <= req.prefix_len:
+            return
+        row = req.req_pool_idx
+        key = req.seq()[: req.kv_len]
+        slots = self.req_to_token_pool.req_to_token[row, : req.kv_len].to(torch.int64)
+        already = self.tree_cache.insert(key, slots)
+        if already > req.prefix_len:
+            self.allocator.free(slots[req.prefix_len : already])
+        match = self.tree_cache.match_prefix(key)
+        self.req_to_token_pool.req_to_token[row, : match.indices.numel()] = match.indices.to(torch.int32)
+        self.tree_cache.inc_lock_ref(match.last_node)
+        if req.last_node is not None:
+            self.tree_cache.dec_lock_ref(req.last_node)
+        req.last_node = match.last_node
+        req.prefix_len = int(match.indices.numel())
+        req.prefix_indices = match.indices
 
     # ------------------------------------------------------------------ decode
     def _schedule_decode(self) -> ScheduleBatch | None:

@@ -183,3 +183,28 @@ def test_max_new_tokens_zero_only_prefills_and_caches() -> None:
     done = run(s)
     assert done["p"]["ids"] == [] and done["p"]["finish"]["type"] == "length"
     assert s.tree_cache.total_size() >= 29
+
+
+def test_requests_sharing_an_uncached_prefix_compute_it_once() -> None:
+    s, runner = make()
+    prefix = list(range(1, 81))
+    for i in range(4):
+        submit(s, f"g{i}", prefix + [90 + i], 4, ignore_eos=True)
+    done = run(s)
+    # the first computes the prefix; the other three are deferred one step and hit the cache
+    assert sorted(d["cached"] for d in done.values()) == [0, 80, 80, 80]
+    extended = sum(sum(lens) for mode, lens in runner.calls if mode == ForwardMode.EXTEND)
+    assert extended == 81 + 3 * 1
+    for i in range(4):
+        assert done[f"g{i}"]["ids"] == expected(prefix + [90 + i], 4)
+
+
+def test_running_request_prompt_is_reusable_before_it_finishes() -> None:
+    s, _ = make()
+    prefix = list(range(5, 65))
+    submit(s, "long", prefix + [1], 40, ignore_eos=True)
+    step(s)
+    step(s)  # "long" is decoding now; its prompt is already in the cache
+    submit(s, "late", prefix + [2], 3, ignore_eos=True)
+    done = run(s)
+    assert done["late"]["cached"] == len(prefix)
