@@ -1,0 +1,244 @@
+"""Extend (prefill) attention over the token-indexed KV pool, FlashAttention-2 style.
+
+One launch covers a ragged batch: request ``i`` has ``prefix_lens[i]`` cached tokens (read from the KV pool
+through ``req_to_token``) and ``extend_lens[i]`` new tokens (read from the contiguous ``k``/``v`` of this
+forward). Each program owns ``BLOCK_M`` new queries of one query head of one request and streams keys in two
+phases with an online softmax (Dao 2023): the cached prefix (no mask beyond its length), then the new tokens
+with the causal mask. GQA: query head ``h`` reads KV head ``h // (num_heads // num_kv_heads)``.
+Design follows SGLang's triton_ops/extend_attention.py; the code is this project's own.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from radixgen.kernels import INTERPRET
+from radixgen.kernels._common import (
+    FLOAT_DTYPES,
+    INDEX_DTYPES,
+    check_devices,
+    check_shape,
+    check_tensor,
+    dot_dtype,
+    next_power_of_2,
+)
+
+_LOG2E = 1.4426950408889634
+MAX_HEAD_DIM = 256
+
+
+@triton.jit
+def _extend_attention_kernel(
+    Q, K_ext, V_ext, O, K_buf, V_buf, Req_to_token, Req_pool_indices, Prefix_lens, Extend_lens, Extend_start,
+    qk_scale,  # sm_scale * log2(e): the softmax runs in base 2
+    stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh,
+    stride_kbt, stride_kbh, stride_vbt, stride_vbh, stride_req,
+    GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IN_DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+):  # fmt: skip
+    pid_b = tl.program_id(0)
+    head = tl.program_id(1)
+    m_start = tl.program_id(2) * BLOCK_M
+    ext_len = tl.load(Extend_lens + pid_b).to(tl.int32)
+    if m_start >= ext_len:
+        return
+    prefix_len = tl.load(Prefix_lens + pid_b).to(tl.int32)
+    tok0 = tl.load(Extend_start + pid_b).to(tl.int64)
+    req = tl.load(Req_pool_indices + pid_b).to(tl.int64)
+    kv_head = head // GROUP
+
+    offs_m = m_start + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    mask_m = offs_m < ext_len
+    mask_d = offs_d < HEAD_DIM
+
+    q_ptrs = Q + (tok0 + offs_m)[:, None] * stride_qt + head * stride_qh + offs_d[None, :]
+    q = tl.load(q_ptrs, mask=mask_m[:, None] & mask_d[None, :], other=0.0)  # [BLOCK_M, BLOCK_D]
+    q = q.to(DOT_DTYPE)  # no-op except bfloat16 in the interpreter (see _common.dot_dtype)
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.full([BLOCK_M], 0.0, tl.float32)
+    acc = tl.full([BLOCK_M, BLOCK_D], 0.0, tl.float32)
+
+    # Phase 1: the cached prefix, gathered through req_to_token; every query sees all of it.
+    for n0 in range(0, prefix_len, BLOCK_N):
+        cols = n0 + offs_n
+        mask_n = cols < prefix_len
+        slot = tl.load(Req_to_token + req * stride_req + cols, mask=mask_n, other=0).to(tl.int64)
+        k_ptrs = K_buf + slot[None, :] * stride_kbt + kv_head * stride_kbh + offs_d[:, None]
+        k = tl.load(k_ptrs, mask=mask_n[None, :] & mask_d[:, None], other=0.0)  # [BLOCK_D, BLOCK_N]
+        kt = k.to(IN_DTYPE).to(DOT_DTYPE)
+        qk = tl.dot(q, kt, input_precision=DOT_PRECISION) * qk_scale  # [BLOCK_M, BLOCK_N]
+        qk = tl.where(mask_n[None, :], qk, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(qk, 1))  # finite: column n0 is always valid
+        alpha = tl.exp2(m_i - m_new)
+        p = tl.exp2(qk - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        v_ptrs = V_buf + slot[:, None] * stride_vbt + kv_head * stride_vbh + offs_d[None, :]
+        v = tl.load(v_ptrs, mask=mask_n[:, None] & mask_d[None, :], other=0.0)  # [BLOCK_N, BLOCK_D]
+        pv = tl.dot(p.to(IN_DTYPE).to(DOT_DTYPE), v.to(IN_DTYPE).to(DOT_DTYPE), input_precision=DOT_PRECISION)
+        acc = acc * alpha[:, None] + pv
+        m_i = m_new
+
+    # Phase 2: the new tokens themselves, contiguous in K_ext/V_ext, causal (query j sees new keys 0..j).
+    # Key 0 is visible to every row, so each row's running max is finite after the first block.
+    n_end = tl.minimum(m_start + BLOCK_M, ext_len)
+    for n0 in range(0, n_end, BLOCK_N):
+        cols = n0 + offs_n
+        mask_n = cols < ext_len
+        k_ptrs = K_ext + (tok0 + cols)[None, :] * stride_kt + kv_head * stride_kh + offs_d[:, None]
+        k = tl.load(k_ptrs, mask=mask_n[None, :] & mask_d[:, None], other=0.0)  # [BLOCK_D, BLOCK_N]
+        kt = k.to(IN_DTYPE).to(DOT_DTYPE)
+        qk = tl.dot(q, kt, input_precision=DOT_PRECISION) * qk_scale  # [BLOCK_M, BLOCK_N]
+        visible = (offs_m[:, None] >= cols[None, :]) & mask_n[None, :]
+        qk = tl.where(visible, qk, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(qk, 1))
+        alpha = tl.exp2(m_i - m_new)
+        p = tl.exp2(qk - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        v_ptrs = V_ext + (tok0 + cols)[:, None] * stride_vt + kv_head * stride_vh + offs_d[None, :]
+        v = tl.load(v_ptrs, mask=mask_n[:, None] & mask_d[None, :], other=0.0)  # [BLOCK_N, BLOCK_D]
+        pv = tl.dot(p.to(IN_DTYPE).to(DOT_DTYPE), v.to(IN_DTYPE).to(DOT_DTYPE), input_precision=DOT_PRECISION)
+        acc = acc * alpha[:, None] + pv
+        m_i = m_new
+
+    out = acc / l_i[:, None]
+    o_ptrs = O + (tok0 + offs_m)[:, None] * stride_ot + head * stride_oh + offs_d[None, :]
+    tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=mask_m[:, None] & mask_d[None, :])
+
+
+def extend_launch_config(
+    head_dim: int, itemsize: int, capability: tuple[int, int] | None
+) -> tuple[int, int, int, int]:
+    """(BLOCK_M, BLOCK_N, num_warps, num_stages) for ``head_dim`` and q's ``itemsize`` on a CUDA device of
+    compute ``capability``; ``None`` is the interpreter, which runs programs one by one (fewer, larger blocks
+    are faster there). Tiles fit the shared memory of sm_80 (163 KiB), sm_86/89 (99 KiB) and sm_90 (227 KiB).
+    """
+    if capability is None:
+        return 32, 32, 4, 1
+    if itemsize >= 4 or head_dim > 128:  # float32 tiles (and very wide heads) take twice the shared memory
+        return 64, 32, 4 if head_dim <= 64 else 8, 2 if capability[0] >= 9 else 1
+    if capability[0] >= 9 or head_dim <= 64:
+        return 128, 64, 4 if head_dim <= 64 else 8, 2
+    return 64, 64, 4, 2
+
+
+def extend_attention_fwd(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    k_buffer: torch.Tensor,
+    v_buffer: torch.Tensor,
+    req_to_token: torch.Tensor,
+    req_pool_indices: torch.Tensor,
+    prefix_lens: torch.Tensor,
+    extend_lens: torch.Tensor,
+    extend_start_loc: torch.Tensor,
+    max_extend_len: int,
+    sm_scale: float | None = None,
+    out: torch.Tensor | None = None,
+    block_m: int | None = None,
+    block_n: int | None = None,
+) -> torch.Tensor:
+    """Causal attention of a ragged batch of new tokens over their cached prefixes and themselves.
+
+    Shapes (``T`` new tokens, ``B`` requests, ``S`` KV slots, ``R`` request rows, ``C`` max context):
+        q: ``[T, Hq, D]`` float32 / float16 / bfloat16; the math runs in q's dtype with float32 accumulation
+            (float32 dot products in IEEE precision, not TF32).
+        k, v: ``[T, Hkv, D]`` the new tokens' K/V, any float dtype (cast to q's dtype); ``Hq % Hkv == 0``.
+        k_buffer, v_buffer: ``[S, Hkv, D]`` the layer's KV pool, any float dtype (cast to q's dtype).
+        req_to_token: int32 ``[R, C]``; ``req_to_token[req_pool_indices[i], :prefix_lens[i]]`` are the slots
+            of request i's cached prefix.
+        req_pool_indices, prefix_lens, extend_lens, extend_start_loc: int32 or int64 ``[B]``; request i's new
+            tokens are rows ``extend_start_loc[i] : extend_start_loc[i] + extend_lens[i]`` of q/k/v/out.
+            Lengths may be 0 (a request with ``extend_lens[i] == 0`` writes nothing).
+        max_extend_len: ``>= max(extend_lens)`` (a host int: sizes the grid, no device sync). A smaller value
+            silently leaves the tail queries of longer requests unwritten.
+        sm_scale: softmax scale, default ``D ** -0.5``.
+        out: optional ``[T, Hq, D]`` float output (default: new tensor of q's dtype).
+        block_m, block_n: tile sizes (powers of two, >= 16); default per device (``extend_launch_config``).
+
+    Strides: q, k, v, out, k_buffer, v_buffer need stride 1 in the last dim (other strides are free, e.g.
+    views into a fused QKV projection); req_to_token likewise; the ``[B]`` tensors must be contiguous.
+    Limits: ``D <= 256``; all tensors on one device (CUDA, or CPU under ``TRITON_INTERPRET=1``); index values
+    are not range-checked (out-of-range slots are undefined behaviour).
+
+    Returns:
+        ``out`` (``[T, Hq, D]``).
+
+    Raises:
+        ValueError: a shape, dtype, stride, device or argument is invalid.
+    """
+    fn = "extend_attention_fwd"
+    check_tensor(fn, "q", q, ndim=3, dtypes=FLOAT_DTYPES)
+    check_tensor(fn, "k", k, ndim=3, dtypes=FLOAT_DTYPES)
+    check_tensor(fn, "v", v, ndim=3, dtypes=FLOAT_DTYPES)
+    check_tensor(fn, "k_buffer", k_buffer, ndim=3, dtypes=FLOAT_DTYPES)
+    check_tensor(fn, "v_buffer", v_buffer, ndim=3, dtypes=FLOAT_DTYPES)
+    check_tensor(fn, "req_to_token", req_to_token, ndim=2, dtypes=(torch.int32,))
+    num_tokens, num_heads, head_dim = q.shape
+    num_kv_heads = k.shape[1]
+    if num_kv_heads == 0 or num_heads % num_kv_heads != 0:
+        raise ValueError(f"{fn}: q heads ({num_heads}) must be a multiple of k heads ({num_kv_heads}) > 0")
+    if not 0 < head_dim <= MAX_HEAD_DIM:
+        raise ValueError(f"{fn}: head_dim must be in 1..{MAX_HEAD_DIM}, got {head_dim}")
+    check_shape(fn, "k", k, (num_tokens, num_kv_heads, head_dim))
+    check_shape(fn, "v", v, (num_tokens, num_kv_heads, head_dim))
+    check_shape(fn, "v_buffer", v_buffer, k_buffer.shape)
+    if tuple(k_buffer.shape[1:]) != (num_kv_heads, head_dim):
+        want = f"[S, {num_kv_heads}, {head_dim}]"
+        raise ValueError(f"{fn}: k_buffer must be {want}, got {list(k_buffer.shape)}")
+    batch = req_pool_indices.shape[0] if isinstance(req_pool_indices, torch.Tensor) else -1
+    index_args = {
+        "req_pool_indices": req_pool_indices,
+        "prefix_lens": prefix_lens,
+        "extend_lens": extend_lens,
+        "extend_start_loc": extend_start_loc,
+    }
+    for name, t in index_args.items():
+        check_tensor(fn, name, t, ndim=1, dtypes=INDEX_DTYPES, contiguous=True)
+        check_shape(fn, name, t, (batch,))
+    if out is None:
+        out = torch.empty_like(q, memory_format=torch.contiguous_format)
+    else:
+        check_tensor(fn, "out", out, ndim=3, dtypes=FLOAT_DTYPES)
+        check_shape(fn, "out", out, q.shape)
+    device = check_devices(
+        fn,
+        {"q": q, "k": k, "v": v, "k_buffer": k_buffer, "v_buffer": v_buffer, "req_to_token": req_to_token,
+         "out": out, **index_args},
+    )  # fmt: skip
+    if not isinstance(max_extend_len, int) or max_extend_len < 0:
+        raise ValueError(f"{fn}: max_extend_len must be an int >= 0, got {max_extend_len!r}")
+    capability = None if INTERPRET else torch.cuda.get_device_capability(device)
+    cfg_m, cfg_n, num_warps, num_stages = extend_launch_config(head_dim, q.element_size(), capability)
+    block_m = cfg_m if block_m is None else block_m
+    block_n = cfg_n if block_n is None else block_n
+    for name, b in (("block_m", block_m), ("block_n", block_n)):
+        if b < 16 or b & (b - 1):
+            raise ValueError(f"{fn}: {name} must be a power of two >= 16, got {b}")
+    if num_tokens == 0 or batch == 0 or max_extend_len == 0:
+        return out
+    scale = head_dim**-0.5 if sm_scale is None else float(sm_scale)
+    grid = (batch, num_heads, triton.cdiv(max_extend_len, block_m))
+    _extend_attention_kernel[grid](
+        q, k, v, out, k_buffer, v_buffer, req_to_token, req_pool_indices, prefix_lens, extend_lens,
+        extend_start_loc,
+        scale * _LOG2E,
+        q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), out.stride(0),
+        out.stride(1), k_buffer.stride(0), k_buffer.stride(1), v_buffer.stride(0), v_buffer.stride(1),
+        req_to_token.stride(0),
+        GROUP=num_heads // num_kv_heads,
+        HEAD_DIM=head_dim,
+        BLOCK_D=max(next_power_of_2(head_dim), 16),
+        BLOCK_M=block_m,
+        BLOCK_N=block_n,
+        IN_DTYPE=dot_dtype(q.dtype, interpret=False), DOT_DTYPE=dot_dtype(q.dtype),
+        DOT_PRECISION="ieee" if dot_dtype(q.dtype) == tl.float32 else "tf32",
+        num_warps=num_warps,
+        num_stages=num_stages,
+    )  # fmt: skip
+    return out
