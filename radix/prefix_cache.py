@@ -16,6 +16,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 import torch
+
 from radixgen.radix.memory_pool import TokenSlotAllocator
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import heapq
 
 import torch
+
 from radixgen.radix.memory_pool import TokenSlotAllocator
 from radixgen.radix.prefix_cache import (
     BasePrefixCache,

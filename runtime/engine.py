@@ -11,13 +11,14 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
+from transformers import AutoTokenizer
+
 from radixgen.runtime.io_struct import AbortReq, TokenizedGenerateReq
 from radixgen.runtime.model_runner import ModelRunner
 from radixgen.runtime.request_state import RequestState
 from radixgen.runtime.sampling_params import SamplingParams
 from radixgen.runtime.scheduler import Scheduler
 from radixgen.runtime.server_args import ServerArgs
-from transformers import AutoTokenizer
 
 logger = logging.getLogger(__name__)
 

@@ -6,6 +6,7 @@ import logging
 
 import psutil
 import torch
+
 from radixgen.radix import ReqToTokenPool, TokenSlotAllocator, TokenToKVPool
 from radixgen.runtime.attention import create_attention_backend
 from radixgen.runtime.forward_batch import ForwardBatch, ForwardMode

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+
 from radixgen.radix.radix_cache import TreeNode
 from radixgen.runtime.sampling_params import SamplingParams
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+
 from radixgen.runtime.logprobs import compute_logprobs, gather_token_logprobs, top_logprobs
 from radixgen.runtime.penalties import PenaltyTensors, flat_row_tokens
 from radixgen.runtime.sampling_params import SamplingParams

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+
 from radixgen.runtime.forward_batch import ForwardMode
 from radixgen.runtime.req import Req
 from radixgen.runtime.sampler import (

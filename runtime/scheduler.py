@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 import torch
+
 from radixgen.radix import ReqToTokenPool, TokenSlotAllocator
 from radixgen.radix.radix_cache import NoReuseCache, create_prefix_cache
 from radixgen.runtime.forward_batch import ForwardMode

@@ -9,6 +9,7 @@ float32 logits.
 from __future__ import annotations
 
 import torch
+
 from radixgen.radix.memory_pool import ReqToTokenPool, TokenSlotAllocator, TokenToKVPool
 from radixgen.runtime.attention.torch_backend import TorchAttentionBackend
 from radixgen.runtime.forward_batch import ForwardBatch, ForwardMode

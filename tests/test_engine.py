@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from radixgen.runtime import Engine
 
+from radixgen.runtime import Engine
 from tests.conftest import STORIES
 
 GREEDY = {"temperature": 0, "max_new_tokens": 24, "ignore_eos": True}

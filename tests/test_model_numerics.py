@@ -19,6 +19,7 @@ from transformers import AutoModelForCausalLM, LlamaConfig, MistralConfig, Qwen2
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from model_harness import KVHarness, hf_logits  # noqa: E402
+
 from radixgen.runtime.models import ModelConfig, load_model  # noqa: E402
 
 SHARED_MODELS = Path(__file__).resolve().parents[1].parent / "shared/models"

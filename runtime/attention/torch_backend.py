@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
 from radixgen.runtime.attention.base import AttentionBackend, AttentionLayer
 from radixgen.runtime.forward_batch import ForwardBatch, ForwardMode
 

@@ -17,10 +17,11 @@ from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+
 from radixgen.runtime.attention.base import AttentionLayer
 from radixgen.runtime.models.config import ModelConfig
 from radixgen.runtime.models.rope import RotaryEmbedding, apply_rotary
-from torch import nn
 
 if TYPE_CHECKING:
     from radixgen.runtime.forward_batch import ForwardBatch

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import torch
+
 from radixgen.runtime.models.config import ModelConfig
 from radixgen.runtime.models.llama import LlamaForCausalLM
 

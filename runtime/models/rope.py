@@ -11,8 +11,9 @@ from __future__ import annotations
 import math
 
 import torch
-from radixgen.runtime.models.config import RopeScaling
 from torch import nn
+
+from radixgen.runtime.models.config import RopeScaling
 
 
 def compute_inv_freq(head_dim: int, rope_theta: float, rope_scaling: RopeScaling | None) -> torch.Tensor:
