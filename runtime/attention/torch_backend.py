@@ -15,8 +15,9 @@ class TorchAttentionBackend(AttentionBackend):
     have a prefix and is ``[extend_len, seq_len]``, never batch-wide.
 
     Decode: one batched gather of every request's KV, padded to the longest sequence
-    (``[batch, max_len, num_kv_heads, head_dim]``), masked by length — no Python loop over requests.
-    Scores accumulate in float32.
+    (``[batch, num_kv_heads, max_len, head_dim]``), one SDPA call masked by length — no Python loop over
+    requests. GQA goes through SDPA's ``enable_gqa`` (no K/V copies per query head). New K/V are rounded to the
+    pool dtype before use so extend sees exactly what later decode steps read back.
     """
 
     def init_forward_metadata(self, batch: ForwardBatch) -> None:
@@ -41,6 +42,7 @@ class TorchAttentionBackend(AttentionBackend):
         k = k.view(num_tokens, layer.num_kv_heads, layer.head_dim)  # [T, Hkv, D]
         v = v.view(num_tokens, layer.num_kv_heads, layer.head_dim)  # [T, Hkv, D]
         pool.set_kv_buffer(layer.layer_id, batch.out_cache_loc, k, v)
+        batch.metadata["new_k"], batch.metadata["new_v"] = k.to(pool.dtype).to(q.dtype), v.to(pool.dtype).to(q.dtype)
         k_buf, v_buf = pool.get_kv_buffer(layer.layer_id)
         q = q.view(num_tokens, layer.num_heads, layer.head_dim)  # [T, Hq, D]
         if batch.mode == ForwardMode.DECODE:
@@ -50,16 +52,13 @@ class TorchAttentionBackend(AttentionBackend):
         return out.reshape(num_tokens, layer.num_heads * layer.head_dim)  # [T, Hq*D]
 
     def _extend(
-        self,
-        q: torch.Tensor,
-        k_buf: torch.Tensor,
-        v_buf: torch.Tensor,
-        layer: AttentionLayer,
-        batch: ForwardBatch,
+        self, q: torch.Tensor, k_buf: torch.Tensor, v_buf: torch.Tensor, layer: AttentionLayer, batch: ForwardBatch
     ) -> torch.Tensor:
         out = torch.empty_like(q)
-        group = layer.num_heads // layer.num_kv_heads
+        gqa = layer.num_heads != layer.num_kv_heads
         starts = batch.extend_start_loc.tolist()
+        new_k = batch.metadata["new_k"]  # [T, Hkv, D] as written to the pool
+        new_v = batch.metadata["new_v"]
         for i, kv_index in enumerate(batch.metadata["extend_kv_index"]):
             ext = batch.extend_seq_lens_cpu[i]
             if ext == 0:
@@ -67,38 +66,35 @@ class TorchAttentionBackend(AttentionBackend):
             prefix = batch.extend_prefix_lens_cpu[i]
             s = starts[i]
             qi = q[s : s + ext].transpose(0, 1)  # [Hq, ext, D]
-            ki = k_buf[kv_index].to(q.dtype).transpose(0, 1)  # [Hkv, seq, D]
-            vi = v_buf[kv_index].to(q.dtype).transpose(0, 1)  # [Hkv, seq, D]
-            if group > 1:
-                ki = ki.repeat_interleave(group, dim=0)  # [Hq, seq, D]
-                vi = vi.repeat_interleave(group, dim=0)  # [Hq, seq, D]
             if prefix == 0:
-                oi = F.scaled_dot_product_attention(qi, ki, vi, is_causal=True, scale=layer.scaling)
+                # no cached prefix: the new K/V are the whole sequence, no gather from the pool
+                ki = new_k[s : s + ext].transpose(0, 1)  # [Hkv, ext, D]
+                vi = new_v[s : s + ext].transpose(0, 1)  # [Hkv, ext, D]
+                oi = F.scaled_dot_product_attention(qi, ki, vi, is_causal=True, scale=layer.scaling, enable_gqa=gqa)
             else:
+                ki = k_buf[kv_index].to(q.dtype).transpose(0, 1)  # [Hkv, seq, D]
+                vi = v_buf[kv_index].to(q.dtype).transpose(0, 1)  # [Hkv, seq, D]
                 seq = prefix + ext
                 q_pos = torch.arange(prefix, seq, device=q.device)
                 mask = torch.arange(seq, device=q.device)[None, :] <= q_pos[:, None]  # [ext, seq]
-                oi = F.scaled_dot_product_attention(qi, ki, vi, attn_mask=mask, scale=layer.scaling)
+                oi = F.scaled_dot_product_attention(qi, ki, vi, attn_mask=mask, scale=layer.scaling, enable_gqa=gqa)
             out[s : s + ext] = oi.transpose(0, 1)  # [ext, Hq, D]
         return out
 
     def _decode(
-        self,
-        q: torch.Tensor,
-        k_buf: torch.Tensor,
-        v_buf: torch.Tensor,
-        layer: AttentionLayer,
-        batch: ForwardBatch,
+        self, q: torch.Tensor, k_buf: torch.Tensor, v_buf: torch.Tensor, layer: AttentionLayer, batch: ForwardBatch
     ) -> torch.Tensor:
         bs = q.shape[0]
-        hkv, group, d = layer.num_kv_heads, layer.num_heads // layer.num_kv_heads, layer.head_dim
         index = batch.metadata["decode_kv_index"]  # [bs, L]
-        keys = k_buf[index].float()  # [bs, L, Hkv, D]
-        values = v_buf[index].float()  # [bs, L, Hkv, D]
-        qg = q.float().view(bs, hkv, group, d)  # [bs, Hkv, G, D]
-        scores = torch.einsum("bkgd,blkd->bkgl", qg, keys) * layer.scaling  # [bs, Hkv, G, L]
+        keys = k_buf[index].to(q.dtype).transpose(1, 2)  # [bs, Hkv, L, D]
+        values = v_buf[index].to(q.dtype).transpose(1, 2)  # [bs, Hkv, L, D]
         valid = batch.metadata["decode_valid"][:, None, None, :]  # [bs, 1, 1, L]
-        scores = scores.masked_fill(~valid, float("-inf"))
-        probs = torch.softmax(scores, dim=-1)
-        out = torch.einsum("bkgl,blkd->bkgd", probs, values)  # [bs, Hkv, G, D]
-        return out.reshape(bs, layer.num_heads, d).to(q.dtype)  # [bs, Hq, D]
+        out = F.scaled_dot_product_attention(
+            q.view(bs, layer.num_heads, 1, layer.head_dim),  # [bs, Hq, 1, D]
+            keys,
+            values,
+            attn_mask=valid,
+            scale=layer.scaling,
+            enable_gqa=layer.num_heads != layer.num_kv_heads,
+        )  # [bs, Hq, 1, D]
+        return out.view(bs, layer.num_heads, layer.head_dim)  # [bs, Hq, D]
