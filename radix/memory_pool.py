@@ -80,8 +80,13 @@ class TokenToKVPool:
         self.dtype = dtype
         self.device = torch.device(device)
         shape = (size + 1, num_kv_heads, head_dim)
-        self.k_buffer = [torch.zeros(shape, dtype=dtype, device=self.device) for _ in range(num_layers)]
-        self.v_buffer = [torch.zeros(shape, dtype=dtype, device=self.device) for _ in range(num_layers)]
+        # torch.empty: the OS commits pages as slots are first written, so start-up does not touch the whole pool.
+        # Only the padding slot 0 is ever read without having been written (masked positions of padded
+        # gathers), and it must be finite so masked-out (zero-weight) values cannot turn into NaN.
+        self.k_buffer = [torch.empty(shape, dtype=dtype, device=self.device) for _ in range(num_layers)]
+        self.v_buffer = [torch.empty(shape, dtype=dtype, device=self.device) for _ in range(num_layers)]
+        for buf in (*self.k_buffer, *self.v_buffer):
+            buf[0].zero_()
 
     @staticmethod
     def bytes_per_token(num_layers: int, num_kv_heads: int, head_dim: int, dtype: torch.dtype) -> int:

@@ -19,6 +19,7 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 # default KV budget when neither max_total_tokens nor kv_cache_budget_bytes is given: this share of the
 # memory available at start-up, capped so a small model does not reserve gigabytes it can never use
 _DEFAULT_KV_SHARE = 0.25
+_DEFAULT_KV_MAX_BYTES = 4 * 2**30
 
 
 def resolve_dtype(name: str, device: str) -> torch.dtype:
@@ -35,7 +36,7 @@ class ModelRunner:
         model_config: the parsed Hugging Face config.
         context_len: longest sequence (prompt + output) a request may have, in tokens.
         max_total_tokens: KV pool size in tokens (slots), from ``max_total_tokens`` or a memory budget
-            (``kv_cache_budget_bytes``, default a quarter of available RAM) capped at
+            (``kv_cache_budget_bytes``, default a quarter of available RAM, at most 4 GiB) capped at
             ``max_running_requests * context_len`` and at least ``context_len``. An explicit
             ``max_total_tokens`` smaller than the model context caps ``context_len`` to it, so one request
             always fits the pool alone.
@@ -68,7 +69,9 @@ class ModelRunner:
         if args.max_total_tokens is not None:
             total = args.max_total_tokens
         else:
-            budget = args.kv_cache_budget_bytes or int(psutil.virtual_memory().available * _DEFAULT_KV_SHARE)
+            budget = args.kv_cache_budget_bytes or min(
+                int(psutil.virtual_memory().available * _DEFAULT_KV_SHARE), _DEFAULT_KV_MAX_BYTES
+            )
             total = min(budget // per_token, args.max_running_requests * context_len)
             total = max(total, context_len)
         self.context_len = min(context_len, total)
