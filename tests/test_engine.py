@@ -213,3 +213,15 @@ def test_bad_input_names_the_field_and_engine_keeps_working(engine: Engine, kwar
 def test_missing_model_directory() -> None:
     with pytest.raises(ValueError, match="model_path"):
         Engine("/nonexistent/model")
+
+
+def test_stop_token_ids_text_is_trimmed(engine: Engine) -> None:
+    base = engine.generate(input_ids=[1], sampling_params={"temperature": 0, "max_new_tokens": 12, "ignore_eos": True})
+    stop_tok = base["output_ids"][5]
+    params = {"temperature": 0, "max_new_tokens": 12, "ignore_eos": True, "stop_token_ids": [stop_tok]}
+    out = engine.generate(input_ids=[1], sampling_params=params)
+    assert out["output_ids"] == base["output_ids"][:6]
+    assert out["meta_info"]["finish_reason"] == {"type": "stop", "matched": stop_tok}
+    assert out["text"] == engine.tokenizer.decode(base["output_ids"][:5])
+    kept = engine.generate(input_ids=[1], sampling_params={**params, "no_stop_trim": True})
+    assert kept["text"] == engine.tokenizer.decode(base["output_ids"][:6])
