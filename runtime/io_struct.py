@@ -52,12 +52,111 @@ class ReqOutput(msgspec.Struct):
     input_top_logprobs: list[list[list[Any]]] | None = None
     output_token_logprobs: list[list[Any]] | None = None
     output_top_logprobs: list[list[list[Any]]] | None = None
+    jump_forward_tokens: int = 0  # cumulative: outputs appended by grammar jump-forward (no forward each)
+
+
+class SchedulerStats(msgspec.Struct):
+    """Scheduler load and KV pool usage after a step (token counts are KV slots).
+
+    kv_used_tokens: slots held by queued/running requests (owned or locked prefix); 0 when idle.
+    kv_cached_tokens: slots in the radix cache (reusable prefixes), of which kv_evictable_tokens are unlocked.
+    kv_free_tokens: slots on the free list. max_total_tokens: pool size.
+    """
+
+    num_running_reqs: int
+    num_waiting_reqs: int
+    kv_used_tokens: int
+    kv_cached_tokens: int
+    kv_evictable_tokens: int
+    kv_free_tokens: int
+    max_total_tokens: int
+    num_retractions: int = 0
+    num_forward_steps: int = 0
 
 
 class BatchTokenOut(msgspec.Struct, tag=True):
-    """All request outputs of one scheduler step."""
+    """All request outputs of one scheduler step (plus the scheduler's stats after it, in the server)."""
 
     outputs: list[ReqOutput]
+    stats: SchedulerStats | None = None
 
 
 SchedulerInput = TokenizedGenerateReq | AbortReq | FlushCacheReq
+
+
+# ---------------------------------------------------------------------------------------------------- server
+# Messages of the multi-process server (launch_server.py). Sockets: tokenizer manager → scheduler (requests),
+# scheduler → detokenizer (outputs and replies), detokenizer → tokenizer manager (text outputs; everything
+# that is not a BatchTokenOut is forwarded unchanged, so replies keep their order with the outputs).
+
+
+class GetInfoReq(msgspec.Struct, tag=True):
+    """Ask the scheduler for its stats; answered by InfoOut with the same req_id."""
+
+    req_id: str
+
+
+class SchedulerReady(msgspec.Struct, tag=True):
+    """Sent once by the scheduler process when the model is loaded: the server is ready.
+
+    context_len: longest prompt + output in tokens. vocab_size: valid token ids are [0, vocab_size).
+    max_total_tokens: KV pool size in tokens. eos_token_ids: ids that end a request unless ignore_eos.
+    """
+
+    context_len: int
+    vocab_size: int
+    max_total_tokens: int
+    eos_token_ids: list[int]
+    pid: int = 0
+
+
+class DetokRegister(msgspec.Struct, tag=True):
+    """Scheduler → detokenizer, before any output of an accepted request: how to detokenize it.
+
+    prompt_tail: the last prompt tokens (decoding context for the first output token's word boundary).
+    """
+
+    rid: str
+    prompt_tail: list[int]
+    skip_special_tokens: bool = True
+    spaces_between_special_tokens: bool = True
+    stop: list[str] = []
+    no_stop_trim: bool = False
+
+
+class ErrorOut(msgspec.Struct, tag=True):
+    """The scheduler rejected a request (e.g. add_request raised ValueError); status is the HTTP status."""
+
+    rid: str
+    message: str
+    status: int = 400
+
+
+class FlushCacheOut(msgspec.Struct, tag=True):
+    """Reply to FlushCacheReq: success is False while requests are queued or running."""
+
+    success: bool
+
+
+class InfoOut(msgspec.Struct, tag=True):
+    """Reply to GetInfoReq."""
+
+    req_id: str
+    stats: SchedulerStats
+
+
+class BatchStrOut(msgspec.Struct, tag=True):
+    """Detokenizer → tokenizer manager: one scheduler step's outputs with their text.
+
+    texts[i] is the text delta of outputs[i]: append-only, with stop strings already trimmed (text that could
+    still turn into a stop string is held back until it cannot).
+    """
+
+    outputs: list[ReqOutput]
+    texts: list[str]
+    stats: SchedulerStats | None = None
+
+
+ServerSchedulerInput = TokenizedGenerateReq | AbortReq | FlushCacheReq | GetInfoReq
+SchedulerOutput = SchedulerReady | DetokRegister | BatchTokenOut | ErrorOut | FlushCacheOut | InfoOut
+DetokenizerOutput = SchedulerReady | BatchStrOut | ErrorOut | FlushCacheOut | InfoOut

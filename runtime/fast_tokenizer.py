@@ -1,0 +1,255 @@
+"""A torch-free tokenizer for the server processes, built on the ``tokenizers`` library.
+
+``transformers`` imports torch as soon as ``AutoTokenizer`` is imported, which the HTTP and detokenizer
+processes must not do (memory, start-up time). ``FastTokenizer`` reads the same files a Hugging Face fast
+tokenizer reads (``tokenizer.json``, ``tokenizer_config.json``, ``chat_template.jinja``) and offers the subset
+of its API the runtime uses: ``encode``, ``decode``, ``apply_chat_template``, ``chat_template``, the special
+token ids. For a tokenizer-backed Hugging Face tokenizer (every ``*TokenizerFast`` and, in transformers 5, the
+default backend) ``encode``/``decode`` give the same ids and text (tests compare them on stories260K and
+llama2-32k). A directory without ``tokenizer.json`` (slow sentencepiece-only tokenizers) falls back to
+``transformers.AutoTokenizer`` — which loads torch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from tokenizers import Tokenizer
+
+logger = logging.getLogger(__name__)
+
+_SPECIAL_KEYS = ("bos_token", "eos_token", "unk_token", "pad_token")
+# transformers' clean_up_tokenization replacements
+_CLEANUPS: tuple[tuple[str, str], ...] = (
+    (" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"),
+    (" n't", "n't"), (" 'm", "'m"), (" 's", "'s"), (" 've", "'ve"), (" 're", "'re"),
+)
+
+
+def load_tokenizer(path: str) -> Any:
+    """The tokenizer of a model directory: a FastTokenizer, or a transformers tokenizer without tokenizer.json.
+    (``--chat-template`` is resolved by the OpenAI routes, not here.)
+
+    Args:
+        path: directory with the tokenizer files.
+
+    Raises:
+        ValueError: the directory has no usable tokenizer (the message names ``tokenizer_path``).
+    """
+    if os.path.isfile(os.path.join(path, "tokenizer.json")):
+        tok: Any = FastTokenizer(path)
+    else:
+        logger.warning("%s has no tokenizer.json; loading it with transformers (imports torch)", path)
+        try:
+            from transformers import AutoTokenizer
+
+            tok = AutoTokenizer.from_pretrained(path)
+        except Exception as e:  # noqa: BLE001 - any loader failure is a configuration error
+            raise ValueError(f"tokenizer_path: cannot load a tokenizer from {path!r}: {e}") from e
+    return tok
+
+
+def _token_str(v: Any) -> str | None:
+    """A special token from tokenizer_config.json: a string or an AddedToken dict."""
+    if isinstance(v, dict):
+        return v.get("content")
+    return v if isinstance(v, str) else None
+
+
+class FastTokenizer:
+    """Hugging Face-compatible tokenizer over ``tokenizers.Tokenizer`` (no torch, no transformers).
+
+    Attributes:
+        chat_template: the Jinja chat template (``None`` if the tokenizer has none).
+        bos_token / eos_token / unk_token / pad_token and their ``*_id``: from tokenizer_config.json.
+        model_max_length: from tokenizer_config.json (a large number when absent).
+
+    Raises:
+        ValueError: unreadable tokenizer files.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.name_or_path = path
+        try:
+            self._tok = Tokenizer.from_file(os.path.join(path, "tokenizer.json"))
+        except Exception as e:  # noqa: BLE001 - the tokenizers library raises plain Exception
+            raise ValueError(f"tokenizer_path: cannot read {path}/tokenizer.json: {e}") from e
+        cfg: dict[str, Any] = {}
+        cfg_path = os.path.join(path, "tokenizer_config.json")
+        if os.path.isfile(cfg_path):
+            with open(cfg_path, encoding="utf-8") as f:
+                cfg = json.load(f)
+        for key in _SPECIAL_KEYS:
+            setattr(self, key, _token_str(cfg.get(key)))
+        self.clean_up_tokenization_spaces = bool(cfg.get("clean_up_tokenization_spaces", False))
+        self.model_max_length = int(cfg.get("model_max_length") or 10**30)
+        template = cfg.get("chat_template")
+        if isinstance(template, list):  # named templates: use "default"
+            named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
+            template = named.get("default")
+        jinja_path = os.path.join(path, "chat_template.jinja")
+        if template is None and os.path.isfile(jinja_path):
+            with open(jinja_path, encoding="utf-8") as f:
+                template = f.read()
+        self.chat_template: str | None = template
+        added = self._tok.get_added_tokens_decoder()  # {id: AddedToken}
+        self.all_special_ids: list[int] = sorted(i for i, t in added.items() if t.special)
+
+    # ------------------------------------------------------------------ ids
+    def _id(self, token: str | None) -> int | None:
+        return None if token is None else self._tok.token_to_id(token)
+
+    @property
+    def bos_token_id(self) -> int | None:
+        return self._id(self.bos_token)  # type: ignore[attr-defined]
+
+    @property
+    def eos_token_id(self) -> int | None:
+        return self._id(self.eos_token)  # type: ignore[attr-defined]
+
+    @property
+    def pad_token_id(self) -> int | None:
+        return self._id(self.pad_token)  # type: ignore[attr-defined]
+
+    @property
+    def unk_token_id(self) -> int | None:
+        return self._id(self.unk_token)  # type: ignore[attr-defined]
+
+    @property
+    def vocab_size(self) -> int:
+        """Size of the base vocabulary (without added tokens), like Hugging Face's ``vocab_size``."""
+        return int(self._tok.get_vocab_size(with_added_tokens=False))
+
+    def __len__(self) -> int:
+        return int(self._tok.get_vocab_size(with_added_tokens=True))
+
+    def get_vocab(self) -> dict[str, int]:
+        return dict(self._tok.get_vocab(with_added_tokens=True))
+
+    def convert_ids_to_tokens(self, ids: int | Sequence[int]) -> str | list[str | None] | None:
+        if isinstance(ids, int):
+            return self._tok.id_to_token(ids)
+        return [self._tok.id_to_token(i) for i in ids]
+
+    def convert_tokens_to_ids(self, tokens: str | Sequence[str]) -> int | list[int | None] | None:
+        if isinstance(tokens, str):
+            return self._tok.token_to_id(tokens)
+        return [self._tok.token_to_id(t) for t in tokens]
+
+    # ------------------------------------------------------------------ encode / decode
+    def encode(self, text: str, add_special_tokens: bool = True, **_: Any) -> list[int]:
+        """Token ids of ``text`` (with the tokenizer's BOS/EOS template when ``add_special_tokens``)."""
+        return list(self._tok.encode(text, add_special_tokens=add_special_tokens).ids)
+
+    def encode_batch(self, texts: Sequence[str], add_special_tokens: bool = True) -> list[list[int]]:
+        return [list(e.ids) for e in self._tok.encode_batch(list(texts), add_special_tokens=add_special_tokens)]
+
+    def __call__(self, text: str | Sequence[str], add_special_tokens: bool = True, **_: Any) -> dict[str, Any]:
+        if isinstance(text, str):
+            return {"input_ids": self.encode(text, add_special_tokens)}
+        return {"input_ids": self.encode_batch(text, add_special_tokens)}
+
+    def decode(
+        self,
+        ids: int | Sequence[int],
+        skip_special_tokens: bool = False,
+        spaces_between_special_tokens: bool = True,
+        clean_up_tokenization_spaces: bool | None = None,
+        **_: Any,
+    ) -> str:
+        """Text of ``ids``. ``spaces_between_special_tokens`` is accepted and ignored, like Hugging Face fast
+        tokenizers do; ``clean_up_tokenization_spaces`` defaults to the tokenizer config's value."""
+        del spaces_between_special_tokens
+        id_list = [ids] if isinstance(ids, int) else [int(i) for i in ids]
+        text = self._tok.decode(id_list, skip_special_tokens=skip_special_tokens)
+        if clean_up_tokenization_spaces is None:
+            clean_up_tokenization_spaces = self.clean_up_tokenization_spaces
+        if clean_up_tokenization_spaces:
+            for a, b in _CLEANUPS:
+                text = text.replace(a, b)
+        return text
+
+    def batch_decode(self, sequences: Sequence[Sequence[int]], **kwargs: Any) -> list[str]:
+        return [self.decode(s, **kwargs) for s in sequences]
+
+    # ------------------------------------------------------------------ chat
+    def apply_chat_template(
+        self,
+        conversation: list[dict[str, Any]],
+        tools: list[dict[str, Any]] | None = None,
+        documents: list[dict[str, Any]] | None = None,
+        chat_template: str | None = None,
+        add_generation_prompt: bool = False,
+        continue_final_message: bool = False,
+        tokenize: bool = True,
+        return_dict: bool = False,
+        **kwargs: Any,
+    ) -> str | list[int] | dict[str, Any]:
+        """Render a conversation with the Jinja chat template, as ``transformers`` does (sandboxed Jinja with
+        trim_blocks/lstrip_blocks, ``raise_exception``, ``strftime_now`` and a ``tojson`` filter).
+
+        Returns:
+            the prompt string (``tokenize=False``), its token ids (no special tokens added: the template
+            writes them), or ``{"input_ids": ids}`` with ``return_dict``.
+
+        Raises:
+            ValueError: the tokenizer has no chat template, or the template raised an error.
+        """
+        template = chat_template or self.chat_template
+        if template is None:
+            raise ValueError("chat_template: the tokenizer has no chat template; start the server with --chat-template")
+        specials = {k: getattr(self, k) for k in _SPECIAL_KEYS}
+        try:
+            rendered = _compile(template).render(
+                messages=conversation,
+                tools=tools,
+                documents=documents,
+                add_generation_prompt=add_generation_prompt,
+                **specials,
+                **kwargs,
+            )
+        except Exception as e:  # noqa: BLE001 - jinja errors of any kind are a bad template or input
+            raise ValueError(f"chat_template: rendering failed: {e}") from e
+        if continue_final_message and conversation:
+            last = conversation[-1].get("content")
+            if isinstance(last, str) and last.strip() and last.strip() in rendered:
+                rendered = rendered[: rendered.rindex(last.strip()) + len(last.strip())]
+        if not tokenize:
+            return rendered
+        ids = self.encode(rendered, add_special_tokens=False)
+        return {"input_ids": ids} if return_dict else ids
+
+
+_COMPILED: dict[str, Any] = {}
+
+
+def _compile(template: str) -> Any:
+    """Compile (and cache) a chat template the way transformers does."""
+    if template in _COMPILED:
+        return _COMPILED[template]
+    import jinja2
+    from jinja2.ext import loopcontrols
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def raise_exception(message: str) -> None:
+        raise jinja2.exceptions.TemplateError(message)
+
+    def tojson(x: Any, ensure_ascii: bool = False, indent: int | None = None, separators: Any = None,
+               sort_keys: bool = False) -> str:
+        return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+    def strftime_now(fmt: str) -> str:
+        return datetime.now().strftime(fmt)
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
+    env.filters["tojson"] = tojson
+    env.globals["raise_exception"] = raise_exception
+    env.globals["strftime_now"] = strftime_now
+    compiled = env.from_string(template)
+    _COMPILED[template] = compiled
+    return compiled

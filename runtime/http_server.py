@@ -1,0 +1,290 @@
+"""The FastAPI app of the server: SGLang's native routes (the OpenAI-compatible /v1 routes are mounted from
+``radixgen.runtime.openai_api`` when that module exists).
+
+Routes: POST /generate, GET /health, GET /health_generate, GET /get_model_info, GET /get_server_info,
+POST|GET /flush_cache, POST /abort_request, POST /tokenize, POST /detokenize, GET /metrics (only with
+``--enable-metrics``; 404 otherwise). With ``--api-key`` every route except /health needs
+``Authorization: Bearer <key>`` (401 otherwise). Errors use the OpenAI body of ``http_errors.openai_error``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import importlib.util
+import json
+import logging
+import uuid
+from collections.abc import AsyncIterator, Awaitable
+from contextlib import asynccontextmanager
+from dataclasses import asdict
+from typing import Any, TypeVar
+
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from radixgen.runtime.generate_request import GenerateReqInput, parse_generate_body
+from radixgen.runtime.http_errors import error_body, error_response, install_error_handlers, openai_error, read_json
+from radixgen.runtime.metrics import CONTENT_TYPE
+from radixgen.runtime.server_args import ServerArgs
+from radixgen.runtime.tokenizer_manager import TokenizerManager
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+__all__ = ["create_app", "openai_error", "sse_event"]
+
+
+class ClientDisconnected(Exception):
+    """The client closed the connection before the response was ready."""
+
+
+class ApiKeyMiddleware:
+    """Pure ASGI middleware (does not buffer streams): 401 unless ``Authorization: Bearer <api_key>``.
+
+    Args:
+        app: the wrapped app. api_key: the expected key. exempt: paths served without a key.
+    """
+
+    def __init__(self, app: ASGIApp, api_key: str, exempt: tuple[str, ...] = ("/health",)) -> None:
+        self.app = app
+        self.api_key = api_key.encode()
+        self.exempt = exempt
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] not in self.exempt and scope["method"] != "OPTIONS":
+            auth = dict(scope["headers"]).get(b"authorization", b"")
+            scheme, _, key = auth.partition(b" ")
+            if scheme.lower() != b"bearer" or not hmac.compare_digest(key.strip(), self.api_key):
+                msg = "invalid or missing API key: send 'Authorization: Bearer <key>'"
+                await openai_error(401, msg, None, "authentication_error")(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def sse_event(payload: Any) -> bytes:
+    """One server-sent event: ``data: <json>\\n\\n`` (or ``data: [DONE]`` for the string ``"[DONE]"``)."""
+    data = payload if isinstance(payload, str) else json.dumps(payload, ensure_ascii=False)
+    return f"data: {data}\n\n".encode()
+
+
+async def run_unless_disconnected(request: Request, coro: Awaitable[T]) -> T:
+    """Await ``coro`` unless the client disconnects first; then it is cancelled (its request aborted).
+
+    Raises:
+        ClientDisconnected: the client went away first. Whatever ``coro`` raises.
+    """
+
+    async def wait_disconnect() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    task = asyncio.ensure_future(coro)
+    watcher = asyncio.ensure_future(wait_disconnect())
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        if not task.done():
+            task.cancel()
+        watcher.cancel()
+    if not task.done() or task.cancelled():
+        await asyncio.gather(task, return_exceptions=True)
+        raise ClientDisconnected
+    return task.result()
+
+
+async def _first(gen: AsyncIterator[T]) -> T:
+    try:
+        return await anext(gen)
+    finally:
+        await gen.aclose()  # type: ignore[attr-defined]
+
+
+def create_app(tokenizer_manager: TokenizerManager, server_args: ServerArgs) -> FastAPI:
+    """The FastAPI app over a TokenizerManager. Its lifespan starts and stops the manager's receive task.
+
+    Mounts ``radixgen.runtime.openai_api.register_openai_routes(app, tokenizer_manager, server_args)`` when
+    that module exists (an error while importing it propagates).
+    """
+    tm = tokenizer_manager
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        await tm.start()
+        try:
+            yield
+        finally:
+            await tm.stop()
+
+    app = FastAPI(title="radixgen", lifespan=lifespan)
+    install_error_handlers(app)
+    if server_args.api_key:
+        app.add_middleware(ApiKeyMiddleware, api_key=server_args.api_key)
+
+    @app.get("/health")
+    async def health() -> Response:
+        if tm.is_ready:
+            return Response(status_code=200)
+        reason = tm.dead_reason or "the model is still loading"
+        return openai_error(503, f"server not ready: {reason}", None, "service_unavailable_error")
+
+    @app.get("/health_generate")
+    async def health_generate(request: Request) -> Response:
+        bos = getattr(tm.tokenizer, "bos_token_id", None)
+        obj = GenerateReqInput(
+            input_ids=[bos if bos is not None else 0],
+            sampling_params={"max_new_tokens": 1, "temperature": 0.0},
+            rid=f"HEALTH_CHECK_{uuid.uuid4().hex}",
+        )
+        try:
+            await run_unless_disconnected(request, _first(tm.generate_request(obj)))
+        except ClientDisconnected:
+            return Response(status_code=499)
+        except Exception as e:  # noqa: BLE001 - any failure means unhealthy
+            return openai_error(503, f"health generation failed: {e}", None, "service_unavailable_error")
+        return Response(status_code=200)
+
+    @app.get("/get_model_info")
+    async def get_model_info() -> dict[str, Any]:
+        return {
+            "model_path": server_args.model_path,
+            "tokenizer_path": server_args.resolved_tokenizer_path,
+            "is_generation": True,
+            "served_model_name": server_args.resolved_served_model_name,
+        }
+
+    @app.get("/get_server_info")
+    async def get_server_info() -> Response:
+        try:
+            stats = await tm.get_scheduler_stats()
+        except Exception as e:  # noqa: BLE001 - mapped to its status
+            return error_response(e)
+        args = asdict(server_args)
+        if args.get("api_key"):
+            args["api_key"] = "<redacted>"
+        info = {
+            **args,
+            "context_len": tm.context_len,
+            "vocab_size": tm.vocab_size,
+            "eos_token_ids": tm.eos_token_ids,
+            **{k: getattr(stats, k) for k in stats.__struct_fields__},
+            "pids": tm.child_pids,
+        }
+        return JSONResponse(info)
+
+    @app.api_route("/flush_cache", methods=["POST", "GET"])
+    async def flush_cache() -> Response:
+        try:
+            ok = await tm.flush_cache()
+        except Exception as e:  # noqa: BLE001 - mapped to its status
+            return error_response(e)
+        if not ok:
+            return openai_error(400, "flush_cache: refused while requests are queued or running")
+        return JSONResponse({"success": True, "message": "Cache flushed."})
+
+    @app.post("/abort_request")
+    async def abort_request(request: Request) -> Response:
+        try:
+            body = await read_json(request)
+            rid = body.get("rid") if isinstance(body, dict) else None
+            if not isinstance(rid, str) or not rid:
+                raise ValueError("rid: must be a non-empty string")
+        except ValueError as e:
+            return error_response(e)
+        await tm.abort_request(rid)
+        return JSONResponse({"success": True})
+
+    @app.post("/tokenize")
+    async def tokenize(request: Request) -> Response:
+        try:
+            body = await read_json(request)
+            if not isinstance(body, dict):
+                raise ValueError("body: must be a JSON object")
+            text, add_special = body.get("text", body.get("prompt")), body.get("add_special_tokens", True)
+            if not isinstance(add_special, bool):
+                raise ValueError("add_special_tokens: must be a boolean")
+            if isinstance(text, str):
+                ids: Any = tm.tokenizer.encode(text, add_special_tokens=add_special)
+                count: Any = len(ids)
+            elif isinstance(text, list) and text and all(isinstance(t, str) for t in text):
+                ids = [tm.tokenizer.encode(t, add_special_tokens=add_special) for t in text]
+                count = [len(x) for x in ids]
+            else:
+                raise ValueError("text: must be a string or a non-empty list of strings")
+        except ValueError as e:
+            return error_response(e)
+        return JSONResponse({"tokens": ids, "input_ids": ids, "count": count, "max_model_len": tm.context_len})
+
+    @app.post("/detokenize")
+    async def detokenize(request: Request) -> Response:
+        try:
+            body = await read_json(request)
+            if not isinstance(body, dict):
+                raise ValueError("body: must be a JSON object")
+            tokens, skip = body.get("tokens"), body.get("skip_special_tokens", False)
+            size = len(tm.tokenizer)
+            if not isinstance(tokens, list) or not all(
+                isinstance(t, int) and not isinstance(t, bool) and 0 <= t < size for t in tokens
+            ):
+                raise ValueError(f"tokens: must be a list of token ids in [0, {size})")
+            if not isinstance(skip, bool):
+                raise ValueError("skip_special_tokens: must be a boolean")
+        except ValueError as e:
+            return error_response(e)
+        return JSONResponse({"text": tm.tokenizer.decode(tokens, skip_special_tokens=skip)})
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        if tm.metrics is None:
+            msg = "metrics are disabled; start the server with --enable-metrics"
+            return openai_error(404, msg, None, "not_found_error")
+        return Response(tm.metrics.render(), media_type=CONTENT_TYPE)
+
+    @app.post("/generate")
+    async def generate(request: Request) -> Response:
+        try:
+            obj = parse_generate_body(await read_json(request))
+            tm.check_available()
+        except Exception as e:  # noqa: BLE001 - mapped to its status
+            return error_response(e)
+        gen = tm.generate_request(obj)
+        if not obj.stream:
+            try:
+                result = await run_unless_disconnected(request, _first(gen))
+            except ClientDisconnected:
+                return Response(status_code=499)
+            except Exception as e:  # noqa: BLE001 - mapped to its status
+                return error_response(e)
+            return JSONResponse(result)
+        try:  # the first update validates the request: errors before it are plain HTTP errors
+            first = await run_unless_disconnected(request, anext(gen, None))
+        except ClientDisconnected:
+            return Response(status_code=499)
+        except Exception as e:  # noqa: BLE001 - mapped to its status
+            await gen.aclose()
+            return error_response(e)
+        return StreamingResponse(_sse_stream(first, gen), media_type="text/event-stream")
+
+    spec = importlib.util.find_spec("radixgen.runtime.openai_api")
+    if spec is not None:
+        from radixgen.runtime.openai_api import register_openai_routes  # type: ignore[attr-defined]
+
+        register_openai_routes(app, tm, server_args)
+    return app
+
+
+async def _sse_stream(first: Any, gen: AsyncIterator[Any]) -> AsyncIterator[bytes]:
+    """SSE body: each update as ``data: {...}``, an error event if the request fails, then ``data: [DONE]``.
+    Closing this stream (client disconnect) closes ``gen``, which aborts the request."""
+    try:
+        if first is not None:
+            yield sse_event(first)
+        async for item in gen:
+            yield sse_event(item)
+    except (ValueError, RuntimeError, TimeoutError) as e:
+        yield sse_event(error_body(e)[1])
+    finally:
+        await gen.aclose()  # type: ignore[attr-defined]
+    yield sse_event("[DONE]")
+

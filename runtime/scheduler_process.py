@@ -1,0 +1,181 @@
+"""The scheduler process: ModelRunner + Scheduler driven over ZeroMQ (DESIGN.md, "The scheduler loop").
+
+Loop: take every queued message (blocking only while idle, and then at most ``IDLE_POLL_MS`` before checking
+that the HTTP process is still alive), dispatch it, run one ``scheduler.step()`` and send its outputs to the
+detokenizer as a BatchTokenOut carrying the scheduler's stats. A request that ``add_request`` rejects with a
+ValueError is answered with an ErrorOut for its rid. An accepted request is announced to the detokenizer with a
+DetokRegister before any of its outputs (same socket, so in order). Any other exception ends the process with a
+logged traceback and exit code 1; the HTTP process's watchdog then shuts the server down.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from typing import Any
+
+import zmq
+
+from radixgen.runtime.io_struct import (
+    AbortReq,
+    BatchTokenOut,
+    DetokRegister,
+    ErrorOut,
+    FlushCacheOut,
+    FlushCacheReq,
+    GetInfoReq,
+    InfoOut,
+    SchedulerReady,
+    SchedulerStats,
+    ServerSchedulerInput,
+    TokenizedGenerateReq,
+)
+from radixgen.runtime.ipc import ENCODER, IDLE_POLL_MS, IpcEndpoints, parent_alive, pull_socket, push_socket
+from radixgen.runtime.server_args import ServerArgs
+
+logger = logging.getLogger(__name__)
+
+# prompt tokens sent to the detokenizer as decoding context (IncrementalDetokenizer reads at most 32)
+_PROMPT_TAIL = 64
+# test hook: seconds the scheduler waits after loading before it reports ready (exercises /health = 503)
+READY_DELAY_ENV = "RADIXGEN_TEST_READY_DELAY"
+
+
+class SchedulerLoop:
+    """Connects a Scheduler to the server's sockets.
+
+    Args:
+        scheduler: a radixgen.runtime.scheduler.Scheduler.
+        recv: PULL socket of requests from the tokenizer manager.
+        send: PUSH socket to the detokenizer.
+        parent_pid: pid of the HTTP process; the loop ends when it is gone.
+    """
+
+    def __init__(self, scheduler: Any, recv: zmq.Socket[Any], send: zmq.Socket[Any], parent_pid: int) -> None:
+        import msgspec
+
+        self.scheduler = scheduler
+        self.recv = recv
+        self.send_sock = send
+        self.parent_pid = parent_pid
+        self.decoder = msgspec.msgpack.Decoder(ServerSchedulerInput)
+        self.handlers: dict[type, Any] = {
+            TokenizedGenerateReq: self.on_generate,
+            AbortReq: self.scheduler.handle,
+            FlushCacheReq: self.on_flush,
+            GetInfoReq: self.on_info,
+        }
+
+    def send(self, msg: Any) -> None:
+        self.send_sock.send(ENCODER.encode(msg), copy=False)
+
+    def stats(self) -> SchedulerStats:
+        """Load and KV usage now (kv_used_tokens = slots neither free nor evictable)."""
+        s = self.scheduler
+        total = s.runner.max_total_tokens
+        free = s.allocator.available_size()
+        evictable = s.tree_cache.evictable_size()
+        return SchedulerStats(
+            num_running_reqs=len(s.running) + int(s.chunked_req is not None),
+            num_waiting_reqs=len(s.waiting),
+            kv_used_tokens=total - free - evictable,
+            kv_cached_tokens=s.tree_cache.total_size(),
+            kv_evictable_tokens=evictable,
+            kv_free_tokens=free,
+            max_total_tokens=total,
+            num_retractions=s.num_retractions,
+            num_forward_steps=s.num_forward_steps,
+        )
+
+    # ------------------------------------------------------------------ handlers
+    def on_generate(self, msg: TokenizedGenerateReq) -> None:
+        try:
+            self.scheduler.handle(msg)
+        except ValueError as e:
+            self.send(ErrorOut(msg.rid, str(e), 400))
+            return
+        sp = msg.sampling_params
+        self.send(
+            DetokRegister(
+                rid=msg.rid,
+                prompt_tail=msg.input_ids[-_PROMPT_TAIL:],
+                skip_special_tokens=sp.get("skip_special_tokens", True),
+                spaces_between_special_tokens=sp.get("spaces_between_special_tokens", True),
+                stop=list(sp.get("stop") or []),
+                no_stop_trim=sp.get("no_stop_trim", False),
+            )
+        )
+
+    def on_flush(self, msg: FlushCacheReq) -> None:
+        ok = bool(self.scheduler.handle(msg))
+        logger.info("flush_cache: %s", "done" if ok else "refused (requests in flight)")
+        self.send(FlushCacheOut(ok))
+
+    def on_info(self, msg: GetInfoReq) -> None:
+        self.send(InfoOut(msg.req_id, self.stats()))
+
+    # ------------------------------------------------------------------ loop
+    def drain(self) -> None:
+        """Handle every message already queued (never blocks)."""
+        while True:
+            try:
+                raw = self.recv.recv(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            msg = self.decoder.decode(raw.buffer)
+            self.handlers[type(msg)](msg)
+
+    def run(self) -> None:
+        """Serve until the HTTP process is gone (or an exception propagates)."""
+        poller = zmq.Poller()
+        poller.register(self.recv, zmq.POLLIN)
+        while parent_alive(self.parent_pid):
+            if not self.scheduler.has_work() and not poller.poll(IDLE_POLL_MS):
+                continue  # idle: blocked in poll, woke up only to check the parent
+            self.drain()
+            if self.scheduler.has_work():
+                outputs = self.scheduler.step()
+                if outputs:
+                    self.send(BatchTokenOut(outputs, self.stats()))
+        logger.info("scheduler: the HTTP process is gone; exiting")
+
+
+def run_scheduler_process(server_args: ServerArgs, ipc: IpcEndpoints, parent_pid: int) -> None:
+    """Entry point of the spawned scheduler process: load the model, report ready, serve.
+
+    Exits with status 1 (after logging the traceback) if loading or serving fails.
+    """
+    from radixgen.runtime.ipc import setup_child_process
+
+    setup_child_process(server_args.log_level, "scheduler")
+    ctx: zmq.Context[Any] = zmq.Context()
+    try:
+        import torch
+
+        # as in tests/conftest.py: settle Triton's interpreter mode before anything imports triton
+        if not torch.cuda.is_available():
+            os.environ.setdefault("TRITON_INTERPRET", "1")
+        from radixgen.runtime.fast_tokenizer import load_tokenizer
+        from radixgen.runtime.model_runner import ModelRunner
+        from radixgen.runtime.scheduler import Scheduler
+
+        recv = pull_socket(ctx, ipc.scheduler)
+        send = push_socket(ctx, ipc.detokenizer)
+        runner = ModelRunner(server_args)
+        tokenizer = load_tokenizer(server_args.resolved_tokenizer_path)
+        eos = tuple(runner.model_config.eos_token_ids)
+        scheduler = Scheduler(server_args, runner, eos, tokenizer)
+        loop = SchedulerLoop(scheduler, recv, send, parent_pid)
+        delay = float(os.environ.get(READY_DELAY_ENV, "0") or 0)
+        if delay > 0:
+            time.sleep(delay)
+        ready = SchedulerReady(runner.context_len, runner.vocab_size, runner.max_total_tokens, list(eos), os.getpid())
+        loop.send(ready)
+        loop.run()
+    except Exception:  # noqa: BLE001 - log whatever killed the scheduler, then exit non-zero
+        logger.exception("scheduler process failed")
+        sys.exit(1)
+    finally:
+        ctx.destroy(linger=0)

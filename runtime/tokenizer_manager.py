@@ -1,0 +1,356 @@
+"""TokenizerManager: the HTTP process's side of the runtime (asyncio; no torch).
+
+It tokenizes and validates requests, sends them to the scheduler process over ZeroMQ, and wakes each request's
+waiter when the detokenizer process sends its text (DESIGN.md, "Processes and messages"). One receive task
+reads the detokenizer's socket (``zmq.asyncio``: no polling, no sleeps) and dispatches by message type.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import msgspec
+import zmq
+import zmq.asyncio
+
+from radixgen.runtime.fast_tokenizer import load_tokenizer
+from radixgen.runtime.generate_request import GenerateReqInput, PlannedReq, plan_requests
+from radixgen.runtime.io_struct import (
+    AbortReq,
+    BatchStrOut,
+    DetokenizerOutput,
+    ErrorOut,
+    FlushCacheOut,
+    FlushCacheReq,
+    GetInfoReq,
+    InfoOut,
+    SchedulerReady,
+    SchedulerStats,
+    TokenizedGenerateReq,
+)
+from radixgen.runtime.ipc import ENCODER, IpcEndpoints, pull_socket, push_socket
+from radixgen.runtime.metrics import ServerMetrics
+from radixgen.runtime.server_args import ServerArgs
+from radixgen.runtime.server_req_state import ServerReqState
+
+__all__ = ["GenerateReqInput", "RequestFailedError", "ServerUnavailableError", "TokenizerManager"]
+
+logger = logging.getLogger(__name__)
+
+# seconds to wait for the scheduler's answer to a control request (flush_cache, server info)
+_CONTROL_TIMEOUT = 30.0
+
+
+class ServerUnavailableError(RuntimeError):
+    """The model is not loaded yet, or a server process died (HTTP 503)."""
+
+
+class RequestFailedError(RuntimeError):
+    """A request failed for another reason than invalid input; ``status`` is the HTTP status."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class TokenizerManager:
+    """Tracks every request of the server and talks to the scheduler and detokenizer processes.
+
+    Args:
+        server_args: the server configuration.
+        ipc: the socket addresses; this object binds ``ipc.tokenizer`` and connects to ``ipc.scheduler``.
+
+    Attributes:
+        tokenizer: the model's tokenizer (a FastTokenizer: encode/decode/apply_chat_template/chat_template — the
+            tokenizer's own template; ``--chat-template`` is resolved by the OpenAI routes).
+        context_len / vocab_size / max_total_tokens / eos_token_ids: from the scheduler's ready message; valid
+            once ``is_ready``.
+        metrics: the Prometheus metrics (``None`` without ``--enable-metrics``).
+        last_stats: the scheduler's most recent SchedulerStats.
+        child_pids: ``{"scheduler": pid, "detokenizer": pid}``, filled by the launcher.
+    """
+
+    def __init__(self, server_args: ServerArgs, ipc: IpcEndpoints) -> None:
+        self.server_args = server_args
+        self.tokenizer = load_tokenizer(server_args.resolved_tokenizer_path)
+        self.context_len = 0
+        self.vocab_size = 0
+        self.max_total_tokens = 0
+        self.eos_token_ids: list[int] = []
+        self.is_ready = False
+        self.dead_reason: str | None = None
+        self.metrics = ServerMetrics() if server_args.enable_metrics else None
+        self.last_stats: SchedulerStats | None = None
+        self.child_pids: dict[str, int] = {}
+        self._states: dict[str, ServerReqState] = {}
+        self._sync_ctx: zmq.Context[Any] = zmq.Context()
+        self._send_sock = push_socket(self._sync_ctx, ipc.scheduler)
+        self._async_ctx = zmq.asyncio.Context()
+        self._recv_sock = pull_socket(self._async_ctx, ipc.tokenizer)
+        self._decoder = msgspec.msgpack.Decoder(DetokenizerOutput)
+        self._ready_event = asyncio.Event()
+        self._flush_lock = asyncio.Lock()
+        self._flush_future: asyncio.Future[bool] | None = None
+        self._info_futures: dict[str, asyncio.Future[SchedulerStats]] = {}
+        self._recv_task: asyncio.Task[None] | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None  # the server's event loop, once started
+        self._handlers: dict[type, Any] = {
+            SchedulerReady: self._on_ready,
+            BatchStrOut: self._on_batch,
+            ErrorOut: self._on_error,
+            FlushCacheOut: self._on_flush,
+            InfoOut: self._on_info,
+        }
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        """Start the receive task (call from the server's event loop)."""
+        self.loop = asyncio.get_running_loop()
+        self._recv_task = asyncio.create_task(self._recv_loop(), name="tokenizer-manager-recv")
+
+    async def stop(self) -> None:
+        """Stop receiving and close the sockets."""
+        if self._recv_task is not None:
+            self._recv_task.cancel()
+            await asyncio.gather(self._recv_task, return_exceptions=True)
+        self._recv_sock.close(0)
+        self._send_sock.close(0)
+        self._async_ctx.term()
+        self._sync_ctx.term()
+
+    async def wait_ready(self, timeout: float | None = None) -> bool:
+        """Wait until the model is loaded; False on timeout (seconds)."""
+        try:
+            await asyncio.wait_for(self._ready_event.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    def mark_dead(self, reason: str) -> None:
+        """A server process died: refuse new requests and fail every pending one (HTTP 503)."""
+        self.dead_reason = reason
+        self.is_ready = False
+        for st in list(self._states.values()):
+            st.fail(503, f"server unavailable: {reason}")
+        self._states.clear()
+        for fut in [self._flush_future, *self._info_futures.values()]:
+            if fut is not None and not fut.done():
+                fut.set_exception(ServerUnavailableError(reason))
+
+    def check_available(self) -> None:
+        """Raises ServerUnavailableError unless the model is loaded and every process is alive."""
+        if self.dead_reason is not None:
+            raise ServerUnavailableError(f"server unavailable: {self.dead_reason}")
+        if not self.is_ready:
+            raise ServerUnavailableError("server not ready: the model is still loading")
+
+    # ------------------------------------------------------------------ requests
+    async def generate_request(self, obj: GenerateReqInput) -> AsyncIterator[dict[str, Any] | list[dict[str, Any]]]:
+        """Run a native generate request.
+
+        Validates first (nothing is sent if any item is invalid). With ``obj.stream`` it yields one dict per
+        update (cumulative ``text`` and ``output_ids``; the last one of each request has
+        ``meta_info.finish_reason``; batch / n>1 items carry ``"index"``); otherwise one final item: a dict, or
+        a list for a batch or n>1. Closing the iterator early (client disconnect) aborts the unfinished
+        requests, whose KV then returns to the pool.
+
+        Raises:
+            ValueError: invalid input (HTTP 400), naming the field — also when the scheduler rejects it.
+            ServerUnavailableError: not ready, or a server process died (HTTP 503).
+            RequestFailedError: any other failure, with its HTTP status.
+        """
+        self.check_available()
+        planned, single = plan_requests(obj, self.tokenizer, self.context_len, self.vocab_size)
+        for p in planned:
+            if p.rid in self._states:
+                raise ValueError(f"rid: {p.rid!r} is already in use")
+        event = asyncio.Event()
+        states = [self._new_state(p, obj, event) for p in planned]
+        try:
+            for p in planned:
+                self._send(self._tokenized(p, obj))
+            if obj.stream:
+                multi = len(states) > 1
+                while True:
+                    await event.wait()
+                    event.clear()
+                    done = all(st.finished for st in states)  # before yielding: later updates re-set the event
+                    for st in states:
+                        self._raise_if_failed(st)
+                        if st.updated:
+                            yield st.response(with_index=multi)
+                    if done:
+                        return
+            else:
+                while not all(st.finished for st in states):
+                    await event.wait()
+                    event.clear()
+                for st in states:
+                    self._raise_if_failed(st)
+                results = [st.response() for st in states]
+                yield results[0] if single else results
+        finally:
+            for st in states:
+                rid = st.rid
+                if st.finished:
+                    if self._states.get(rid) is st:
+                        del self._states[rid]
+                elif self.dead_reason is None:
+                    # the state stays registered until the scheduler's abort output arrives (logged, counted)
+                    self._send(AbortReq(rid))  # synchronous: safe inside a cancelled task
+
+    async def abort_request(self, rid: str) -> None:
+        """Abort a running request by its rid (or every sample of an n>1 request by the rid it was given).
+        Unknown rids are ignored; the request itself finishes with ``finish_reason.type == "abort"``."""
+        targets = [st for st in self._states.values() if st.rid == rid or st.group == rid]
+        for st in targets:
+            self._send(AbortReq(st.rid))
+
+    async def flush_cache(self) -> bool:
+        """Drop the radix cache; False while requests are queued or running.
+
+        Raises:
+            ServerUnavailableError: not ready / a process died. TimeoutError: no answer in 30 s.
+        """
+        self.check_available()
+        async with self._flush_lock:
+            fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+            self._flush_future = fut
+            self._send(FlushCacheReq())
+            return await asyncio.wait_for(fut, _CONTROL_TIMEOUT)
+
+    async def get_scheduler_stats(self) -> SchedulerStats:
+        """The scheduler's current load and KV usage (asked now, not the last piggybacked value).
+
+        Raises:
+            ServerUnavailableError: not ready / a process died. TimeoutError: no answer in 30 s.
+        """
+        self.check_available()
+        req_id = uuid.uuid4().hex
+        fut: asyncio.Future[SchedulerStats] = asyncio.get_running_loop().create_future()
+        self._info_futures[req_id] = fut
+        try:
+            self._send(GetInfoReq(req_id))
+            return await asyncio.wait_for(fut, _CONTROL_TIMEOUT)
+        finally:
+            self._info_futures.pop(req_id, None)
+
+    # ------------------------------------------------------------------ internals
+    def _new_state(self, p: PlannedReq, obj: GenerateReqInput, event: asyncio.Event) -> ServerReqState:
+        st = ServerReqState(
+            p.rid,
+            p.index,
+            len(p.input_ids),
+            event,
+            self.tokenizer,
+            obj.return_logprob,
+            obj.return_text_in_logprobs,
+            group=p.base_rid,
+        )
+        self._states[p.rid] = st
+        return st
+
+    @staticmethod
+    def _tokenized(p: PlannedReq, obj: GenerateReqInput) -> TokenizedGenerateReq:
+        return TokenizedGenerateReq(
+            rid=p.rid,
+            input_ids=p.input_ids,
+            sampling_params=p.params.to_dict(),
+            return_logprob=obj.return_logprob,
+            logprob_start_len=obj.logprob_start_len,
+            top_logprobs_num=obj.top_logprobs_num,
+            stream=obj.stream,
+        )
+
+    @staticmethod
+    def _raise_if_failed(st: ServerReqState) -> None:
+        if st.error is None:
+            return
+        status, message = st.error
+        if status == 400:
+            raise ValueError(message)
+        if status == 503:
+            raise ServerUnavailableError(message)
+        raise RequestFailedError(status, message)
+
+    def _send(self, msg: msgspec.Struct) -> None:
+        if self._send_sock.closed:  # shutting down: the scheduler is being stopped anyway
+            return
+        self._send_sock.send(ENCODER.encode(msg), copy=False)
+
+    async def _recv_loop(self) -> None:
+        while True:
+            raw = await self._recv_sock.recv(copy=False)
+            try:
+                msg = self._decoder.decode(raw.buffer)
+                self._handlers[type(msg)](msg)
+            except Exception:  # noqa: BLE001 - one bad message must not stop the server
+                logger.exception("tokenizer manager: failed to handle a message")
+
+    def _on_ready(self, msg: SchedulerReady) -> None:
+        self.context_len = msg.context_len
+        self.vocab_size = msg.vocab_size
+        self.max_total_tokens = msg.max_total_tokens
+        self.eos_token_ids = list(msg.eos_token_ids)
+        self.is_ready = self.dead_reason is None
+        self._ready_event.set()
+        logger.info(
+            "server ready: context %d, vocab %d, KV pool %d tokens", msg.context_len, msg.vocab_size,
+            msg.max_total_tokens,
+        )
+
+    def _on_batch(self, msg: BatchStrOut) -> None:
+        if msg.stats is not None:
+            self._on_stats(msg.stats)
+        for out, text in zip(msg.outputs, msg.texts, strict=True):
+            st = self._states.get(out.rid)
+            if st is None:
+                continue  # aborted by its consumer, or a late output
+            st.apply(out, text)
+            if st.finish_reason is not None:
+                del self._states[out.rid]
+                self._log_finished(st)
+
+    def _on_error(self, msg: ErrorOut) -> None:
+        st = self._states.pop(msg.rid, None)
+        if st is not None:
+            st.fail(msg.status, msg.message)
+            self._log_finished(st)
+
+    def _on_flush(self, msg: FlushCacheOut) -> None:
+        if self._flush_future is not None and not self._flush_future.done():
+            self._flush_future.set_result(msg.success)
+
+    def _on_info(self, msg: InfoOut) -> None:
+        self._on_stats(msg.stats)
+        fut = self._info_futures.get(msg.req_id)
+        if fut is not None and not fut.done():
+            fut.set_result(msg.stats)
+
+    def _on_stats(self, stats: SchedulerStats) -> None:
+        self.last_stats = stats
+        if self.metrics is not None:
+            self.metrics.observe_stats(stats)
+
+    def _log_finished(self, st: ServerReqState) -> None:
+        """One structured (JSON) log line per finished request, and its metrics."""
+        ttft = None if st.first_token_time is None else st.first_token_time - st.created
+        e2e = st.e2e_latency()
+        finish = "error" if st.error is not None else str((st.finish_reason or {}).get("type"))
+        record = {
+            "rid": st.rid,
+            "finish_reason": finish,
+            "prompt_tokens": st.prompt_tokens,
+            "completion_tokens": st.completion_tokens,
+            "cached_tokens": st.cached_tokens,
+            "ttft_s": None if ttft is None else round(ttft, 6),
+            "e2e_s": round(e2e, 6),
+        }
+        logger.info("request finished %s", json.dumps(record))
+        if self.metrics is not None:
+            self.metrics.observe_finished(finish, st.prompt_tokens, st.completion_tokens, st.cached_tokens, ttft, e2e)
