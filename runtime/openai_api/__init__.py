@@ -1,0 +1,97 @@
+"""The OpenAI-compatible API: GET /v1/models, POST /v1/completions, POST /v1/chat/completions.
+
+``register_openai_routes(app, tokenizer_manager, server_args)`` mounts the routes on the server's FastAPI app.
+Request bodies are parsed and validated here (not by FastAPI), so every input problem comes back as an OpenAI
+error body ``{"error": {"message", "type", "param", "code"}}`` with ``param`` naming the field.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+
+from radixgen.runtime.openai_api.chat import create_chat_completion
+from radixgen.runtime.openai_api.chat_templates import BUILTIN_TEMPLATES, resolve_chat_template
+from radixgen.runtime.openai_api.completions import create_completion
+from radixgen.runtime.openai_api.errors import OpenAIError, bad_request, error_body, openai_error
+from radixgen.runtime.openai_api.protocol import ModelCard, ModelList
+from radixgen.runtime.openai_api.serving import ApiContext, ClientDisconnected
+
+__all__ = ["BUILTIN_TEMPLATES", "ApiContext", "OpenAIError", "openai_error", "register_openai_routes"]
+
+logger = logging.getLogger(__name__)
+
+Handler = Callable[[ApiContext, Any, Request], Awaitable[Response]]
+
+
+async def _handle(ctx: ApiContext, request: Request, handler: Handler) -> Response:
+    try:
+        raw = await request.body()
+        try:
+            body = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise bad_request(f"the request body is not valid JSON: {e}") from None
+        if not isinstance(body, dict):
+            raise bad_request("the request body must be a JSON object")
+        return await handler(ctx, body, request)
+    except OpenAIError as e:
+        return e.response()
+    except ClientDisconnected:
+        return Response(status_code=499)
+    except Exception as e:  # the runtime is down (503), a request failed (its status), or a bug (500)
+        status, err = error_body(e)
+        if status >= 500:
+            logger.error("OpenAI endpoint %s failed", request.url.path, exc_info=e)
+        return JSONResponse(err, status_code=status)
+
+
+def register_openai_routes(app: FastAPI, tokenizer_manager: Any, server_args: Any) -> ApiContext:
+    """Mount the OpenAI-compatible routes.
+
+    Args:
+        app: the server's FastAPI app.
+        tokenizer_manager: has ``tokenizer``, ``context_len``, ``vocab_size``, ``generate_request(obj)``,
+            ``abort_request(rid)``.
+        server_args: a ServerArgs (``served_model_name``, ``chat_template``, ``model_path``).
+
+    Returns:
+        The ApiContext the routes share.
+
+    Raises:
+        ValueError: ``--chat-template`` names no built-in template, file or Jinja text.
+    """
+    ctx = ApiContext(
+        tm=tokenizer_manager,
+        model_name=server_args.resolved_served_model_name,
+        chat_template=resolve_chat_template(server_args.chat_template),
+    )
+
+    def card() -> ModelCard:
+        return ModelCard(id=ctx.model_name, root=server_args.model_path, max_model_len=tokenizer_manager.context_len)
+
+    @app.get("/v1/models")
+    async def list_models() -> JSONResponse:
+        return JSONResponse(ModelList(data=[card()]).model_dump(mode="json"))
+
+    @app.get("/v1/models/{model_id:path}")
+    async def retrieve_model(model_id: str) -> Response:
+        try:
+            ctx.check_model(model_id)
+        except OpenAIError as e:
+            return e.response()
+        return JSONResponse(card().model_dump(mode="json"))
+
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> Response:
+        return await _handle(ctx, request, create_completion)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Response:
+        return await _handle(ctx, request, create_chat_completion)
+
+    return ctx
