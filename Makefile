@@ -25,7 +25,7 @@ test: setup lint
 	$(BIN)/python -m pytest tests
 
 demo: setup
-	$(BIN)/python examples/offline_demo.py --model ../shared/models/stories260K
+	$(BIN)/python examples/server_demo.py --model ../shared/models/stories260K
 
 bench: setup
 	$(BIN)/python benchmarks/bench_offline.py
