@@ -105,8 +105,8 @@ class TokenToKVPool:
             loc: int64 ``[num_tokens]`` KV slots.
             k, v: ``[num_tokens, num_kv_heads, head_dim]``; cast to the pool dtype.
         """
-        self.k_buffer[layer_id][loc] = k.to(self.dtype)
-        self.v_buffer[layer_id][loc] = v.to(self.dtype)
+        self.k_buffer[layer_id].index_copy_(0, loc, k.to(self.dtype))
+        self.v_buffer[layer_id].index_copy_(0, loc, v.to(self.dtype))
 
 
 class TokenSlotAllocator:
