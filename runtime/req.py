@@ -6,6 +6,7 @@ from typing import Any
 
 import torch
 
+from radixgen.grammar.base import GrammarMatcher
 from radixgen.radix.radix_cache import TreeNode
 from radixgen.runtime.sampling_params import SamplingParams
 
@@ -20,6 +21,11 @@ class Req:
 
     Input logprobs are gathered while ``input_logprob_pos < len(origin_input_ids)`` (positions from
     ``logprob_start_len``); ``finished_reason`` is None until the request ends.
+
+    Grammar: ``grammar`` is the request's GrammarMatcher (radixgen.grammar) once its constraint is compiled; it
+    has accepted exactly ``output_ids`` and survives retraction. ``jump_forward_tokens`` counts the outputs
+    appended by jump-forward (no forward each); ``jump_requeues`` how often the request went back through an
+    extend to prefill them.
     """
 
     def __init__(
@@ -57,6 +63,9 @@ class Req:
             self.generator = torch.Generator().manual_seed(sampling_params.seed)
 
         self.finished_reason: dict[str, Any] | None = None
+        self.grammar: GrammarMatcher | None = None
+        self.jump_forward_tokens = 0
+        self.jump_requeues = 0
         self.stop_tail = ""  # detokenized tail used for stop-string matching
         self.stop_detok: Any = None
 

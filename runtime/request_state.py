@@ -16,9 +16,11 @@ from radixgen.runtime.sampling_params import SamplingParams
 class RequestState:
     """Collects ``ReqOutput`` deltas for one request.
 
-    ``text`` is detokenized incrementally; when the request stops on a stop string the text is cut there
-    (unless ``no_stop_trim``). ``response()`` gives ``{"text", "output_ids", "meta_info"}`` with meta_info
-    ``{"id", "finish_reason", "prompt_tokens", "completion_tokens", "cached_tokens", "e2e_latency"}`` plus the
+    ``text`` is detokenized incrementally; when the request stops on a stop string the text is cut there, and
+    a stop token's (eos or stop_token_ids) text is left out (both unless ``no_stop_trim``). ``response()``
+    gives ``{"text", "output_ids", "meta_info"}`` with meta_info
+    ``{"id", "finish_reason", "prompt_tokens", "completion_tokens", "cached_tokens", "e2e_latency",
+    "jump_forward_tokens"}`` (outputs appended by grammar jump-forward without a forward each) plus the
     logprob lists (entries ``[logprob, token_id, text or None]``) when logprobs were asked for.
     """
 
@@ -48,6 +50,7 @@ class RequestState:
         self.prompt_tokens = len(prompt_ids)
         self.completion_tokens = 0
         self.cached_tokens = 0
+        self.jump_forward_tokens = 0
         self.start = time.perf_counter()
         self.first_token_time: float | None = None
         self.end: float | None = None
@@ -68,9 +71,14 @@ class RequestState:
             if self.first_token_time is None:
                 self.first_token_time = time.perf_counter()
             self.output_ids.extend(out.new_token_ids)
-            self.text += self.detok.append(out.new_token_ids)
+            text_ids = out.new_token_ids
+            matched = (out.finish_reason or {}).get("matched")
+            if isinstance(matched, int) and not self.params.no_stop_trim and text_ids[-1] == matched:
+                text_ids = text_ids[:-1]  # the stop token stays in output_ids but not in the text (as SGLang)
+            self.text += self.detok.append(text_ids)
         self.completion_tokens = out.completion_tokens
         self.cached_tokens = out.cached_tokens
+        self.jump_forward_tokens = out.jump_forward_tokens
         if self.return_logprob:
             for key in self.logprobs:
                 delta = getattr(out, key)
@@ -97,6 +105,7 @@ class RequestState:
             "completion_tokens": self.completion_tokens,
             "cached_tokens": self.cached_tokens,
             "e2e_latency": (self.end or time.perf_counter()) - self.start,
+            "jump_forward_tokens": self.jump_forward_tokens,
         }
         if self.return_logprob:
             meta["input_token_logprobs"] = self._with_text(self.logprobs["input_token_logprobs"])

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 _MAX_STOP_STRINGS = 32
+_CONSTRAINTS = ("json_schema", "regex", "ebnf", "json_object")
 
 
 @dataclass
@@ -29,6 +31,15 @@ class SamplingParams:
         skip_special_tokens / spaces_between_special_tokens: detokenizer options.
         no_stop_trim: keep the matched stop string in the text.
         n: number of samples for this prompt (expanded into n requests by the frontends).
+        json_schema / regex / ebnf / json_object: a grammar constraint, at most one per request, enforced in the
+            decode loop (DESIGN.md, "Grammar-constrained decoding"; radixgen.grammar): ``json_schema`` a JSON-schema
+            document (a string; a dict is serialised), ``regex`` a regular expression the whole output must match,
+            ``ebnf`` an EBNF grammar (xgrammar's GBNF dialect, root rule ``root``), ``json_object=True`` any JSON
+            object (OpenAI's ``response_format={"type": "json_object"}``). The request ends with finish reason
+            ``stop`` when the grammar is complete and eos is sampled; eos is never suppressed by
+            ``min_new_tokens`` on a constrained request (the grammar decides when it may end).
+        grammar_best_effort: accept JSON-schema keywords the grammar backend does not enforce (they are then
+            ignored while generating) instead of rejecting the request with an error naming them.
 
     Raises:
         ValueError: a field has the wrong type or is out of range; the message names the field.
@@ -52,8 +63,15 @@ class SamplingParams:
     spaces_between_special_tokens: bool = True
     no_stop_trim: bool = False
     n: int = 1
+    json_schema: str | None = None
+    regex: str | None = None
+    ebnf: str | None = None
+    json_object: bool = False
+    grammar_best_effort: bool = False
 
     def __post_init__(self) -> None:
+        if isinstance(self.json_schema, dict | bool):
+            self.json_schema = json.dumps(self.json_schema)
         if isinstance(self.stop, str):
             self.stop = [self.stop]
         if self.stop is None:
@@ -89,6 +107,19 @@ class SamplingParams:
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @property
+    def constraint(self) -> tuple[str, str] | None:
+        """``(kind, spec)`` of the grammar constraint, or None: kind in json_schema | regex | ebnf | json_object
+        (whose spec is "")."""
+        for kind in _CONSTRAINTS:
+            value = getattr(self, kind)
+            if kind == "json_object":
+                if value:
+                    return kind, ""
+            elif value is not None:
+                return kind, value
+        return None
 
     @property
     def is_greedy(self) -> bool:
@@ -127,6 +158,16 @@ class SamplingParams:
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name}: must be a boolean")
         _check_int("n", self.n, lo=1, hi=128)
+        for name in ("json_schema", "regex", "ebnf"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                raise ValueError(f"{name}: must be a string, got {type(value).__name__}")
+        for name in ("json_object", "grammar_best_effort"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name}: must be a boolean")
+        given = [k for k in _CONSTRAINTS if (getattr(self, k) if k == "json_object" else getattr(self, k) is not None)]
+        if len(given) > 1:
+            raise ValueError(f"{'/'.join(given)}: give at most one grammar constraint, got {len(given)}")
 
     def check_vocab(self, vocab_size: int) -> None:
         """Check token ids against the model's vocabulary.

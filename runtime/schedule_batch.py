@@ -7,6 +7,7 @@ positions whose input logprobs were asked for.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -94,20 +95,30 @@ class ScheduleBatch:
         return [r for r, i in zip(self.reqs, self.sample_index, strict=True) if i >= 0]
 
     def sample(
-        self, sampler: Sampler, logits: torch.Tensor, eos_token_ids: tuple[int, ...], vocab_size: int
+        self,
+        sampler: Sampler,
+        logits: torch.Tensor,
+        eos_token_ids: tuple[int, ...],
+        vocab_size: int,
+        grammar_mask: Callable[[list[Req], torch.Tensor], None] | None = None,
     ) -> torch.Tensor:
         """Next token of each sampling request: int64 ``[len(sample_rows)]``.
 
-        eos ids and stop_token_ids are suppressed while a request has fewer than min_new_tokens outputs.
+        eos ids and stop_token_ids are suppressed while a request has fewer than min_new_tokens outputs (not on
+        grammar-constrained requests: their grammar decides where eos may come). ``grammar_mask(reqs, rows)``
+        masks the sampling rows (a copy of the logits) in place before sampling when some request carries a
+        grammar matcher.
         """
         reqs = self.sampling_reqs()
         if not reqs:
             return torch.empty(0, dtype=torch.int64)
-        rows = logits[torch.tensor(self.sample_rows, dtype=torch.int64)]  # [num_sampling, vocab]
+        rows = logits[torch.tensor(self.sample_rows, dtype=torch.int64)]  # [num_sampling, vocab] (a copy)
+        if grammar_mask is not None and any(r.grammar is not None for r in reqs):
+            grammar_mask(reqs, rows)
         suppress = [
             (
                 [*eos_token_ids, *r.sampling_params.stop_token_ids]
-                if len(r.output_ids) < r.sampling_params.min_new_tokens
+                if len(r.output_ids) < r.sampling_params.min_new_tokens and r.grammar is None
                 else []
             )
             for r in reqs

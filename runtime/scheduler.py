@@ -20,6 +20,7 @@ import torch
 
 from radixgen.radix import ReqToTokenPool, TokenSlotAllocator
 from radixgen.radix.radix_cache import NoReuseCache, create_prefix_cache
+from radixgen.runtime.constrained import GrammarHooks
 from radixgen.runtime.forward_batch import ForwardMode
 from radixgen.runtime.io_struct import AbortReq, FlushCacheReq, ReqOutput, TokenizedGenerateReq
 from radixgen.runtime.req import Req
@@ -65,7 +66,12 @@ class Scheduler:
         server_args: the runtime configuration.
         model_runner: pools + forward (see ModelRunnerProtocol).
         eos_token_ids: ids that end a request unless ``ignore_eos``.
-        tokenizer: a Hugging Face tokenizer, needed only for stop strings.
+        tokenizer: a Hugging Face tokenizer, needed only for stop strings and grammars (a torch-free one makes
+            the grammar backend load the transformers tokenizer from ``resolved_tokenizer_path``).
+
+    Grammar-constrained requests go through ``self.grammar`` (runtime/constrained.py): validated in
+    ``validate``, compiled off-thread while they wait in its queue, masked in ``sample``, advanced in
+    ``process_result``.
 
     Counters for tests and metrics: ``num_retractions``, ``num_forward_steps``, ``num_extend_steps``.
     """
@@ -85,6 +91,7 @@ class Scheduler:
         self.eos_token_ids = tuple(eos_token_ids)
         self.stop_checker = StopChecker(tokenizer, self.eos_token_ids)
         self.sampler = Sampler(seed=server_args.random_seed)
+        self.grammar = GrammarHooks(server_args, tokenizer, model_runner.vocab_size, self.eos_token_ids)
         self.waiting: list[Req] = []
         self.running: list[Req] = []  # requests in the decode phase (kv_len == seq_len - 1)
         self.chunked_req: Req | None = None
@@ -111,7 +118,8 @@ class Scheduler:
 
         Raises:
             ValueError: empty prompt, a token id outside the vocabulary, a prompt that does not fit the context,
-                or max_new_tokens beyond the context; the message names the field.
+                max_new_tokens beyond the context, or an invalid / unsupported grammar constraint (GrammarError);
+                the message names the field.
         """
         n = len(input_ids)
         ctx = self.runner.context_len
@@ -128,6 +136,7 @@ class Scheduler:
                 f"context length {ctx}"
             )
         params.check_vocab(vocab)
+        self.grammar.validate(params)
 
     def add_request(self, msg: TokenizedGenerateReq) -> None:
         """Queue a request. Raises ValueError (naming the field) for invalid input; nothing is queued then."""
@@ -146,10 +155,16 @@ class Scheduler:
         )
         self._arrivals += 1
         self.stop_checker.init_req(req)
-        self.waiting.append(req)
+        if params.constraint is not None:
+            self.grammar.add(req)  # joins the waiting queue when its grammar is compiled
+        else:
+            self.waiting.append(req)
 
     def abort_request(self, msg: AbortReq) -> bool:
         """Abort a queued or running request; its KV (and row) is released. False if the rid is unknown."""
+        compiling = self.grammar.remove(msg.rid)
+        if compiling is not None:
+            return self._finish_now(compiling, {"type": "abort", "message": "aborted"})
         for i, req in enumerate(self.waiting):
             if req.rid == msg.rid:
                 self.waiting.pop(i)
@@ -176,11 +191,12 @@ class Scheduler:
         return True
 
     def has_work(self) -> bool:
-        return bool(self.waiting or self.running or self.chunked_req or self._pending)
+        return bool(self.waiting or self.running or self.chunked_req or self._pending or self.grammar.pending())
 
     # ------------------------------------------------------------------ loop
     def step(self) -> list[ReqOutput]:
         """One iteration: schedule → forward → sample → process. Returns the outputs of this step."""
+        self._admit_compiled_grammars()
         outputs, self._pending = self._pending, []
         batch = self.schedule()
         if batch is None:
@@ -217,7 +233,7 @@ class Scheduler:
 
     def sample(self, batch: ScheduleBatch, logits: torch.Tensor) -> torch.Tensor:
         """Sample the next token of every request whose sequence end was computed: int64 ``[num_sampling]``."""
-        return batch.sample(self.sampler, logits, self.eos_token_ids, self.runner.vocab_size)
+        return batch.sample(self.sampler, logits, self.eos_token_ids, self.runner.vocab_size, self.grammar.mask_logits)
 
     def process_result(self, batch: ScheduleBatch, logits: torch.Tensor, next_ids: torch.Tensor) -> list[ReqOutput]:
         """Append tokens, gather logprobs, check stops, finish and cache finished requests, emit outputs."""
@@ -231,7 +247,9 @@ class Scheduler:
                 tok = next_list[tok_idx]
                 req.output_ids.append(tok)
                 req.new_token_ids.append(tok)
-                self.stop_checker.check(req, tok)
+                self.grammar.accept(req, tok)
+                if not req.finished:
+                    self.stop_checker.check(req, tok)
             elif req.kv_len == req.seq_len and req.sampling_params.max_new_tokens == 0:
                 req.finished_reason = {"type": "length", "length": 0}
             if batch.mode == ForwardMode.EXTEND and not req.finished:
@@ -247,6 +265,8 @@ class Scheduler:
                 if req in self.running:
                     self.running.remove(req)
                 self._release(req)
+            elif tok_idx >= 0 and self.grammar.jump_forward(req, self.stop_checker):
+                self._requeue_after_jump(req)
             elif batch.mode == ForwardMode.EXTEND:
                 self.running.append(req)
             outputs.append(self._make_output(req))
@@ -310,7 +330,7 @@ class Scheduler:
         req.prefix_len = prefix_len
         req.kv_len = prefix_len
         req.prefix_indices = match.indices
-        if req.retracted_count == 0:
+        if req.retracted_count == 0 and req.jump_requeues == 0:
             req.cached_tokens = prefix_len
         if prefix_len:
             self.req_to_token_pool.req_to_token[row, :prefix_len] = match.indices.to(torch.int32)
@@ -376,6 +396,35 @@ class Scheduler:
         self.new_token_ratio = min(1.0, self.new_token_ratio + 0.1)
         logger.info("retracted %s (KV pool full); %d running", victim.rid, len(self.running))
 
+    # ------------------------------------------------------------------ grammar
+    def _admit_compiled_grammars(self) -> None:
+        """Move requests whose grammar compiled to the waiting queue (after an initial jump-forward, if the
+        grammar forces a prefix); finish those whose compile failed or timed out. Never blocks, except for a
+        few milliseconds when grammar compiles are all there is to wait for."""
+        if not self.grammar.pending():
+            return
+        if not (self.waiting or self.running or self.chunked_req or self._pending):
+            self.grammar.wait()
+        ready, failed = self.grammar.poll()
+        for req in failed:
+            self._finish_now(req, req.finished_reason or {"type": "abort", "message": "grammar failed"})
+        for req in ready:
+            self.grammar.jump_forward(req, self.stop_checker)
+            if req.finished:
+                self._finish_now(req, req.finished_reason)  # type: ignore[arg-type]
+            else:
+                self.waiting.append(req)
+
+    def _requeue_after_jump(self, req: Req) -> None:
+        """A request that got jump-forward tokens: release its row (its KV goes into the radix cache) and queue
+        it, so the next extend prefills the new tokens (re-using the cached prefix), like a resumed request."""
+        if req in self.running:
+            self.running.remove(req)
+        self._release(req)
+        req.jump_requeues += 1
+        if not req.finished:
+            self.waiting.append(req)
+
     # ------------------------------------------------------------------ memory
     def _alloc_slots(self, n: int) -> torch.Tensor:
         slots = self.allocator.alloc(n)
@@ -433,6 +482,7 @@ class Scheduler:
             prompt_tokens=len(req.origin_input_ids),
             completion_tokens=len(req.output_ids),
             cached_tokens=req.cached_tokens,
+            jump_forward_tokens=req.jump_forward_tokens,
         )
         if req.return_logprob:
             out.input_token_logprobs = req.delta_input_logprobs

@@ -1,0 +1,367 @@
+"""Semantics-preserving JSON-schema rewrites that let a grammar backend enforce more of a schema.
+
+Grammar backends convert a schema keyword by keyword with a fixed precedence, and silently drop what does not
+fit it (measured for xgrammar 0.2 and outlines-core 0.2, see ``schema_support``): ``allOf`` becomes "any value",
+keywords next to ``$ref`` / ``enum`` / ``const`` / ``anyOf`` / ``oneOf`` are ignored, a ``required`` name
+missing from ``properties`` is dropped, draft-4 forms fail to compile. Each rewrite below yields a schema that
+accepts exactly the same documents (or, where noted, a subset of them — every generated document still
+validates against the original):
+
+* draft 4-7 spellings → 2020-12: boolean ``exclusiveMinimum``/``exclusiveMaximum``; ``items`` as an array →
+  ``prefixItems`` (``additionalItems`` → ``items``);
+* ``allOf`` and ``$ref`` with sibling keywords → one merged subschema (local ``$ref`` targets inlined once);
+* keywords next to ``anyOf`` / ``oneOf`` → merged into every branch; unsatisfiable branches dropped;
+* ``enum`` / ``const`` next to other keywords → the values that satisfy them (checked with ``jsonschema``);
+* ``dependentRequired`` / array ``dependencies`` on closed objects → dependencies of required properties made
+  required, optional properties that have dependencies left out (subset);
+* ``required`` names missing from ``properties`` → declared with the ``additionalProperties`` schema;
+* ``integer`` bounds rounded inwards; ``number`` with an integral ``multipleOf`` → ``integer`` (subset);
+* ``oneOf`` over object branches that overlap only through optional properties → each branch forbids
+  (``additionalProperties: false`` and the property left out) one property that every overlapping branch
+  requires and it does not (subset: the backends enforce ``oneOf`` as ``anyOf``; this makes the branches
+  exclusive, so every generated document matches exactly one);
+* ``minProperties`` / ``minItems`` that need implicit extra members → the implicit ``additionalProperties`` /
+  ``items`` written out (xgrammar's strict mode otherwise forbids them and fails to compile);
+* ``format`` ``date`` / ``time`` / ``date-time`` / ``ipv4`` → an equivalent-or-narrower ``pattern`` (subset):
+  the backends' own format regexes accept days a month does not have (``2023-02-30``) and octets with leading
+  zeros (``1.02.3.4``), which JSON-schema validators reject; the patterns allow calendar-valid days (February
+  up to the 28th), years 1000-9999, at most 6 fraction digits, offsets up to ±23:59;
+* ``minLength`` / ``maxLength`` next to a ``pattern`` of the form ``^X*$`` / ``^X+$`` (X one character or
+  class) → ``^X{min,max}$`` (the backends ignore lengths next to a pattern);
+* in ``pattern`` / ``patternProperties`` regexes, ``(...)?`` → ``(...|)``: the same language, but xgrammar
+  0.2.8 mis-compiles optional groups that end in a repetition inside JSON strings (``fix_optional_groups``).
+
+If a rewrite would leave a local ``$ref`` dangling, the original schema is returned unchanged.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from radixgen.grammar.json_schema import (
+    ANNOTATIONS,
+    ASSERTIONS,
+    LIST_KEYWORDS,
+    MAP_KEYWORDS,
+    ONE_KEYWORDS,
+    is_local_ref,
+    json_key,
+    resolve_ref,
+    types_of,
+    walk,
+)
+from radixgen.grammar.schema_rewrites import Unsatisfiable, local_rewrites, numbers, upgrade_drafts
+
+_MIN = ("minimum", "exclusiveMinimum", "minLength", "minItems", "minProperties", "minContains")
+_MAX = ("maximum", "exclusiveMaximum", "maxLength", "maxItems", "maxProperties", "maxContains")
+_STRUCTURAL = ("properties", "required", "additionalProperties", "items", "prefixItems")
+_GIVE_UP = ("patternProperties", "unevaluatedProperties", "unevaluatedItems", "$dynamicRef", "$recursiveRef")
+_MAX_DEPTH = 48
+_MAX_STEPS = 20_000  # merges + inlined references per schema: bounds the work (references can nest)
+
+
+class _OverBudget(Exception):
+    pass
+
+
+def normalize_schema(root: Any) -> Any:
+    """A rewritten copy of ``root`` (see the module docstring); ``root`` is not modified.
+
+    Raises:
+        Unsatisfiable: no document can satisfy the schema.
+    """
+    if not isinstance(root, dict):
+        return root
+    try:
+        out = _Normalizer(root).norm(copy.deepcopy(root), 0)
+    except (_OverBudget, RecursionError):
+        return root
+    out.pop("$schema", None)  # the rewritten schema uses 2020-12 forms whatever draft it declared
+    for _, sub in walk(out):
+        ref = sub.get("$ref")
+        if is_local_ref(ref):
+            try:
+                resolve_ref(out, ref)
+            except KeyError:
+                return root
+    return out
+
+
+class _Normalizer:
+    def __init__(self, root: dict[str, Any]) -> None:
+        self.root = root
+        self._validator: Any = None
+        self._steps = 0
+
+    # ------------------------------------------------------------------ the rewrite, top-down
+    def norm(self, s: Any, depth: int) -> Any:
+        if not isinstance(s, dict) or depth > _MAX_DEPTH:
+            return s
+        s = upgrade_drafts(s)
+        s = self._merge_all_of(s, depth)
+        s = self._filter_values(s)
+        s = self._distribute(s, depth)
+        s = self._exclusive_one_of(s)
+        s = local_rewrites(s)
+        self._norm_children(s, depth)
+        return s
+
+    def _norm_children(self, s: dict[str, Any], depth: int) -> None:
+        for kw in MAP_KEYWORDS:
+            value = s.get(kw)
+            if not isinstance(value, dict):
+                continue
+            for name in list(value):
+                try:
+                    value[name] = self.norm(value[name], depth + 1)
+                except Unsatisfiable:
+                    value[name] = False
+            if kw == "properties":
+                required = set(s.get("required") or [])
+                for name in [n for n, v in value.items() if v is False]:
+                    if name in required:
+                        raise Unsatisfiable(f"required property {name!r} admits no value")
+                    del value[name]
+        names = s.get("propertyNames")
+        if isinstance(names, dict) and "type" not in names and "$ref" not in names:
+            s["propertyNames"] = {**names, "type": "string"}  # property names are strings
+        for kw in (*ONE_KEYWORDS, "items"):
+            if kw in s and isinstance(s[kw], dict):
+                try:
+                    s[kw] = self.norm(s[kw], depth + 1)
+                except Unsatisfiable:
+                    s[kw] = False
+        for kw in LIST_KEYWORDS:
+            if isinstance(s.get(kw), list):
+                kept = []
+                for sub in s[kw]:
+                    try:
+                        kept.append(self.norm(sub, depth + 1))
+                    except Unsatisfiable:
+                        if kw in ("prefixItems", "allOf"):
+                            raise
+                if not kept and kw in ("anyOf", "oneOf"):
+                    raise Unsatisfiable(f"no branch of {kw} admits a value")
+                s[kw] = kept
+
+    def _merge_all_of(self, s: dict[str, Any], depth: int) -> dict[str, Any]:
+        has_ref_siblings = is_local_ref(s.get("$ref")) and any(k in ASSERTIONS for k in s if k != "$ref")
+        if not isinstance(s.get("allOf"), list) and not has_ref_siblings:
+            return s
+        merged = self.expand(s, depth)
+        return merged if isinstance(merged, dict) else s
+
+    def _distribute(self, s: dict[str, Any], depth: int) -> dict[str, Any]:
+        kws = [k for k in ("anyOf", "oneOf") if isinstance(s.get(k), list)]
+        if len(kws) != 1:
+            return s
+        kw = kws[0]
+        siblings = {k: v for k, v in s.items() if k in ASSERTIONS and k != kw}
+        if not siblings:
+            return s
+        branches = []
+        for branch in s[kw]:
+            try:
+                merged = self.merge(siblings, branch, depth + 1)
+            except Unsatisfiable:
+                continue
+            if merged is None:
+                return s
+            branches.append(merged)
+        if not branches:
+            raise Unsatisfiable(f"no branch of {kw} is compatible with its sibling keywords")
+        out = {k: v for k, v in s.items() if k not in siblings}
+        out[kw] = branches
+        return out
+
+    def _exclusive_one_of(self, s: dict[str, Any]) -> dict[str, Any]:
+        from radixgen.grammar.schema_support import disjoint
+
+        branches = s.get("oneOf")
+        if not isinstance(branches, list) or not all(isinstance(b, dict) for b in branches):
+            return s
+        # a document of rewritten branch i must fail every *original* branch j != i
+        out = [dict(b) for b in branches]
+        for i, a in enumerate(out):
+            for j, b in enumerate(branches):
+                if i == j or disjoint(a, b, self.root):
+                    continue
+                if types_of(a) != {"object"} or not isinstance(a.get("properties", {}), dict):
+                    return s
+                mine = set(a.get("required") or [])
+                theirs = [p for p in (b.get("required") or []) if p not in mine]
+                open_ended = a.get("additionalProperties", False) not in (False, True)
+                if not theirs or a.get("patternProperties") or open_ended:
+                    return s
+                a["properties"] = {k: v for k, v in a.get("properties", {}).items() if k != theirs[0]}
+                a["additionalProperties"] = False
+        if all(disjoint(a, b, self.root) for i, a in enumerate(out) for j, b in enumerate(branches) if i != j):
+            return {**s, "oneOf": out}
+        return s
+
+    def _filter_values(self, s: dict[str, Any]) -> dict[str, Any]:
+        if "const" not in s and not isinstance(s.get("enum"), list):
+            return s
+        others = {k: v for k, v in s.items() if k in ASSERTIONS and k not in ("enum", "const")}
+        if not others and not ("const" in s and "enum" in s):
+            return s
+        values = [s["const"]] if "const" in s else list(s["enum"])
+        check = {k: v for k, v in s.items() if k in ASSERTIONS and k != ("const" if "const" in s else "enum")}
+        kept = [v for v in values if self.is_valid(v, check)]
+        if not kept:
+            raise Unsatisfiable("no enum/const value satisfies the other keywords")
+        out = {k: v for k, v in s.items() if k not in ASSERTIONS}
+        if "const" in s:
+            out["const"] = kept[0]
+        else:
+            out["enum"] = kept
+        return out
+
+    def is_valid(self, value: Any, schema: dict[str, Any]) -> bool:
+        """``value`` against ``schema``, ``$ref``s resolved against the root document (formats checked)."""
+        if self._validator is None:
+            from jsonschema import Draft202012Validator, FormatChecker, validators
+
+            cls = validators.validator_for(self.root, default=Draft202012Validator)
+            self._validator = cls(self.root, format_checker=FormatChecker())
+        return bool(self._validator.evolve(schema=schema).is_valid(value))
+
+    # ------------------------------------------------------------------ merging (allOf semantics)
+    def expand(self, s: Any, depth: int) -> Any:
+        """``s`` with a local ``$ref`` inlined and ``allOf`` folded in; None when that cannot be done exactly."""
+        if depth > _MAX_DEPTH:
+            return None
+        if not isinstance(s, dict):
+            return s
+        self._steps += 1
+        if self._steps > _MAX_STEPS:
+            raise _OverBudget
+        s = upgrade_drafts(dict(s))
+        ref = s.get("$ref")
+        if ref is not None:
+            if not is_local_ref(ref):
+                return None
+            try:
+                target = copy.deepcopy(resolve_ref(self.root, ref))
+            except KeyError:
+                return None
+            rest = {k: v for k, v in s.items() if k != "$ref"}
+            if not any(k in ASSERTIONS for k in rest):
+                return self.expand(target, depth + 1)
+            return self.merge(target, rest, depth + 1)
+        if isinstance(s.get("allOf"), list):
+            acc: Any = {k: v for k, v in s.items() if k != "allOf"}
+            for branch in s["allOf"]:
+                acc = self.merge(acc, branch, depth + 1)
+                if acc is None:
+                    return None
+            return acc
+        return s
+
+    def merge(self, a: Any, b: Any, depth: int) -> Any:
+        """A schema accepting exactly the documents both accept; None when not expressible here.
+
+        Raises:
+            Unsatisfiable: no document satisfies both.
+        """
+        a, b = self.expand(a, depth), self.expand(b, depth)
+        if a is None or b is None:
+            return None
+        if a is False or b is False:
+            raise Unsatisfiable("false schema")
+        if a is True or a == {}:
+            return b
+        if b is True or b == {}:
+            return a
+        if any(k in a or k in b for k in _GIVE_UP):
+            return None
+        out: dict[str, Any] = {}
+        for k in dict.fromkeys([*a, *b]):
+            if k in _STRUCTURAL:
+                continue
+            if k not in b or k not in a:
+                out[k] = a[k] if k in a else b[k]
+                continue
+            va, vb = a[k], b[k]
+            if json_key(va) == json_key(vb) or k in ANNOTATIONS:
+                out[k] = va
+            elif k == "type":
+                out[k] = _intersect_types(a, b)
+            elif k in _MIN and numbers(va, vb):
+                out[k] = max(va, vb)
+            elif k in _MAX and numbers(va, vb):
+                out[k] = min(va, vb)
+            elif k == "enum" and isinstance(va, list) and isinstance(vb, list):
+                keys = {json_key(x) for x in vb}
+                out[k] = [x for x in va if json_key(x) in keys]
+                if not out[k]:
+                    raise Unsatisfiable("enum intersection is empty")
+            elif k == "const":
+                raise Unsatisfiable("different const values")
+            else:
+                return None
+        if not self._merge_objects(a, b, out, depth) or not self._merge_arrays(a, b, out, depth):
+            return None
+        return out
+
+    def _merge_objects(self, a: dict[str, Any], b: dict[str, Any], out: dict[str, Any], depth: int) -> bool:
+        pa, pb = a.get("properties", {}), b.get("properties", {})
+        if not isinstance(pa, dict) or not isinstance(pb, dict):
+            return False
+        addl_a, addl_b = a.get("additionalProperties", True), b.get("additionalProperties", True)
+        props: dict[str, Any] = {}
+        for name in dict.fromkeys([*pa, *pb]):
+            try:
+                m = self.merge(pa.get(name, addl_a), pb.get(name, addl_b), depth + 1)
+            except Unsatisfiable:
+                m = False
+            if m is None:
+                return False
+            props[name] = m
+        if props:
+            out["properties"] = props
+        required = list(dict.fromkeys([*(a.get("required") or []), *(b.get("required") or [])]))
+        if required:
+            out["required"] = required
+        if "additionalProperties" in a or "additionalProperties" in b:
+            try:
+                addl = self.merge(addl_a, addl_b, depth + 1)
+            except Unsatisfiable:
+                addl = False
+            if addl is None:
+                return False
+            out["additionalProperties"] = addl
+        return True
+
+    def _merge_arrays(self, a: dict[str, Any], b: dict[str, Any], out: dict[str, Any], depth: int) -> bool:
+        if "prefixItems" in a and "prefixItems" in b:
+            if json_key(a["prefixItems"]) != json_key(b["prefixItems"]):
+                return False
+        for x, y in ((a, b), (b, a)):
+            if "prefixItems" in x and isinstance(x["prefixItems"], list):
+                other = y.get("items", True)
+                merged = [self.merge(p, other, depth + 1) for p in x["prefixItems"]]
+                if any(m is None for m in merged):
+                    return False
+                out["prefixItems"] = merged
+                break
+        if "items" in a or "items" in b:
+            items = self.merge(a.get("items", True), b.get("items", True), depth + 1)
+            if items is None:
+                return False
+            out["items"] = items
+        return True
+
+
+def _intersect_types(a: dict[str, Any], b: dict[str, Any]) -> Any:
+    ta, tb = types_of(a), types_of(b)
+    if ta is None or tb is None:
+        raise Unsatisfiable("malformed type")
+    out = [t for t in ta if t in tb]
+    if "integer" in ta and "number" in tb or "number" in ta and "integer" in tb:
+        out.append("integer")
+    out = list(dict.fromkeys(out))
+    if not out:
+        raise Unsatisfiable(f"type {sorted(ta)} and {sorted(tb)} do not intersect")
+    return out[0] if len(out) == 1 else out

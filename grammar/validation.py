@@ -1,0 +1,236 @@
+"""Synchronous checks of a constraint before any work is queued, and the normalised spec a backend compiles.
+
+Order: size and nesting bounds (cheap scans that need no parser, so no input can make a parser recurse or run
+long) → syntax (JSON + the JSON-Schema meta-schema via ``jsonschema``'s ``check_schema``; Python ``re`` plus the
+backend's own regex parser; the backend's EBNF parser) → JSON schema only: normalisation (``schema_normalize``)
+and the not-enforced-keyword check (``schema_support``), which rejects unless the request opts into best effort
+(``SamplingParams.grammar_best_effort``). Every failure is a :class:`GrammarError` whose message starts with the
+field name (``json_schema``, ``regex``, ``ebnf``).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from radixgen.grammar.base import GrammarError, GrammarLimits
+from radixgen.grammar.schema_normalize import Unsatisfiable, normalize_schema
+from radixgen.grammar.schema_support import Issue, SchemaSupport, find_unenforced
+
+#: the json_object kind's spec is ignored (any JSON object); "" is its canonical spec
+JSON_OBJECT_SPEC = ""
+_MAX_REPORTED = 3
+
+
+@dataclass(frozen=True)
+class PreparedSpec:
+    """A validated constraint: ``spec`` is what the backend compiles (a normalised schema for json_schema);
+    ``ignored`` lists the keywords accepted under best effort although they are not enforced."""
+
+    kind: str
+    spec: str
+    ignored: tuple[Issue, ...] = ()
+
+
+SyntaxCheck = Callable[[str, str], None]
+
+
+def prepare_spec(
+    kind: str,
+    spec: Any,
+    support: SchemaSupport,
+    syntax_check: SyntaxCheck,
+    limits: GrammarLimits,
+    best_effort: bool = False,
+) -> PreparedSpec:
+    """Validate ``spec`` of ``kind`` for a backend and return what it should compile.
+
+    Args:
+        kind: json_schema | json_object | regex | ebnf.
+        spec: the constraint text (a JSON-schema document as a string; json_object ignores it).
+        support: the backend's keyword-support table.
+        syntax_check: the backend's own parser, ``(kind, spec) -> None``, raising GrammarError.
+        limits: size and nesting bounds.
+        best_effort: accept keywords the backend does not enforce (they are listed in ``ignored``).
+
+    Raises:
+        GrammarError: the message names the field and the problem.
+    """
+    if kind == "json_object":
+        return PreparedSpec(kind, JSON_OBJECT_SPEC)
+    if kind not in ("json_schema", "regex", "ebnf"):
+        raise GrammarError(f"grammar: unknown constraint kind {kind!r}")
+    if not isinstance(spec, str) or not spec.strip():
+        raise GrammarError(f"{kind}: must be a non-empty string")
+    size = len(spec.encode("utf-8"))
+    if size > limits.max_spec_bytes:
+        raise GrammarError(
+            f"{kind}: {size} bytes exceeds the limit of {limits.max_spec_bytes} (grammar_max_spec_bytes)"
+        )
+    depth = json_depth(spec) if kind == "json_schema" else bracket_depth(spec)
+    if depth > limits.max_nesting_depth:
+        raise GrammarError(
+            f"{kind}: nesting depth {depth} exceeds the limit of {limits.max_nesting_depth} (grammar_max_nesting_depth)"
+        )
+    if kind == "regex":
+        try:
+            re.compile(spec)
+        except re.error as e:
+            raise GrammarError(f"regex: invalid regular expression: {e}") from None
+        syntax_check(kind, spec)
+        return PreparedSpec(kind, spec)
+    if kind == "ebnf":
+        syntax_check(kind, spec)
+        return PreparedSpec(kind, spec)
+    return _prepare_json_schema(spec, support, syntax_check, best_effort)
+
+
+def _prepare_json_schema(
+    spec: str, support: SchemaSupport, syntax_check: SyntaxCheck, best_effort: bool
+) -> PreparedSpec:
+    try:
+        schema = json.loads(spec)
+    except (ValueError, RecursionError) as e:
+        raise GrammarError(f"json_schema: not valid JSON: {e}") from None
+    if schema is False:
+        raise GrammarError("json_schema: the schema 'false' admits no document")
+    if schema is True:
+        schema = {}
+    if not isinstance(schema, dict):
+        raise GrammarError(f"json_schema: must be a JSON object or boolean, got {type(schema).__name__}")
+    check_meta_schema(schema)
+    try:
+        normalized = normalize_schema(schema)
+    except Unsatisfiable as e:
+        raise GrammarError(f"json_schema: no JSON document satisfies the schema ({e})") from None
+    _check_refs(normalized)
+    issues = find_unenforced(normalized, support)
+    if issues and not best_effort:
+        shown = "; ".join(f"'{k}' at {p}: {why}" for p, k, why in issues[:_MAX_REPORTED])
+        more = f" (and {len(issues) - _MAX_REPORTED} more)" if len(issues) > _MAX_REPORTED else ""
+        raise GrammarError(
+            f"json_schema: keyword(s) the {support.backend} backend does not enforce: {shown}{more}; "
+            "set grammar_best_effort to generate without them"
+        )
+    text = json.dumps(normalized, ensure_ascii=False)
+    syntax_check("json_schema", text)
+    return PreparedSpec("json_schema", text, tuple(issues))
+
+
+def check_meta_schema(schema: dict[str, Any]) -> None:
+    """Validate against the meta-schema of the schema's ``$schema`` (draft 2020-12 when absent).
+
+    Raises:
+        GrammarError: naming the offending location and the meta-schema's complaint.
+    """
+    from jsonschema import Draft202012Validator, SchemaError, validators
+
+    try:
+        cls = validators.validator_for(schema, default=Draft202012Validator)
+    except Exception:  # noqa: BLE001 - an unknown $schema URI
+        cls = Draft202012Validator
+    try:
+        cls.check_schema(schema)
+    except SchemaError as e:
+        where = "/".join(str(p) for p in e.absolute_path) or "(root)"
+        raise GrammarError(f"json_schema: invalid schema at {where}: {e.message}") from None
+    except RecursionError:
+        raise GrammarError("json_schema: the schema nests too deeply") from None
+
+
+def _check_refs(schema: Any) -> None:
+    from radixgen.grammar.json_schema import is_local_ref, resolve_ref, walk
+
+    for path, sub in walk(schema):
+        ref = sub.get("$ref")
+        if is_local_ref(ref):
+            try:
+                resolve_ref(schema, ref)
+            except KeyError:
+                raise GrammarError(f"json_schema: $ref {ref!r} at {path} points to nothing") from None
+
+
+def json_depth(text: str) -> int:
+    """Deepest ``[``/``{`` nesting of a JSON text (brackets inside strings ignored), without parsing it."""
+    depth = best = 0
+    in_str = escaped = False
+    for ch in text:
+        if in_str:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_str = False
+        elif ch == '"':
+            in_str = True
+        elif ch in "[{":
+            depth += 1
+            best = max(best, depth)
+        elif ch in "]}":
+            depth -= 1
+    return best
+
+
+def bracket_depth(text: str) -> int:
+    """Deepest ``(``/``[``/``{`` nesting of a regex or EBNF text (escaped characters ignored)."""
+    depth = best = 0
+    escaped = False
+    for ch in text:
+        if escaped:
+            escaped = False
+        elif ch == "\\":
+            escaped = True
+        elif ch in "([{":
+            depth += 1
+            best = max(best, depth)
+        elif ch in ")]}":
+            depth = max(depth - 1, 0)
+    return best
+
+
+def regex_stats(pattern: str, cap: int = 1 << 30) -> tuple[int, set[str]]:
+    """``(expanded_size, features)`` of a Python-syntax regex.
+
+    expanded_size: positions with every bounded repetition unrolled (``a{1,100}`` counts 100), a bound on the
+    automaton an index-building backend constructs (outlines builds a DFA over it); capped at ``cap``.
+    features: constructs some backends lack: ``"lookaround"``, ``"backreference"``, ``"conditional"``.
+    A pattern Python cannot parse gives ``(0, set())`` (``re.compile`` reports it).
+    """
+    import re._parser as sre_parse  # the stdlib parser; private but stable across 3.11-3.13
+
+    features: set[str] = set()
+
+    def size(items: Any) -> int:
+        total = 0
+        for op, arg in items:
+            name = str(op)
+            if name in ("MAX_REPEAT", "MIN_REPEAT", "POSSESSIVE_REPEAT"):
+                lo, hi, body = arg
+                count = hi if hi != sre_parse.MAXREPEAT else lo + 1
+                total += max(count, 1) * size(body)
+            elif name in ("SUBPATTERN", "ATOMIC_GROUP"):
+                total += size(arg[-1])
+            elif name == "BRANCH":
+                total += sum(size(b) for b in arg[1])
+            elif name in ("ASSERT", "ASSERT_NOT"):
+                features.add("lookaround")
+                total += size(arg[1])
+            elif name == "GROUPREF":
+                features.add("backreference")
+                total += 1
+            elif name == "GROUPREF_EXISTS":
+                features.add("conditional")
+                total += size(arg[1]) + (size(arg[2]) if arg[2] else 0)
+            else:
+                total += 1
+            total = min(total, cap)
+        return total
+
+    try:
+        return size(sre_parse.parse(pattern)), features
+    except Exception:  # noqa: BLE001 - syntax errors are reported by re.compile
+        return 0, set()

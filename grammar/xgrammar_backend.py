@@ -1,0 +1,183 @@
+"""The default backend: xgrammar (Dong et al. 2024, "XGrammar: Flexible and Efficient Structured Generation
+Engine for Large Language Models", arXiv:2411.15100) — a byte-level pushdown automaton with context-independent
+tokens precomputed per grammar, so filling a bitmask costs a few microseconds per row.
+
+Kinds:
+    json_schema: ``GrammarCompiler.compile_json_schema`` in strict mode (``additionalProperties`` and ``items``
+        default to false, as OpenAI's strict structured outputs: a subset of the valid documents). Whitespace:
+        ``any_whitespace=False`` (the default here) fixes the separators to ``", "`` and ``": "`` with no other
+        whitespace, so a model cannot pad a document forever; ``any_whitespace=True`` allows JSON whitespace
+        between tokens (at most ``MAX_WHITESPACE`` characters in a row).
+    json_object: any JSON object (the JSON schema ``{"type": "object"}``), same whitespace rule.
+    regex: ``compile_regex`` (the whole output must match; ECMAScript-like syntax, no backreferences or
+        ``\\p{..}`` classes).
+    ebnf: ``compile_grammar`` with xgrammar's GBNF dialect, root rule ``root``.
+
+The tokenizer is described once per backend (``TokenizerInfo.from_huggingface`` with the model's vocabulary
+size, so padding ids are never allowed, and every eos id as a stop token).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import torch
+import xgrammar as xgr
+
+from radixgen.grammar.base import CompiledGrammar, GrammarBackend, GrammarError, GrammarMatcher, bitmask_width
+from radixgen.grammar.schema_support import XGRAMMAR_SUPPORT
+
+MAX_WHITESPACE = 4
+
+
+def _message(e: Exception) -> str:
+    """xgrammar's C++ errors start with a ``[time] file.cc:line:`` prefix; keep the human part."""
+    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    if "] " in text and ".cc:" in text:
+        text = text.split(": ", 1)[-1] if ".cc:" in text.split(": ", 1)[0] else text
+    return text
+
+
+class XGrammarMatcher(GrammarMatcher):
+    """Wraps ``xgrammar.GrammarMatcher`` (unlimited rollback). ``allowed``: an optional static int32 ``[W]``
+    bitmask ANDed into every row it fills (see :meth:`XGrammarBackend.json_token_mask`)."""
+
+    def __init__(self, compiled: xgr.CompiledGrammar, allowed: torch.Tensor | None = None) -> None:
+        self._m = xgr.GrammarMatcher(compiled)
+        self._allowed = allowed
+
+    def accept_token(self, token_id: int) -> bool:
+        return bool(self._m.accept_token(token_id))
+
+    def fill_next_token_bitmask(self, bitmask: torch.Tensor, row: int) -> None:
+        self._m.fill_next_token_bitmask(bitmask, row)
+        if self._allowed is not None:
+            bitmask[row] &= self._allowed
+
+    def is_terminated(self) -> bool:
+        return bool(self._m.is_terminated())
+
+    def rollback(self, num_tokens: int) -> None:
+        if num_tokens > 0:
+            try:
+                self._m.rollback(num_tokens)
+            except Exception as e:  # noqa: BLE001 - xgrammar raises RuntimeError
+                raise ValueError(f"rollback({num_tokens}): {_message(e)}") from None
+
+    def find_jump_forward_string(self) -> str:
+        try:
+            return str(self._m.find_jump_forward_string())
+        except UnicodeDecodeError:  # the forced bytes end inside a UTF-8 character (e.g. [αβ]: both start 0xCE)
+            return ""
+
+
+class XGrammarCompiled(CompiledGrammar):
+    def __init__(self, compiled: xgr.CompiledGrammar, allowed: torch.Tensor | None = None) -> None:
+        self.compiled = compiled
+        self.allowed = allowed
+
+    def matcher(self) -> GrammarMatcher:
+        return XGrammarMatcher(self.compiled, self.allowed)
+
+
+class XGrammarBackend(GrammarBackend):
+    """xgrammar for one Hugging Face tokenizer.
+
+    Args:
+        tokenizer: a ``transformers`` tokenizer.
+        vocab_size: the model's vocabulary size (>= the tokenizer's).
+        stop_token_ids: every eos id of the model.
+        any_whitespace: see the module docstring.
+    """
+
+    name = "xgrammar"
+    support = XGRAMMAR_SUPPORT
+
+    def __init__(
+        self, tokenizer: Any, vocab_size: int, stop_token_ids: list[int], any_whitespace: bool = False
+    ) -> None:
+        self.tokenizer = tokenizer
+        self.vocab_size = vocab_size
+        self.any_whitespace = any_whitespace
+        self.info = xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab_size, stop_token_ids=stop_token_ids)
+        # our own LRU (cache.py) sits in front; xgrammar's cache would hold a second copy
+        self.compiler = xgr.GrammarCompiler(self.info, max_threads=1, cache_enabled=False)
+        self._token_bytes: list[bytes] | None = None
+        self._json_mask: torch.Tensor | None = None
+
+    @staticmethod
+    def check_syntax(kind: str, spec: str) -> None:
+        """xgrammar's own parsers (no tokenizer needed): regex, EBNF, and the JSON-schema converter.
+
+        Raises:
+            GrammarError: naming the field and xgrammar's message.
+        """
+        try:
+            if kind == "regex":
+                xgr.Grammar.from_regex(spec)
+            elif kind == "ebnf":
+                xgr.Grammar.from_ebnf(spec)
+            elif kind == "json_schema":
+                xgr.Grammar.from_json_schema(spec, any_whitespace=False, strict_mode=True)
+        except Exception as e:  # noqa: BLE001 - xgrammar raises RuntimeError / InvalidJSONError / ValueError
+            raise GrammarError(f"{kind}: {_message(e)}") from None
+
+    def compile(self, kind: str, spec: str) -> CompiledGrammar:
+        ws: dict[str, Any] = {"any_whitespace": self.any_whitespace}
+        if self.any_whitespace:
+            ws["max_whitespace_cnt"] = MAX_WHITESPACE
+        try:
+            if kind == "json_schema":
+                out = self.compiler.compile_json_schema(spec, strict_mode=True, **ws)
+            elif kind == "json_object":
+                out = self.compiler.compile_json_schema(json.dumps({"type": "object"}), strict_mode=False, **ws)
+            elif kind == "regex":
+                out = self.compiler.compile_regex(spec)
+            elif kind == "ebnf":
+                out = self.compiler.compile_grammar(spec)
+            else:
+                raise GrammarError(f"grammar: unknown constraint kind {kind!r}")
+        except GrammarError:
+            raise
+        except Exception as e:  # noqa: BLE001
+            raise GrammarError(f"{kind}: {_message(e)}") from None
+        return XGrammarCompiled(out, self.json_token_mask() if kind in ("json_schema", "json_object") else None)
+
+    def json_token_mask(self) -> torch.Tensor:
+        """int32 ``[ceil(V / 32)]``: tokens without raw control characters (bytes < 0x20; with
+        ``any_whitespace`` tab, newline and carriage return are kept). JSON never contains them outside
+        whitespace, but xgrammar 0.2.8's ``minLength``/``maxLength`` strings accept them (``[^"\\\r\n]``)."""
+        if self._json_mask is None:
+            keep = {9, 10, 13} if self.any_whitespace else set()
+            bad = [i for i, b in enumerate(self.token_bytes) if any(c < 0x20 and c not in keep for c in b)]
+            words = torch.full((bitmask_width(self.vocab_size),), -1, dtype=torch.int64) & 0xFFFFFFFF
+            if bad:
+                t = torch.tensor(bad, dtype=torch.int64)
+                words.index_add_(0, t >> 5, -(torch.ones_like(t) << (t & 31)))  # clear each bad bit once
+            self._json_mask = words.to(torch.int32)
+        return self._json_mask
+
+    @property
+    def token_bytes(self) -> list[bytes]:
+        if self._token_bytes is None:
+            special = set(self.info.special_token_ids) | set(self.info.stop_token_ids)
+            special |= set(getattr(self.tokenizer, "all_special_ids", []) or [])
+            decoded = list(self.info.decoded_vocab)
+            decoded += [b""] * (self.vocab_size - len(decoded))
+            self._token_bytes = [b"" if i in special else bytes(b) for i, b in enumerate(decoded[: self.vocab_size])]
+        return self._token_bytes
+
+    def encode(self, text: str) -> list[int]:
+        return encode_continuation(self.tokenizer, text)
+
+
+def encode_continuation(tokenizer: Any, text: str) -> list[int]:
+    """Token ids of ``text`` as it would continue a sequence: no special tokens and no sentencepiece dummy
+    prefix. Encodes ``"\\n" + text`` and drops the ids of ``"\\n"`` (a newline never merges with the next
+    character in sentencepiece vocabularies); falls back to a plain encode when that prefix does not match."""
+    anchor = tokenizer.encode("\n", add_special_tokens=False)
+    ids = tokenizer.encode("\n" + text, add_special_tokens=False)
+    if anchor and ids[: len(anchor)] == anchor:
+        return list(ids[len(anchor) :])
+    return list(tokenizer.encode(text, add_special_tokens=False))
