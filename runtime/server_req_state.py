@@ -56,6 +56,7 @@ class ServerReqState:
         self.prompt_tokens = prompt_len
         self.completion_tokens = 0
         self.cached_tokens = 0
+        self.jump_forward_tokens = 0
         self.error: tuple[int, str] | None = None
         self.updated = False
         self.created = time.perf_counter()
@@ -78,6 +79,7 @@ class ServerReqState:
         self.prompt_tokens = out.prompt_tokens
         self.completion_tokens = out.completion_tokens
         self.cached_tokens = out.cached_tokens
+        self.jump_forward_tokens = out.jump_forward_tokens
         if self.return_logprob:
             for key in _LOGPROB_KEYS:
                 delta = getattr(out, key)
@@ -115,6 +117,7 @@ class ServerReqState:
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "cached_tokens": self.cached_tokens,
+            "jump_forward_tokens": self.jump_forward_tokens,
             "e2e_latency": self.e2e_latency(),
         }
         if self.return_logprob:

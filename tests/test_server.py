@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import threading
 import time
@@ -375,6 +376,54 @@ def test_bad_input_on_other_routes_then_server_still_works(server: ServerHandle)
             r = c.post(path, json=body)
             assert r.status_code == 400 and field in r.json()["error"]["message"], (path, r.text)
         assert c.get("/no_such_route").json()["error"]["code"] == 404
+        ok = c.post("/generate", json={"text": PROMPTS[0], "sampling_params": GREEDY})
+        assert ok.status_code == 200 and ok.json()["meta_info"]["completion_tokens"] == 24
+
+
+SMALL_SCHEMA = {
+    "type": "object",
+    "properties": {"color": {"enum": ["red", "green", "blue"]}, "n": {"type": "integer", "minimum": 0, "maximum": 9}},
+    "required": ["color", "n"],
+    "additionalProperties": False,
+}
+
+
+def test_generate_regex_and_json_schema(server: ServerHandle) -> None:
+    """Grammar fields pass through /generate: the text matches, the request ends with stop, meta_info counts
+    jump-forward tokens."""
+    import jsonschema
+
+    pattern = r"(yes|no)-[0-9]{2}"
+    with server.client() as c:
+        r = c.post("/generate", json={"text": PROMPTS[0], "sampling_params": {"max_new_tokens": 16, "regex": pattern}})
+        assert r.status_code == 200, r.text
+        out = r.json()
+        assert re.fullmatch(pattern, out["text"]), out["text"]
+        assert out["meta_info"]["finish_reason"]["type"] == "stop"
+        assert out["meta_info"]["jump_forward_tokens"] >= 0
+        body = {"text": PROMPTS[1], "sampling_params": {"max_new_tokens": 48, "json_schema": json.dumps(SMALL_SCHEMA)}}
+        r = c.post("/generate", json=body)
+        assert r.status_code == 200, r.text
+        out = r.json()
+        assert out["meta_info"]["finish_reason"]["type"] == "stop", out
+        jsonschema.validate(json.loads(out["text"]), SMALL_SCHEMA)
+
+
+@pytest.mark.parametrize(
+    ("sampling", "expect"),
+    [
+        ({"regex": "(unclosed"}, "regex"),
+        ({"json_schema": "{not json"}, "json_schema"),
+        ({"json_schema": json.dumps({"type": "object", "properties": {"a": {"type": "frobnicate"}}})}, "json_schema"),
+        ({"ebnf": "root ::= "}, "ebnf"),
+        ({"regex": "a", "json_schema": "{}"}, "json_schema/regex"),
+    ],
+)
+def test_generate_bad_grammar_400_then_ok(server: ServerHandle, sampling: dict[str, Any], expect: str) -> None:
+    with server.client() as c:
+        r = c.post("/generate", json={"text": "hi", "sampling_params": {"max_new_tokens": 4, **sampling}})
+        assert r.status_code == 400, r.text
+        assert expect in r.json()["error"]["message"], r.text
         ok = c.post("/generate", json={"text": PROMPTS[0], "sampling_params": GREEDY})
         assert ok.status_code == 200 and ok.json()["meta_info"]["completion_tokens"] == 24
 

@@ -80,11 +80,6 @@ def _build(ctx: ApiContext, req: ChatCompletionRequest, rid: str) -> list[Choice
     )
     if req.function_call is not None and req.function_call != "none":
         raise bad_request("function_call: not supported by this server yet", "function_call")
-    if req.response_format is not None and req.response_format.type != "text":
-        raise bad_request(
-            f"response_format: type {req.response_format.type!r} is not supported yet (only 'text')",
-            "response_format",
-        )
     if req.top_logprobs is not None and req.top_logprobs > 0 and not req.logprobs:
         raise bad_request("top_logprobs: requires logprobs to be true", "top_logprobs")
     messages = []

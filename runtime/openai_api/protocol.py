@@ -3,7 +3,9 @@
 Requests accept the OpenAI fields plus SGLang/vLLM's extra sampling fields (``top_k``, ``min_p``,
 ``ignore_eos``, ``min_tokens``, ``repetition_penalty``, ``stop_token_ids``, ``skip_special_tokens``,
 ``no_stop_trim``, ...). Unknown fields are ignored, as OpenAI-compatible servers do; fields that are known but
-not supported (grammar fields, tools, ``suffix``) are rejected by the handlers with a 400 naming them.
+not supported (tools, ``suffix``) are rejected by the handlers with a 400 naming them. Grammar-constrained
+decoding: ``response_format`` (``text`` / ``json_object`` / ``json_schema``) and the extra fields ``regex``,
+``json_schema``, ``ebnf`` (at most one constraint per request), on both endpoints.
 """
 
 from __future__ import annotations
@@ -23,6 +25,25 @@ class StreamOptions(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
     include_usage: bool = False
+
+
+class JsonSchemaFormat(BaseModel):
+    """``response_format.json_schema``: ``{"name", "schema", "strict", "description"}`` (``schema`` required)."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+    name: str | None = None
+    description: str | None = None
+    schema_: Any = Field(None, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(BaseModel):
+    """``response_format``: ``{"type": "text"}`` (no constraint), ``{"type": "json_object"}`` (any JSON object) or
+    ``{"type": "json_schema", "json_schema": {"name", "schema", "strict"}}``; other types are refused (400)."""
+
+    model_config = ConfigDict(extra="allow")
+    type: str = "text"
+    json_schema: JsonSchemaFormat | None = None
 
 
 class SamplingRequest(BaseModel):
@@ -53,10 +74,11 @@ class SamplingRequest(BaseModel):
     spaces_between_special_tokens: bool = True
     no_stop_trim: bool = False
     rid: str | None = None
-    # grammar-constrained decoding: accepted by the schema so that they are rejected explicitly, never ignored
+    # grammar-constrained decoding (SGLang's extra fields, and OpenAI's response_format); at most one
     regex: str | None = None
-    json_schema: Any = None
+    json_schema: Any = None  # a JSON-schema document, as an object or a string
     ebnf: str | None = None
+    response_format: ResponseFormat | None = None
 
     @field_validator("stop", mode="before")
     @classmethod
@@ -159,13 +181,6 @@ class ChatMessage(BaseModel):
         raise ValueError("must be a string or a list of text content parts")
 
 
-class ResponseFormat(BaseModel):
-    """``response_format``: only ``{"type": "text"}`` for now (structured outputs come with the grammar work)."""
-
-    model_config = ConfigDict(extra="allow")
-    type: str = "text"
-
-
 class ChatCompletionRequest(SamplingRequest):
     """POST /v1/chat/completions."""
 
@@ -174,7 +189,6 @@ class ChatCompletionRequest(SamplingRequest):
     max_completion_tokens: int | None = Field(None, ge=0)
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=_MAX_TOP_LOGPROBS)
-    response_format: ResponseFormat | None = None
     tools: list[Any] | None = None
     tool_choice: Any = None
     functions: list[Any] | None = None

@@ -50,23 +50,68 @@ class ChoiceJob:
 
 
 def reject_unsupported(req: SamplingRequest, extra: dict[str, Any] | None = None) -> None:
-    """400 for fields that are known but not supported yet (never silently ignored).
+    """400 for fields that are known but not supported yet (``extra``: name → value; never silently ignored).
 
     Raises:
         OpenAIError: naming the first such field.
     """
-    fields = {"regex": req.regex, "json_schema": req.json_schema, "ebnf": req.ebnf, **(extra or {})}
-    for name, value in fields.items():
+    for name, value in (extra or {}).items():
         if value is not None and value is not False and value != []:
             raise bad_request(f"{name}: not supported by this server yet", name)
     if req.stream_options is not None and not req.stream:
         raise bad_request("stream_options: only allowed when stream is true", "stream_options")
 
 
+def grammar_params(req: SamplingRequest) -> dict[str, Any]:
+    """The native grammar-constraint fields of a request: ``response_format`` (``json_object`` →
+    ``json_object=True``, ``json_schema`` → ``json_schema=json.dumps(schema)``, ``text`` → none) and the extra
+    fields ``regex`` / ``json_schema`` / ``ebnf``. Whether the constraint is valid (and that there is at most
+    one) is checked by SamplingParams and the scheduler, whose errors name the field.
+
+    Raises:
+        OpenAIError: 400 for an unknown ``response_format`` type or a ``json_schema`` one without a schema.
+    """
+    out: dict[str, Any] = {}
+    if req.regex is not None:
+        out["regex"] = req.regex
+    if req.ebnf is not None:
+        out["ebnf"] = req.ebnf
+    if req.json_schema is not None:
+        js = req.json_schema
+        out["json_schema"] = js if isinstance(js, str) else json.dumps(js)
+    rf = req.response_format
+    if rf is None or rf.type == "text":
+        return out
+    given = [k for k in ("regex", "ebnf", "json_schema") if k in out]
+    if given:
+        raise bad_request(
+            f"response_format: cannot be combined with {'/'.join(given)} (give at most one grammar constraint)",
+            "response_format",
+        )
+    if rf.type == "json_object":
+        out["json_object"] = True
+    elif rf.type == "json_schema":
+        schema = rf.json_schema.schema_ if rf.json_schema is not None else None
+        if schema is None:
+            raise bad_request(
+                "response_format.json_schema.schema: required when response_format.type is 'json_schema'",
+                "response_format.json_schema.schema",
+            )
+        out["json_schema"] = schema if isinstance(schema, str) else json.dumps(schema)
+    else:
+        raise bad_request(
+            f"response_format: unknown type {rf.type!r} (expected 'text', 'json_object' or 'json_schema')",
+            "response_format",
+        )
+    return out
+
+
 def native_sampling_params(req: SamplingRequest, max_new_tokens: int, extra_stop: tuple[str, ...] = ()) -> dict:
-    """The native sampling-params dict (``n`` is expanded by the caller, so it is 1 here)."""
+    """The native sampling-params dict (``n`` is expanded by the caller, so it is 1 here), grammar fields
+    included (``grammar_params``)."""
     stop = list(dict.fromkeys([*(req.stop or []), *extra_stop]))
     return {
+        **grammar_params(req),
         "max_new_tokens": max_new_tokens,
         "min_new_tokens": min(req.min_tokens, max_new_tokens),
         "stop": stop,
