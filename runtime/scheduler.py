@@ -19,11 +19,13 @@ from typing import Any, Protocol
 import torch
 
 from radixgen.radix import ReqToTokenPool, TokenSlotAllocator
-from radixgen.radix.radix_cache import NoReuseCache, create_prefix_cache
+from radixgen.radix.radix_cache import create_prefix_cache
 from radixgen.runtime.constrained import GrammarHooks
 from radixgen.runtime.forward_batch import ForwardMode
+from radixgen.runtime.generate_request import validate_prompt
 from radixgen.runtime.io_struct import AbortReq, FlushCacheReq, ReqOutput, TokenizedGenerateReq
 from radixgen.runtime.req import Req
+from radixgen.runtime.req_kv import ReqKVManager
 from radixgen.runtime.sampler import Sampler
 from radixgen.runtime.sampling_params import SamplingParams
 from radixgen.runtime.schedule_batch import ScheduleBatch
@@ -32,10 +34,6 @@ from radixgen.runtime.server_args import ServerArgs
 from radixgen.runtime.stop_checker import StopChecker
 
 logger = logging.getLogger(__name__)
-
-# a waiting request is deferred when this many of its uncached tokens are being computed by another request of
-# the same extend batch (SGLang uses a similar threshold for its in-batch prefix caching check)
-IN_BATCH_PREFIX_MIN = 32
 
 
 class ModelRunnerProtocol(Protocol):
@@ -88,6 +86,7 @@ class Scheduler:
         self.req_to_token_pool = model_runner.req_to_token_pool
         self.allocator = model_runner.allocator
         self.tree_cache = create_prefix_cache(self.allocator, disable=server_args.disable_radix_cache)
+        self.kv = ReqKVManager(self.req_to_token_pool, self.allocator, self.tree_cache)
         self.eos_token_ids = tuple(eos_token_ids)
         self.stop_checker = StopChecker(tokenizer, self.eos_token_ids)
         self.sampler = Sampler(seed=server_args.random_seed)
@@ -121,21 +120,7 @@ class Scheduler:
                 max_new_tokens beyond the context, or an invalid / unsupported grammar constraint (GrammarError);
                 the message names the field.
         """
-        n = len(input_ids)
-        ctx = self.runner.context_len
-        if n == 0:
-            raise ValueError("input_ids: the prompt is empty")
-        vocab = self.runner.vocab_size
-        if any((not isinstance(t, int)) or t < 0 or t >= vocab for t in input_ids):
-            raise ValueError(f"input_ids: token ids must be integers in [0, {vocab})")
-        if n >= ctx:
-            raise ValueError(f"input_ids: the prompt has {n} tokens, the context length is {ctx}")
-        if n + params.max_new_tokens > ctx:
-            raise ValueError(
-                f"max_new_tokens: prompt ({n}) + max_new_tokens ({params.max_new_tokens}) exceeds the "
-                f"context length {ctx}"
-            )
-        params.check_vocab(vocab)
+        validate_prompt(input_ids, params, self.runner.context_len, self.runner.vocab_size)
         self.grammar.validate(params)
 
     def add_request(self, msg: TokenizedGenerateReq) -> None:
@@ -169,7 +154,7 @@ class Scheduler:
             if req.rid == msg.rid:
                 self.waiting.pop(i)
                 if req.req_pool_idx is not None:
-                    self._release(req)
+                    self.kv.release(req)
                 return self._finish_now(req, {"type": "abort", "message": "aborted"})
         for req in [*self.running, *([self.chunked_req] if self.chunked_req else [])]:
             if req.rid == msg.rid:
@@ -177,7 +162,7 @@ class Scheduler:
                     self.chunked_req = None
                 else:
                     self.running.remove(req)
-                self._release(req)
+                self.kv.release(req)
                 return self._finish_now(req, {"type": "abort", "message": "aborted"})
         return False
 
@@ -185,9 +170,7 @@ class Scheduler:
         """Drop all cached prefixes; refused (False) while requests are queued or running."""
         if self.has_work():
             return False
-        self.tree_cache.reset()
-        self.allocator.clear()
-        self.req_to_token_pool.clear()
+        self.kv.flush()
         return True
 
     def has_work(self) -> bool:
@@ -253,7 +236,7 @@ class Scheduler:
             elif req.kv_len == req.seq_len and req.sampling_params.max_new_tokens == 0:
                 req.finished_reason = {"type": "length", "length": 0}
             if batch.mode == ForwardMode.EXTEND and not req.finished:
-                self._cache_unfinished(req)
+                self.kv.cache_unfinished(req)
             if req is self.chunked_req and req.kv_len < req.seq_len:
                 outputs_for_req = self._make_output(req) if req.delta_input_logprobs else None
                 if outputs_for_req is not None:
@@ -264,7 +247,7 @@ class Scheduler:
             if req.finished:
                 if req in self.running:
                     self.running.remove(req)
-                self._release(req)
+                self.kv.release(req)
             elif tok_idx >= 0 and self.grammar.jump_forward(req, self.stop_checker):
                 self._requeue_after_jump(req)
             elif batch.mode == ForwardMode.EXTEND:
@@ -282,7 +265,7 @@ class Scheduler:
             return None
         reserved = sum(PrefillAdder(0, 0, 0, self.new_token_ratio).reserve(r) for r in self.running)
         adder = PrefillAdder(
-            rem_total=self.allocator.available_size() + self.tree_cache.evictable_size() - reserved,
+            rem_total=self.kv.available_tokens() - reserved,
             rem_prefill=self.args.max_prefill_tokens,
             rem_chunk=self.args.chunked_prefill_size,
             new_token_ratio=self.new_token_ratio,
@@ -300,7 +283,7 @@ class Scheduler:
                 break
             if self.req_to_token_pool.available_size() == 0:
                 break
-            if self._shares_uncached_prefix(req, adder):
+            if self.kv.shares_uncached_prefix(prefix_match_key(req), [r for r, _ in adder.admitted]):
                 continue  # admitted after the other one's prefix is in the cache
             if not self._try_admit(req, adder):
                 break
@@ -315,63 +298,14 @@ class Scheduler:
     def _try_admit(self, req: Req, adder: PrefillAdder) -> bool:
         """Match and lock the request's cached prefix, then ask the adder; undo the lock on refusal."""
         match = self.tree_cache.match_prefix(prefix_match_key(req))
-        evictable_before = self.tree_cache.evictable_size()
-        self.tree_cache.inc_lock_ref(match.last_node)
-        adder.rem_total -= evictable_before - self.tree_cache.evictable_size()
-        prefix_len = int(match.indices.numel())
-        if not adder.try_add(req, prefix_len):
-            self.tree_cache.dec_lock_ref(match.last_node)
-            adder.rem_total += evictable_before - self.tree_cache.evictable_size()
+        adder.rem_total -= self.kv.lock(match)
+        if not adder.try_add(req, int(match.indices.numel())):
+            adder.rem_total += self.kv.unlock(match)
             return False
-        row = self.req_to_token_pool.alloc()
-        assert row is not None  # checked by the caller
-        req.req_pool_idx = row
-        req.last_node = match.last_node
-        req.prefix_len = prefix_len
-        req.kv_len = prefix_len
-        req.prefix_indices = match.indices
+        self.kv.assign(req, match)
         if req.retracted_count == 0 and req.jump_requeues == 0:
-            req.cached_tokens = prefix_len
-        if prefix_len:
-            self.req_to_token_pool.req_to_token[row, :prefix_len] = match.indices.to(torch.int32)
+            req.cached_tokens = req.prefix_len
         return True
-
-    def _shares_uncached_prefix(self, req: Req, adder: PrefillAdder) -> bool:
-        """In-batch prefix dedup (SGLang's in-batch prefix caching check): True when ``req``'s uncached part
-        starts with >= IN_BATCH_PREFIX_MIN tokens that a request admitted to this batch is about to compute.
-        Deferring it one step lets it hit the cache instead of computing the same KV twice."""
-        if isinstance(self.tree_cache, NoReuseCache) or not adder.admitted:
-            return False
-        key = prefix_match_key(req)
-        cached = int(self.tree_cache.match_prefix(key).indices.numel())
-        probe = key[cached : cached + IN_BATCH_PREFIX_MIN]
-        if len(probe) < IN_BATCH_PREFIX_MIN:
-            return False
-        for other, _ in adder.admitted:
-            if other.origin_input_ids[cached : cached + IN_BATCH_PREFIX_MIN] == probe:
-                return True
-        return False
-
-    def _cache_unfinished(self, req: Req) -> None:
-        """Insert a request's computed KV into the radix cache right after its extend (SGLang's
-        cache_unfinished_req), so requests arriving while it decodes reuse its prompt. Slots that duplicate
-        tokens already in the tree are freed and replaced by the tree's; the lock moves to the new last node."""
-        if isinstance(self.tree_cache, NoReuseCache) or req.req_pool_idx is None or req.kv_len <= req.prefix_len:
-            return
-        row = req.req_pool_idx
-        key = req.seq()[: req.kv_len]
-        slots = self.req_to_token_pool.req_to_token[row, : req.kv_len].to(torch.int64)
-        already = self.tree_cache.insert(key, slots)
-        if already > req.prefix_len:
-            self.allocator.free(slots[req.prefix_len : already])
-        match = self.tree_cache.match_prefix(key)
-        self.req_to_token_pool.req_to_token[row, : match.indices.numel()] = match.indices.to(torch.int32)
-        self.tree_cache.inc_lock_ref(match.last_node)
-        if req.last_node is not None:
-            self.tree_cache.dec_lock_ref(req.last_node)
-        req.last_node = match.last_node
-        req.prefix_len = int(match.indices.numel())
-        req.prefix_indices = match.indices
 
     # ------------------------------------------------------------------ decode
     def _schedule_decode(self) -> ScheduleBatch | None:
@@ -382,14 +316,14 @@ class Scheduler:
         return self._build_batch(ForwardMode.DECODE, [(r, 1) for r in self.running])
 
     def _free_or_evictable(self) -> int:
-        return self.allocator.available_size() + self.tree_cache.evictable_size()
+        return self.kv.available_tokens()
 
     def _retract_one(self) -> None:
         """Retract the running request with the least progress (fewest outputs, longest prompt): its KV goes
         into the radix cache (evictable, reusable on resumption) and it re-queues with its outputs kept."""
         victim = min(self.running, key=lambda r: (len(r.output_ids), -len(r.origin_input_ids)))
         self.running.remove(victim)
-        self._release(victim)
+        self.kv.release(victim)
         victim.retracted_count += 1
         self.waiting.append(victim)
         self.num_retractions += 1
@@ -420,53 +354,17 @@ class Scheduler:
         it, so the next extend prefills the new tokens (re-using the cached prefix), like a resumed request."""
         if req in self.running:
             self.running.remove(req)
-        self._release(req)
+        self.kv.release(req)
         req.jump_requeues += 1
         if not req.finished:
             self.waiting.append(req)
 
     # ------------------------------------------------------------------ memory
-    def _alloc_slots(self, n: int) -> torch.Tensor:
-        slots = self.allocator.alloc(n)
-        if slots is None:
-            self.tree_cache.evict(n - self.allocator.available_size())
-            slots = self.allocator.alloc(n)
-        if slots is None:
-            raise RuntimeError(
-                f"KV pool exhausted: need {n} slots, {self.allocator.available_size()} free (admission budget violated)"
-            )
-        return slots
-
     def _build_batch(self, mode: ForwardMode, items: list[tuple[Req, int]]) -> ScheduleBatch:
-        total = sum(n for _, n in items)
-        slots = self._alloc_slots(total)
+        slots = self.kv.alloc_slots(sum(n for _, n in items))
         batch = ScheduleBatch.build(mode, items, slots)
-        table = self.req_to_token_pool.req_to_token
-        offset = 0
-        for req, n in items:
-            assert req.req_pool_idx is not None
-            table[req.req_pool_idx, req.kv_len : req.kv_len + n] = slots[offset : offset + n].to(torch.int32)
-            offset += n
+        self.kv.write_slots(items, slots)
         return batch
-
-    def _release(self, req: Req) -> None:
-        """Give back everything a request holds: its sequence's KV goes into the prefix cache (duplicates of
-        already-cached tokens are freed), its prefix lock is dropped and its row returned."""
-        row = req.req_pool_idx
-        if row is None:
-            return
-        slots = self.req_to_token_pool.req_to_token[row, : req.kv_len].to(torch.int64)
-        key = req.seq()[: req.kv_len]
-        already = self.tree_cache.insert(key, slots)
-        if already > req.prefix_len:
-            self.allocator.free(slots[req.prefix_len : already])
-        if req.last_node is not None:
-            self.tree_cache.dec_lock_ref(req.last_node)
-        self.req_to_token_pool.free(row)
-        req.req_pool_idx = None
-        req.last_node = None
-        req.kv_len = req.prefix_len = 0
-        req.prefix_indices = torch.empty(0, dtype=torch.int64)
 
     # ------------------------------------------------------------------ output
     def _finish_now(self, req: Req, reason: dict[str, Any]) -> bool:
@@ -494,21 +392,6 @@ class Scheduler:
         req.new_token_ids = []
         return out
 
-    def active_owned_slots(self) -> torch.Tensor:
-        """KV slots owned by requests (not by the cache): int64 ``[k]``."""
-        parts = [
-            self.req_to_token_pool.req_to_token[r.req_pool_idx, r.prefix_len : r.kv_len].to(torch.int64)
-            for r in [*self.running, *self.waiting, *([self.chunked_req] if self.chunked_req else [])]
-            if r.req_pool_idx is not None
-        ]
-        return torch.cat(parts) if parts else torch.empty(0, dtype=torch.int64)
-
     def check_integrity(self) -> None:
         """Assert every KV slot is exactly one of free, cached (evictable/protected) or request-owned."""
-        self.tree_cache.check_integrity(self.active_owned_slots())
-        rows = [r.req_pool_idx for r in [*self.running, *self.waiting] if r.req_pool_idx is not None]
-        if self.chunked_req is not None and self.chunked_req.req_pool_idx is not None:
-            rows.append(self.chunked_req.req_pool_idx)
-        assert len(rows) + self.req_to_token_pool.available_size() == self.req_to_token_pool.size, (
-            "req_to_token rows leaked"
-        )
+        self.kv.check_integrity([*self.running, *self.waiting, *([self.chunked_req] if self.chunked_req else [])])
