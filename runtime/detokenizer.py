@@ -215,3 +215,13 @@ def trim_stop(text: str, matched: str, no_stop_trim: bool) -> str:
     if i < 0:
         return text
     return text[: i + len(matched)] if no_stop_trim else text[:i]
+
+
+def text_token_ids(new_ids: list[int], finish_reason: dict | None, no_stop_trim: bool) -> list[int]:
+    """The ids of ``new_ids`` whose text is shown: a final stop token (eos or one of stop_token_ids, reported as an
+    integer ``finish_reason["matched"]``) stays in ``output_ids`` but its text is left out, as in SGLang, unless
+    ``no_stop_trim``."""
+    matched = (finish_reason or {}).get("matched")
+    if new_ids and isinstance(matched, int) and not no_stop_trim and new_ids[-1] == matched:
+        return new_ids[:-1]
+    return new_ids

@@ -16,7 +16,7 @@ from typing import Any
 import msgspec
 import zmq
 
-from radixgen.runtime.detokenizer import IncrementalDetokenizer, StopStringMatcher, trim_stop
+from radixgen.runtime.detokenizer import IncrementalDetokenizer, StopStringMatcher, text_token_ids, trim_stop
 from radixgen.runtime.io_struct import BatchStrOut, BatchTokenOut, DetokRegister, ReqOutput, SchedulerOutput
 from radixgen.runtime.ipc import ENCODER, IDLE_POLL_MS, IpcEndpoints, parent_alive, pull_socket, push_socket
 from radixgen.runtime.server_args import ServerArgs
@@ -45,7 +45,9 @@ class DetokState:
 
     def step(self, out: ReqOutput) -> str:
         """The text delta to send for one output."""
-        text = self.pending + self.detok.append(out.new_token_ids)
+        text = self.pending + self.detok.append(
+            text_token_ids(out.new_token_ids, out.finish_reason, self.no_stop_trim)
+        )
         if out.finish_reason is not None:
             text += self.detok.finish()
             self.pending = ""

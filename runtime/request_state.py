@@ -8,8 +8,9 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from radixgen.runtime.detokenizer import IncrementalDetokenizer, trim_stop
+from radixgen.runtime.detokenizer import IncrementalDetokenizer, text_token_ids, trim_stop
 from radixgen.runtime.io_struct import ReqOutput
+from radixgen.runtime.logprob_lists import LogprobAccumulator
 from radixgen.runtime.sampling_params import SamplingParams
 
 
@@ -54,12 +55,7 @@ class RequestState:
         self.start = time.perf_counter()
         self.first_token_time: float | None = None
         self.end: float | None = None
-        self.logprobs: dict[str, list[Any]] = {
-            "input_token_logprobs": [],
-            "input_top_logprobs": [],
-            "output_token_logprobs": [],
-            "output_top_logprobs": [],
-        }
+        self.logprobs = LogprobAccumulator(tokenizer, return_text_in_logprobs)
 
     @property
     def finished(self) -> bool:
@@ -71,19 +67,14 @@ class RequestState:
             if self.first_token_time is None:
                 self.first_token_time = time.perf_counter()
             self.output_ids.extend(out.new_token_ids)
-            text_ids = out.new_token_ids
-            matched = (out.finish_reason or {}).get("matched")
-            if isinstance(matched, int) and not self.params.no_stop_trim and text_ids[-1] == matched:
-                text_ids = text_ids[:-1]  # the stop token stays in output_ids but not in the text (as SGLang)
-            self.text += self.detok.append(text_ids)
+            self.text += self.detok.append(
+                text_token_ids(out.new_token_ids, out.finish_reason, self.params.no_stop_trim)
+            )
         self.completion_tokens = out.completion_tokens
         self.cached_tokens = out.cached_tokens
         self.jump_forward_tokens = out.jump_forward_tokens
         if self.return_logprob:
-            for key in self.logprobs:
-                delta = getattr(out, key)
-                if delta:
-                    self.logprobs[key].extend(delta)
+            self.logprobs.extend(out)
         if out.finish_reason is not None:
             self.finish_reason = out.finish_reason
             self.end = time.perf_counter()
@@ -91,11 +82,6 @@ class RequestState:
             matched = out.finish_reason.get("matched")
             if isinstance(matched, str):
                 self.text = trim_stop(self.text, matched, self.params.no_stop_trim)
-
-    def _with_text(self, entries: list[list[Any]]) -> list[list[Any]]:
-        if not self.return_text_in_logprobs:
-            return [[lp, tid, None] for lp, tid in entries]
-        return [[lp, tid, self.tokenizer.decode([tid])] for lp, tid in entries]
 
     def response(self) -> dict[str, Any]:
         meta: dict[str, Any] = {
@@ -108,8 +94,5 @@ class RequestState:
             "jump_forward_tokens": self.jump_forward_tokens,
         }
         if self.return_logprob:
-            meta["input_token_logprobs"] = self._with_text(self.logprobs["input_token_logprobs"])
-            meta["output_token_logprobs"] = self._with_text(self.logprobs["output_token_logprobs"])
-            meta["input_top_logprobs"] = [self._with_text(t) for t in self.logprobs["input_top_logprobs"]]
-            meta["output_top_logprobs"] = [self._with_text(t) for t in self.logprobs["output_top_logprobs"]]
+            meta.update(self.logprobs.meta())
         return {"text": self.text, "output_ids": list(self.output_ids), "meta_info": meta}

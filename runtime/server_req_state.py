@@ -12,8 +12,7 @@ import time
 from typing import Any
 
 from radixgen.runtime.io_struct import ReqOutput
-
-_LOGPROB_KEYS = ("input_token_logprobs", "input_top_logprobs", "output_token_logprobs", "output_top_logprobs")
+from radixgen.runtime.logprob_lists import LogprobAccumulator
 
 
 class ServerReqState:
@@ -62,7 +61,7 @@ class ServerReqState:
         self.created = time.perf_counter()
         self.first_token_time: float | None = None
         self.finished_time: float | None = None
-        self.logprobs: dict[str, list[Any]] = {k: [] for k in _LOGPROB_KEYS}
+        self.logprobs = LogprobAccumulator(tokenizer, return_text_in_logprobs)
 
     @property
     def finished(self) -> bool:
@@ -81,10 +80,7 @@ class ServerReqState:
         self.cached_tokens = out.cached_tokens
         self.jump_forward_tokens = out.jump_forward_tokens
         if self.return_logprob:
-            for key in _LOGPROB_KEYS:
-                delta = getattr(out, key)
-                if delta:
-                    self.logprobs[key].extend(delta)
+            self.logprobs.extend(out)
         if out.finish_reason is not None:
             self.finish_reason = out.finish_reason
             self.finished_time = now
@@ -103,11 +99,6 @@ class ServerReqState:
         """Seconds from arrival to finish (or to now while running)."""
         return (self.finished_time or time.perf_counter()) - self.created
 
-    def _with_text(self, entries: list[list[Any]]) -> list[list[Any]]:
-        if not self.return_text_in_logprobs:
-            return [[lp, tid, None] for lp, tid in entries]
-        return [[lp, tid, self.tokenizer.decode([tid])] for lp, tid in entries]
-
     def response(self, with_index: bool = False) -> dict[str, Any]:
         """The native response: ``{"text", "output_ids", "meta_info"}`` (plus ``"index"`` if asked)."""
         self.updated = False
@@ -121,10 +112,7 @@ class ServerReqState:
             "e2e_latency": self.e2e_latency(),
         }
         if self.return_logprob:
-            meta["input_token_logprobs"] = self._with_text(self.logprobs["input_token_logprobs"])
-            meta["output_token_logprobs"] = self._with_text(self.logprobs["output_token_logprobs"])
-            meta["input_top_logprobs"] = [self._with_text(t) for t in self.logprobs["input_top_logprobs"]]
-            meta["output_top_logprobs"] = [self._with_text(t) for t in self.logprobs["output_top_logprobs"]]
+            meta.update(self.logprobs.meta())
         out: dict[str, Any] = {"text": self.text, "output_ids": list(self.output_ids), "meta_info": meta}
         if with_index:
             out["index"] = self.index

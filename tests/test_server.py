@@ -161,6 +161,20 @@ def test_stop_string_trimmed_in_detokenizer(server: ServerHandle) -> None:
     assert kept.json()["text"] == base[: base.index(stop) + len(stop)]
 
 
+def test_stop_token_text_trimmed_in_detokenizer(server: ServerHandle) -> None:
+    with server.client() as c:
+        base = c.post("/generate", json={"input_ids": [1], "sampling_params": {**GREEDY, "ignore_eos": True}}).json()
+        stop_tok = base["output_ids"][4]
+        params = {**GREEDY, "ignore_eos": True, "stop_token_ids": [stop_tok]}
+        out = c.post("/generate", json={"input_ids": [1], "sampling_params": params}).json()
+        kept = c.post("/generate", json={"input_ids": [1], "sampling_params": {**params, "no_stop_trim": True}}).json()
+        want = c.post("/detokenize", json={"tokens": base["output_ids"][:4]}).json()["text"]
+        want_kept = c.post("/detokenize", json={"tokens": base["output_ids"][:5]}).json()["text"]
+    assert out["output_ids"] == base["output_ids"][:5]
+    assert out["meta_info"]["finish_reason"] == {"type": "stop", "matched": stop_tok}
+    assert out["text"] == want and kept["text"] == want_kept
+
+
 def test_logprobs(server: ServerHandle) -> None:
     body = {
         "text": PROMPTS[2],
