@@ -105,6 +105,14 @@ class RadixCache(BasePrefixCache):
             ``n == 0``. Updates ``last_access_time`` of the matched path; splits the last node if the match
             ends inside it.
         """
+        node, _, values, _ = self._descend(key)
+        indices = torch.cat(values) if values else self._empty()
+        return MatchResult(indices=indices, last_node=node)
+
+    def _descend(self, key: list[int]) -> tuple[TreeNode, int, list[torch.Tensor], int]:
+        """Walk the longest cached prefix of ``key``, splitting the last node where the match ends inside it and
+        stamping the path with a new access time. Returns (last node, matched length, the path's slot tensors,
+        the access time)."""
         t = self._tick()
         node = self.root
         node.last_access_time = t
@@ -121,8 +129,7 @@ class RadixCache(BasePrefixCache):
             values.append(child.value)
             node = child
             pos += n
-        indices = torch.cat(values) if values else self._empty()
-        return MatchResult(indices=indices, last_node=node)
+        return node, pos, values, t
 
     def insert(self, key: list[int], value: torch.Tensor) -> int:
         """Cache ``key`` → ``value`` (int64 ``[len(key)]`` KV slots; other integer dtypes are converted).
@@ -136,20 +143,7 @@ class RadixCache(BasePrefixCache):
         """
         if value.dim() != 1 or value.numel() != len(key):
             raise ValueError(f"insert: value must be 1-D with len(key)={len(key)} entries, got {value.shape}")
-        t = self._tick()
-        node = self.root
-        node.last_access_time = t
-        pos = 0
-        while pos < len(key):
-            child = node.children.get(key[pos])
-            if child is None:
-                break
-            n = _common_prefix_len(child.key, key, pos)
-            if n < len(child.key):
-                child = self._split(child, n)
-            child.last_access_time = t
-            node = child
-            pos += n
+        node, pos, _, t = self._descend(key)
         if pos < len(key):
             leaf_value = value[pos:].to(device=self.allocator.device, dtype=torch.int64, copy=True)
             leaf = self._new_node(list(key[pos:]), leaf_value, node, t)
