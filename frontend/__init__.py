@@ -1,6 +1,75 @@
-"""radixgen: structured-generation LLM programs (the DSL arrives with the frontend issue).
+"""radixgen: structured-generation LLM programs on a radix-cache serving runtime.
 
-The runtime lives in ``radixgen.runtime``; ``radixgen.runtime.Engine`` is the offline entry point.
+    import radixgen as rg
+
+    @rg.function
+    def qa(s, question):
+        s += rg.user(question)
+        s += rg.assistant(rg.gen("answer", max_tokens=64))
+
+    with rg.Runtime("../shared/models/stories260K", chat_template="chatml") as runtime:
+        state = qa.run(question="Who is Lily?", backend=runtime)
+        print(state["answer"])
+
+The runtime lives in ``radixgen.runtime`` (``radixgen.runtime.Engine`` is the offline entry point).
 """
 
+from typing import Any
+
+from radixgen.choices import (
+    ChoicesMethod,
+    greedy_token_selection,
+    token_length_normalized,
+    unconditional_likelihood_normalized,
+)
+from radixgen.ir import assistant, gen, select, system, user
+from radixgen.program import Program, function, set_default_backend
+from radixgen.sampling import SamplingParams
+from radixgen.state import ProgramState, ProgramStateGroup
+from radixgen.typed import TypedOutputError
+
 __version__ = "0.1.0"
+
+_LAZY = {
+    "RuntimeEndpoint": "radixgen.backends.runtime_endpoint",
+    "Runtime": "radixgen.backends.runtime",
+    "OpenAI": "radixgen.backends.openai_backend",
+    "Backend": "radixgen.backends.base",
+    "BackendError": "radixgen.backends.base",
+    "BackendRequestError": "radixgen.backends.base",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """Backends are imported on first use (httpx / openai load only when needed)."""
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'radixgen' has no attribute {name!r}")
+
+
+__all__ = [
+    "Backend",
+    "BackendError",
+    "BackendRequestError",
+    "ChoicesMethod",
+    "OpenAI",
+    "Program",
+    "ProgramState",
+    "ProgramStateGroup",
+    "Runtime",
+    "RuntimeEndpoint",
+    "SamplingParams",
+    "TypedOutputError",
+    "assistant",
+    "function",
+    "gen",
+    "greedy_token_selection",
+    "select",
+    "set_default_backend",
+    "system",
+    "token_length_normalized",
+    "unconditional_likelihood_normalized",
+    "user",
+]

@@ -86,6 +86,23 @@ def register_openai_routes(app: FastAPI, tokenizer_manager: Any, server_args: An
             return e.response()
         return JSONResponse(card().model_dump(mode="json"))
 
+    @app.get("/get_chat_template")
+    async def get_chat_template() -> JSONResponse:
+        """The chat template prompts are rendered with (``--chat-template`` or the tokenizer's own; ``template`` is
+        null when there is none), its extra stop strings and the special tokens it refers to — what the DSL
+        frontend needs to render roles itself."""
+        tok = tokenizer_manager.tokenizer
+        tpl = ctx.chat_template
+        return JSONResponse(
+            {
+                "name": tpl.name if tpl is not None else ("tokenizer" if tok.chat_template else None),
+                "template": tpl.template if tpl is not None else (tok.chat_template or None),
+                "stop": list(tpl.stop) if tpl is not None else [],
+                "bos_token": getattr(tok, "bos_token", None),
+                "eos_token": getattr(tok, "eos_token", None),
+            }
+        )
+
     @app.post("/v1/completions")
     async def completions(request: Request) -> Response:
         return await _handle(ctx, request, create_completion)

@@ -1,0 +1,134 @@
+"""The interface every DSL backend implements, sync and async, and the values it returns.
+
+The interpreter hands a backend a ``PromptView`` (the accumulated text, plus the same conversation as
+OpenAI-style messages for chat-only APIs) and a ``SamplingParams``; it gets back a ``GenOutput`` or a
+``SelectOutput``. Backends raise ``BackendError`` (or its subclass ``BackendRequestError`` for a 4xx the caller
+caused: bad constraint, bad parameter) with the server's message.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from radixgen.choices import ChoicesMethod
+from radixgen.sampling import SamplingParams
+
+if TYPE_CHECKING:
+    from radixgen.chat_template import ChatTemplate
+
+DeltaCallback = Callable[[str], None]
+
+
+class BackendError(RuntimeError):
+    """A backend call failed (connection, server error, malformed response)."""
+
+
+class BackendRequestError(BackendError, ValueError):
+    """The server rejected the request (HTTP 4xx): the message names the offending field."""
+
+
+@dataclass(frozen=True)
+class PromptView:
+    """What a backend call sees of a program state.
+
+    Attributes:
+        text: the whole accumulated prompt text (roles already rendered with the chat template).
+        messages: the finished turns as OpenAI-style ``{"role", "content"}`` dicts.
+        open_role: the role whose block is open at the call (None outside any role).
+        open_content: the text inside the open role so far (what an assistant turn has before the gen).
+        outside_text: text added outside any role block (a chat-only API cannot send it and must refuse).
+    """
+
+    text: str
+    messages: tuple[dict[str, str], ...] = ()
+    open_role: str | None = None
+    open_content: str = ""
+    outside_text: str = ""
+
+
+@dataclass
+class GenOutput:
+    """A finished generation: its text and meta info.
+
+    ``meta`` keys (native API names): ``prompt_tokens``, ``completion_tokens``, ``cached_tokens`` (tokens),
+    ``finish_reason`` (``{"type": "stop"|"length"|"abort", ...}`` or None), ``e2e_latency`` (seconds), and with
+    ``return_logprob`` the ``output_token_logprobs`` / ``output_top_logprobs`` lists
+    (``[logprob, token_id, text]`` entries).
+    """
+
+    text: str
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class SelectOutput:
+    """A decided select: the chosen string, its index, the per-choice scores and meta info.
+
+    ``meta`` holds at least ``scores``, ``choices``, ``choices_method``, ``input_token_logprobs`` (one list of
+    floats per choice), ``prompt_tokens`` and ``cached_tokens`` (tokens, summed over the choice requests).
+    """
+
+    choice: str
+    index: int
+    scores: list[float]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+class Backend(ABC):
+    """A model endpoint the interpreter calls. Implementations must be safe to call from many threads at once
+    (sync methods) and from one event loop (async methods)."""
+
+    @abstractmethod
+    def chat_template(self) -> ChatTemplate | None:
+        """The template roles are rendered with, or None when the backend has none (roles then raise)."""
+
+    @abstractmethod
+    def generate(
+        self, prompt: PromptView, params: SamplingParams, on_delta: DeltaCallback | None = None
+    ) -> GenOutput:
+        """Generate a continuation of ``prompt``; with ``on_delta`` stream, calling it with each new piece of text
+        (the pieces concatenate to ``GenOutput.text``)."""
+
+    @abstractmethod
+    async def agenerate(
+        self, prompt: PromptView, params: SamplingParams, on_delta: DeltaCallback | None = None
+    ) -> GenOutput:
+        """Async ``generate``."""
+
+    @abstractmethod
+    def select(
+        self, prompt: PromptView, choices: tuple[str, ...], method: ChoicesMethod, temperature: float = 0.0
+    ) -> SelectOutput:
+        """Score every choice as a continuation of ``prompt`` and decide with ``method``."""
+
+    @abstractmethod
+    async def aselect(
+        self, prompt: PromptView, choices: tuple[str, ...], method: ChoicesMethod, temperature: float = 0.0
+    ) -> SelectOutput:
+        """Async ``select``."""
+
+    @abstractmethod
+    def cache_prefix(self, prompt: PromptView) -> dict[str, Any]:
+        """Prefill ``prompt`` with no output (max_new_tokens=0) so later calls sharing it hit the prefix cache;
+        returns the meta info (``prompt_tokens``, ``cached_tokens``). A backend without a prefix cache returns {}.
+        """
+
+    @abstractmethod
+    async def acache_prefix(self, prompt: PromptView) -> dict[str, Any]:
+        """Async ``cache_prefix``."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections / processes. Idempotent."""
+
+    async def aclose(self) -> None:
+        """Async ``close``."""
+        self.close()
+
+    def __enter__(self) -> Backend:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

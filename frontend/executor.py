@@ -1,0 +1,387 @@
+"""The interpreter: one executor per program state runs its queued instructions in order.
+
+The instruction semantics (``_execute``) are written once, sans-IO: a generator that yields the backend calls it
+needs (``calls.py``) and receives their results. Two drivers run it — a worker thread per state calling the
+backend's sync methods (``program.run``, ``run_batch``), or an asyncio task calling the async methods
+(``program.run_async``: no thread per program). Variables are ``concurrent.futures.Future`` objects created when
+their producer is submitted, so a reader waits for exactly the latest producer of a name, from a thread or (via
+``asyncio.wrap_future``) from a coroutine. Design after SGLang's ``StreamExecutor``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+from collections.abc import Callable, Generator
+from concurrent.futures import Future
+from typing import Any, Literal
+
+from radixgen.backends.base import Backend, PromptView
+from radixgen.calls import Call, GenCall, PrefixCall, SelectCall, TemplateCall, WaitCall, perform_async, perform_sync
+from radixgen.instructions import (
+    AddText,
+    Barrier,
+    End,
+    ForkPoint,
+    Inherit,
+    Instr,
+    JoinPoint,
+    RoleBegin,
+    RoleEnd,
+    RunGen,
+    RunSelect,
+    ScopeBegin,
+    ScopeEnd,
+)
+from radixgen.sampling import SamplingParams
+from radixgen.streaming import END, Subscriber
+from radixgen.typed import parse_typed
+
+Mode = Literal["thread", "async"]
+USAGE_KEYS = ("prompt_tokens", "completion_tokens", "cached_tokens")
+
+
+class Executor:
+    """Runs one program state's instructions; owns its text, messages, variables and their meta info.
+
+    Only the driver (thread or task) mutates the state; readers first wait on a Barrier (``sync``) or a
+    variable's future. ``lock`` orders text appends against stream subscriptions.
+    """
+
+    def __init__(
+        self,
+        backend: Backend,
+        defaults: SamplingParams | None,
+        name: str,
+        mode: Mode,
+        stream: bool = False,
+    ) -> None:
+        self.backend, self.defaults, self.name, self.mode, self.stream = backend, defaults, name, mode, stream
+        self.lock = threading.Lock()
+        self.parts: list[str] = []
+        self.messages: list[dict[str, str]] = []
+        self.outside: list[str] = []
+        self.open_role: str | None = None
+        self.role_start = 0  # text length where the open role's content starts
+        self.prev_role: str | None = None
+        self.first_turn = True
+        self.length = 0  # characters of text
+        self.fork_length = 0  # text length at the fork this branch starts from
+        self.values: dict[str, Any] = {}
+        self.meta: dict[str, Any] = {}
+        self.scopes: dict[str, int] = {}
+        self.futures: dict[str, Future[Any]] = {}  # latest submitted producer per variable name
+        self.own_names: list[str] = []  # names whose producers were submitted here (not inherited)
+        self.usage = dict.fromkeys(USAGE_KEYS, 0) | {"calls": 0}
+        self.error: BaseException | None = None
+        self.done: Future[None] = Future()
+        self.closed = False
+        self.subscribers: list[Subscriber] = []
+        self.children: list[Executor] = []  # fork branches, ended with this state if never joined
+        self.current_gen: str | None = None  # variable being streamed now
+        self.current_partial: list[str] = []
+        self._template: Any = None
+        self._thread_queue: queue.SimpleQueue[Instr] | None = None
+        self._async_queue: asyncio.Queue[Instr] | None = None
+        if mode == "thread":
+            self._thread_queue = queue.SimpleQueue()
+            threading.Thread(target=self._thread_main, name=f"radixgen-{name}", daemon=True).start()
+        else:
+            self._async_queue = asyncio.Queue()
+            self._task = asyncio.get_running_loop().create_task(self._async_main())
+
+    # ---- submission side (the user's thread / coroutine) -------------------------------------------------------
+    def submit(self, instr: Instr) -> None:
+        """Queue ``instr``. Raises RuntimeError when the state has ended (program returned, or branch joined)."""
+        if self.closed:
+            raise RuntimeError(f"program {self.name!r}: this state has finished (or its fork was joined)")
+        if isinstance(instr, End):
+            self.closed = True
+        if self._thread_queue is not None:
+            self._thread_queue.put(instr)
+        else:
+            assert self._async_queue is not None
+            self._async_queue.put_nowait(instr)
+
+    def new_future(self, name: str) -> Future[Any]:
+        """Register the future of a newly submitted producer of ``name``."""
+        fut: Future[Any] = Future()
+        with self.lock:
+            if name not in self.own_names:
+                self.own_names.append(name)
+            self.futures[name] = fut
+        return fut
+
+    def barrier(self) -> Future[Any]:
+        """A future that resolves when everything submitted so far has run (at once if the state has ended)."""
+        if self.closed:
+            return self.done
+        fut: Future[Any] = Future()
+        self.submit(Barrier(fut))
+        return fut
+
+    # ---- drivers -------------------------------------------------------------------------------------------------
+    def _thread_main(self) -> None:
+        assert self._thread_queue is not None
+        while True:
+            instr = self._thread_queue.get()
+            try:
+                if self.error is None:
+                    gen = self._execute(instr)
+                    result: Any = None
+                    while True:
+                        try:
+                            call = gen.send(result)
+                        except StopIteration:
+                            break
+                        result = perform_sync(call, self.backend)
+            except BaseException as e:  # noqa: BLE001 - every failure is the program's error
+                self._fail(e, instr)
+            if self.error is not None:
+                self._skip(instr)
+            if isinstance(instr, End):
+                self._finish()
+                return
+
+    async def _async_main(self) -> None:
+        assert self._async_queue is not None
+        while True:
+            instr = await self._async_queue.get()
+            try:
+                if self.error is None:
+                    gen = self._execute(instr)
+                    result: Any = None
+                    while True:
+                        try:
+                            call = gen.send(result)
+                        except StopIteration:
+                            break
+                        result = await perform_async(call, self.backend)
+            except BaseException as e:  # noqa: BLE001 - every failure is the program's error
+                self._fail(e, instr)
+            if self.error is not None:
+                self._skip(instr)
+            if isinstance(instr, End):
+                self._finish()
+                return
+
+    def _fail(self, e: BaseException, instr: Instr) -> None:
+        if self.error is None:
+            if instr.site and isinstance(e, Exception):
+                e.add_note(f"in radixgen program {self.name!r}, at {instr.site}")
+            self.error = e
+
+    def fail_from_user(self, e: BaseException) -> None:
+        """The program's own code raised: record it so queued instructions are skipped."""
+        if self.error is None:
+            self.error = e
+
+    def _skip(self, instr: Instr) -> None:
+        """After an error: fail the futures of a skipped instruction (barriers still resolve)."""
+        err = self.error
+        assert err is not None
+        futures: list[Future[Any] | None] = []
+        if isinstance(instr, RunGen | RunSelect | ScopeEnd | ForkPoint):
+            futures.append(instr.future)
+        elif isinstance(instr, JoinPoint):
+            futures.extend(instr.futures.values())
+            for branch in instr.branches:
+                if not branch.closed:
+                    branch.submit(End())
+        elif isinstance(instr, Barrier):
+            if not instr.future.done():
+                instr.future.set_result(None)
+        for fut in futures:
+            if fut is not None and not fut.done():
+                fut.set_exception(err)
+
+    def _finish(self) -> None:
+        for child in self.children:
+            if not child.closed:
+                child.submit(End())
+        with self.lock:
+            subs, self.subscribers = self.subscribers, []
+        for sub in subs:
+            sub.push(END)
+        self.done.set_result(None)
+
+    # ---- state ---------------------------------------------------------------------------------------------------
+    def text(self) -> str:
+        return "".join(self.parts)
+
+    def view(self) -> PromptView:
+        """The prompt a backend call sees now."""
+        text = self.text()
+        content = text[self.role_start :] if self.open_role is not None else ""
+        return PromptView(text, tuple(dict(m) for m in self.messages), self.open_role, content, "".join(self.outside))
+
+    def _append(self, text: str, streamed: bool = False) -> None:
+        if not text:
+            return
+        with self.lock:
+            self.parts.append(text)
+            self.length += len(text)
+            if self.open_role is None:
+                self.outside.append(text)
+            if not streamed:
+                for sub in self.subscribers:
+                    if sub.name is None:
+                        sub.push(text)
+
+    def _on_delta(self, delta: str) -> None:
+        with self.lock:
+            self.current_partial.append(delta)
+            for sub in self.subscribers:
+                if sub.name is None or sub.name == self.current_gen:
+                    sub.push(delta)
+
+    def subscribe(self, name: str | None, sink: Callable[[Any], None]) -> None:
+        """Start streaming to ``sink``: the text so far (or the variable's value / partial text), then deltas."""
+        with self.lock:
+            sub = Subscriber(name, sink)
+            if name is None:
+                sink("".join(self.parts) + "".join(self.current_partial))
+            elif name == self.current_gen:
+                sink("".join(self.current_partial))
+            elif name in self.futures and self.futures[name].done() and name in self.meta:
+                sink(self.meta[name].get("text", str(self.values.get(name, ""))))
+                sink(END)
+                return
+            if self.done.done():
+                sink(END)
+                return
+            self.subscribers.append(sub)
+
+    def snapshot(self) -> dict[str, Any]:
+        """A copy of the state for a fork branch."""
+        return {
+            "parts": [self.text()],
+            "messages": [dict(m) for m in self.messages],
+            "outside": list(self.outside),
+            "open_role": self.open_role,
+            "role_start": self.role_start,
+            "prev_role": self.prev_role,
+            "first_turn": self.first_turn,
+            "length": self.length,
+            "values": dict(self.values),
+            "meta": dict(self.meta),
+            "scopes": dict(self.scopes),
+        }
+
+    def _load(self, snap: dict[str, Any]) -> None:
+        with self.lock:
+            for key, value in snap.items():
+                setattr(self, key, value.copy() if isinstance(value, list | dict) else value)
+            self.messages = [dict(m) for m in self.messages]
+            self.fork_length = self.length
+
+    def _add_usage(self, meta: dict[str, Any], calls: int = 1) -> None:
+        for key in USAGE_KEYS:
+            value = meta.get(key)
+            if isinstance(value, int):
+                self.usage[key] += value
+        self.usage["calls"] += calls
+
+    # ---- instruction semantics (sans-IO) ------------------------------------------------------------------------
+    def _chat_template(self) -> Generator[Call, Any, Any]:
+        if self._template is None:
+            self._template = yield TemplateCall()
+            if self._template is None:
+                raise ValueError(
+                    "roles: the backend has no chat template; start the server with --chat-template NAME or pass "
+                    "chat_template=... to the backend"
+                )
+        return self._template
+
+    def _execute(self, instr: Instr) -> Generator[Call, Any, None]:
+        if isinstance(instr, AddText):
+            self._append(instr.text)
+        elif isinstance(instr, RoleBegin):
+            if self.open_role is not None:
+                raise ValueError(f"{instr.role}: role blocks cannot nest ({self.open_role} is open)")
+            template = yield from self._chat_template()
+            self._append(template.role_prefix(instr.role, self.prev_role, self.first_turn))
+            self.open_role, self.role_start = instr.role, self.length
+        elif isinstance(instr, RoleEnd):
+            template = yield from self._chat_template()
+            content = self.text()[self.role_start :]
+            self._append(template.role_suffix(instr.role))
+            self.messages.append({"role": instr.role, "content": content})
+            self.open_role, self.prev_role, self.first_turn = None, instr.role, False
+        elif isinstance(instr, RunGen):
+            yield from self._run_gen(instr)
+        elif isinstance(instr, RunSelect):
+            sel = instr.select
+            out = yield SelectCall(self.view(), sel.choices, sel.choices_method, sel.temperature)
+            self._append(out.choice)
+            self._add_usage(out.meta, calls=len(sel.choices))
+            self._set(sel.name, out.choice, {**out.meta, "text": out.choice}, instr.future)
+        elif isinstance(instr, ScopeBegin):
+            self.scopes[instr.name] = self.length
+        elif isinstance(instr, ScopeEnd):
+            start = self.scopes.pop(instr.name, None)
+            if start is None:
+                raise ValueError(f"var_scope: {instr.name!r} was not opened")
+            value = self.text()[start:]
+            self._set(instr.name, value, {"text": value}, instr.future)
+        elif isinstance(instr, ForkPoint):
+            if self.length:
+                meta = yield PrefixCall(self.view())
+                self._add_usage(meta)
+            instr.future.set_result(self.snapshot())
+        elif isinstance(instr, Inherit):
+            self._load((yield WaitCall(instr.future)))
+        elif isinstance(instr, JoinPoint):
+            yield from self._join(instr)
+        elif isinstance(instr, Barrier):
+            instr.future.set_result(None)
+
+    def _run_gen(self, instr: RunGen) -> Generator[Call, Any, None]:
+        gen = instr.gen
+        params = gen.params.merged_over(self.defaults)
+        if self.open_role == "assistant":
+            template = yield from self._chat_template()
+            if template.stop:
+                own = () if params.stop is None else ((params.stop,) if isinstance(params.stop, str) else params.stop)
+                params = params.with_updates(stop=tuple(dict.fromkeys((*own, *template.stop))))
+        with self.lock:
+            self.current_gen, self.current_partial = gen.name, []
+        try:
+            out = yield GenCall(self.view(), params, self._on_delta if self.stream or self.subscribers else None)
+        finally:
+            with self.lock:
+                streamed, self.current_gen, self.current_partial = bool(self.current_partial), None, []
+        self._append(out.text, streamed=streamed)
+        self._add_usage(out.meta)
+        value = parse_typed(gen, out.text, out.meta.get("finish_reason"))
+        self._set(gen.name, value, {**out.meta, "text": out.text}, instr.future)
+
+    def _set(self, name: str | None, value: Any, meta: dict[str, Any], future: Future[Any] | None) -> None:
+        if name is not None:
+            self.values[name], self.meta[name] = value, meta
+            with self.lock:
+                subs = [s for s in self.subscribers if s.name == name]
+                self.subscribers = [s for s in self.subscribers if s.name != name]
+            for sub in subs:
+                sub.push(END)
+        if future is not None:
+            future.set_result(value)
+
+    def _join(self, instr: JoinPoint) -> Generator[Call, Any, None]:
+        for branch in instr.branches:
+            yield WaitCall(branch.done)
+        failed = next((b.error for b in instr.branches if b.error is not None), None)
+        if failed is not None:
+            raise failed
+        for branch in instr.branches:
+            for key in USAGE_KEYS:
+                self.usage[key] += branch.usage[key]
+            self.usage["calls"] += branch.usage["calls"]
+        if instr.mode == "concate_and_append":
+            for branch in instr.branches:
+                self._append(branch.text()[branch.fork_length :])
+        for name, fut in instr.futures.items():
+            values = [b.values.get(name) for b in instr.branches]
+            self.values[name], self.meta[name] = values, {"branches": [b.meta.get(name) for b in instr.branches]}
+            fut.set_result(values)

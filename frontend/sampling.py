@@ -1,0 +1,220 @@
+"""The one sampling-parameters dataclass of the DSL: ``gen``, run defaults and every backend use it.
+
+A field left at ``None`` is *unset*: it inherits from the defaults given to ``program.run(...)`` (see
+``merged_over``), and what is still unset when the call reaches a backend is left to the server's own default
+(for ``max_tokens`` the DSL's default, ``DEFAULT_MAX_TOKENS``, like SGLang's frontend). Construction validates
+every field and raises ``ValueError`` naming it; an unknown keyword given to ``rg.gen`` raises ``TypeError``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+DEFAULT_MAX_TOKENS = 128
+
+
+def _is_model_class(obj: Any) -> bool:
+    """Whether ``obj`` is a Pydantic model class (pydantic is imported lazily; FastAPI pulls it in anyway)."""
+    try:
+        from pydantic import BaseModel
+    except ImportError:  # pragma: no cover - pydantic is a dependency of fastapi
+        return False
+    return isinstance(obj, type) and issubclass(obj, BaseModel)
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Sampling and constraint parameters of one ``gen`` call (``None`` = unset, inherit).
+
+    Attributes:
+        max_tokens: most tokens to generate (>= 0). min_tokens: fewest before a stop may end it.
+        stop: stop string(s); the matched string is not part of the output. stop_token_ids: extra stop tokens.
+        temperature (>= 0; 0 = greedy), top_p (0, 1], top_k (-1 = all, else >= 1), min_p [0, 1],
+        frequency_penalty / presence_penalty [-2, 2]: as in the OpenAI API. ignore_eos: keep going past EOS.
+        return_logprob: put output-token logprobs in the variable's meta info; top_logprobs_num: alternatives
+        per position.
+        regex / json_schema / ebnf: at most one constraint. ``json_schema`` is a JSON-schema string or dict,
+        or a Pydantic model class — then the variable becomes the parsed, validated model instance.
+    """
+
+    max_tokens: int | None = None
+    min_tokens: int | None = None
+    stop: str | tuple[str, ...] | None = None
+    stop_token_ids: tuple[int, ...] | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    min_p: float | None = None
+    frequency_penalty: float | None = None
+    presence_penalty: float | None = None
+    ignore_eos: bool | None = None
+    return_logprob: bool | None = None
+    top_logprobs_num: int | None = None
+    regex: str | None = None
+    json_schema: Any = None
+    ebnf: str | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.stop, list):
+            object.__setattr__(self, "stop", tuple(self.stop))
+        if isinstance(self.stop_token_ids, list):
+            object.__setattr__(self, "stop_token_ids", tuple(self.stop_token_ids))
+        self._check_int("max_tokens", 0)
+        self._check_int("min_tokens", 0)
+        self._check_int("top_logprobs_num", 0)
+        if self.top_k is not None and (not _is_int(self.top_k) or (self.top_k < 1 and self.top_k != -1)):
+            raise ValueError("top_k: must be -1 (all) or an integer >= 1")
+        self._check_float("temperature", 0.0, None)
+        self._check_float("min_p", 0.0, 1.0)
+        self._check_float("frequency_penalty", -2.0, 2.0)
+        self._check_float("presence_penalty", -2.0, 2.0)
+        if self.top_p is not None:
+            self._check_float("top_p", 0.0, 1.0)
+            if self.top_p == 0:
+                raise ValueError("top_p: must be in (0, 1]")
+        if self.stop is not None and not (
+            isinstance(self.stop, str) or all(isinstance(s, str) and s for s in self.stop)
+        ):
+            raise ValueError("stop: must be a string or a list of non-empty strings")
+        if self.stop_token_ids is not None and not all(_is_int(t) and t >= 0 for t in self.stop_token_ids):
+            raise ValueError("stop_token_ids: must be a list of token ids (integers >= 0)")
+        for name in ("ignore_eos", "return_logprob"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, bool):
+                raise ValueError(f"{name}: must be a boolean")
+        constraints = [n for n in ("regex", "json_schema", "ebnf") if getattr(self, n) is not None]
+        if len(constraints) > 1:
+            raise ValueError(f"{constraints[1]}: only one of regex, json_schema, ebnf may be given")
+        for name in ("regex", "ebnf"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or not value):
+                raise ValueError(f"{name}: must be a non-empty string")
+        schema = self.json_schema
+        if schema is not None and not (isinstance(schema, str | dict) or _is_model_class(schema)):
+            raise ValueError("json_schema: must be a JSON-schema string, a dict, or a Pydantic model class")
+        if isinstance(schema, str):
+            try:
+                json.loads(schema)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"json_schema: not valid JSON ({e})") from e
+
+    def _check_int(self, name: str, low: int) -> None:
+        value = getattr(self, name)
+        if value is not None and (not _is_int(value) or value < low):
+            raise ValueError(f"{name}: must be an integer >= {low}")
+
+    def _check_float(self, name: str, low: float | None, high: float | None) -> None:
+        value = getattr(self, name)
+        if value is None:
+            return
+        if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
+            raise ValueError(f"{name}: must be a number")
+        if (low is not None and value < low) or (high is not None and value > high):
+            raise ValueError(f"{name}: must be in [{low}, {high if high is not None else 'inf'}]")
+
+    @classmethod
+    def from_kwargs(cls, kwargs: dict[str, Any]) -> SamplingParams:
+        """Build from keyword arguments; an unknown name raises ``TypeError`` listing the known ones."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(kwargs) - known)
+        if unknown:
+            raise TypeError(f"unknown sampling parameter(s) {unknown}; known: {sorted(known)}")
+        return cls(**kwargs)
+
+    def merged_over(self, defaults: SamplingParams | None) -> SamplingParams:
+        """These parameters with every unset field taken from ``defaults``.
+
+        A constraint set here replaces the defaults' constraint (regex/json_schema/ebnf are one choice).
+        """
+        if defaults is None:
+            return self
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        has_constraint = any(values[n] is not None for n in ("regex", "json_schema", "ebnf"))
+        for f in fields(self):
+            if values[f.name] is None and not (has_constraint and f.name in ("regex", "json_schema", "ebnf")):
+                values[f.name] = getattr(defaults, f.name)
+        return SamplingParams(**values)
+
+    def with_updates(self, **changes: Any) -> SamplingParams:
+        """A copy with some fields replaced (validated again)."""
+        return replace(self, **changes)
+
+    @property
+    def schema_model(self) -> Any:
+        """The Pydantic model class the output is parsed into, or None."""
+        return self.json_schema if _is_model_class(self.json_schema) else None
+
+    def json_schema_str(self) -> str | None:
+        """The JSON schema as a string (a Pydantic model's ``model_json_schema()``), or None."""
+        schema = self.json_schema
+        if schema is None:
+            return None
+        if isinstance(schema, str):
+            return schema
+        if isinstance(schema, dict):
+            return json.dumps(schema)
+        return json.dumps(schema.model_json_schema())
+
+    def to_native(self) -> dict[str, Any]:
+        """The ``sampling_params`` dict of the native ``/generate`` API (unset fields omitted).
+
+        ``max_tokens`` defaults to ``DEFAULT_MAX_TOKENS``; ``return_logprob`` / ``top_logprobs_num`` are
+        request-level fields of that API and are not included here.
+        """
+        out: dict[str, Any] = {"max_new_tokens": DEFAULT_MAX_TOKENS if self.max_tokens is None else self.max_tokens}
+        if self.min_tokens is not None:
+            out["min_new_tokens"] = self.min_tokens
+        if self.stop is not None:
+            out["stop"] = [self.stop] if isinstance(self.stop, str) else list(self.stop)
+        if self.stop_token_ids is not None:
+            out["stop_token_ids"] = list(self.stop_token_ids)
+        for name in ("temperature", "top_p", "top_k", "min_p", "frequency_penalty", "presence_penalty"):
+            if getattr(self, name) is not None:
+                out[name] = getattr(self, name)
+        if self.ignore_eos is not None:
+            out["ignore_eos"] = self.ignore_eos
+        if self.regex is not None:
+            out["regex"] = self.regex
+        if self.ebnf is not None:
+            out["ebnf"] = self.ebnf
+        schema = self.json_schema_str()
+        if schema is not None:
+            out["json_schema"] = schema
+        return out
+
+    def to_openai(self) -> dict[str, Any]:
+        """Keyword arguments for the OpenAI completions / chat APIs (unset fields omitted).
+
+        ``regex``/``ebnf`` and the sampling fields OpenAI lacks (top_k, min_p, min_tokens, ignore_eos,
+        stop_token_ids) go in ``extra_body``, which this project's server and vLLM/SGLang understand;
+        ``json_schema`` becomes ``response_format``.
+        """
+        out: dict[str, Any] = {"max_tokens": DEFAULT_MAX_TOKENS if self.max_tokens is None else self.max_tokens}
+        extra: dict[str, Any] = {}
+        if self.stop is not None:
+            out["stop"] = [self.stop] if isinstance(self.stop, str) else list(self.stop)
+        for name in ("temperature", "top_p", "frequency_penalty", "presence_penalty"):
+            if getattr(self, name) is not None:
+                out[name] = getattr(self, name)
+        for name in ("top_k", "min_p", "ignore_eos", "regex", "ebnf"):
+            if getattr(self, name) is not None:
+                extra[name] = getattr(self, name)
+        if self.min_tokens is not None:
+            extra["min_tokens"] = self.min_tokens
+        if self.stop_token_ids is not None:
+            extra["stop_token_ids"] = list(self.stop_token_ids)
+        schema = self.json_schema_str()
+        if schema is not None:
+            out["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {"name": "output", "schema": json.loads(schema), "strict": True},
+            }
+        if extra:
+            out["extra_body"] = extra
+        return out
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)

@@ -1,0 +1,261 @@
+"""``s`` in ``def program(s, ...)``: the program state users add to and read from, and fork groups.
+
+``s += expr`` only queues instructions (it never blocks), so a program runs ahead of its generations; reading
+(``s["x"]``, ``s.text()``) waits for what it needs. Inside ``program.run_async`` use the ``a``-prefixed readers
+(``await s.aget("x")``) — a blocking read on the event loop raises instead of deadlocking.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import Future
+from contextlib import contextmanager
+from typing import Any
+
+from radixgen.executor import Executor
+from radixgen.instructions import (
+    End,
+    ForkPoint,
+    Inherit,
+    JoinPoint,
+    RoleBegin,
+    RoleEnd,
+    RunGen,
+    RunSelect,
+    ScopeBegin,
+    ScopeEnd,
+    flatten,
+)
+from radixgen.ir import Gen, Role, Select, check_expr
+from radixgen.streaming import iterate_async, iterate_sync
+
+
+def _site(depth: int = 2) -> str:
+    frame = sys._getframe(depth)
+    return f"{frame.f_code.co_filename}:{frame.f_lineno}"
+
+
+class ProgramState:
+    """A running (or finished) program: its text, chat messages, variables and their meta info."""
+
+    def __init__(self, executor: Executor) -> None:
+        self._ex = executor
+
+    # ---- writing -------------------------------------------------------------------------------------------------
+    def __iadd__(self, expr: Any) -> ProgramState:
+        self._submit(expr, _site())
+        return self
+
+    def _submit(self, expr: Any, site: str) -> None:
+        for item in flatten(check_expr(expr)):
+            if isinstance(item, Gen):
+                fut = self._ex.new_future(item.name) if item.name is not None else None
+                self._ex.submit(RunGen(item, fut, site=site))
+            elif isinstance(item, Select):
+                fut = self._ex.new_future(item.name) if item.name is not None else None
+                self._ex.submit(RunSelect(item, fut, site=site))
+            else:
+                item.site = site
+                self._ex.submit(item)
+
+    @contextmanager
+    def _role(self, role: Role, content: Any, site: str) -> Iterator[None]:
+        self._ex.submit(RoleBegin(role, site=site))
+        if content is not None:
+            self._submit(content, site)
+        yield
+        self._ex.submit(RoleEnd(role, site=site))
+
+    def system(self, content: Any = None) -> Any:
+        """``with s.system(): s += "..."`` — or ``s.system("...")`` to add a whole system turn at once."""
+        return self._role_call("system", content, _site())
+
+    def user(self, content: Any = None) -> Any:
+        """``with s.user(): s += "..."`` — or ``s.user("...")`` to add a whole user turn."""
+        return self._role_call("user", content, _site())
+
+    def assistant(self, content: Any = None) -> Any:
+        """``with s.assistant(): s += rg.gen("reply")`` — or ``s.assistant(rg.gen("reply"))``."""
+        return self._role_call("assistant", content, _site())
+
+    def _role_call(self, role: Role, content: Any, site: str) -> Any:
+        block = self._role(role, content, site)
+        if content is None:
+            return block
+        with block:
+            pass
+        return None
+
+    @contextmanager
+    def var_scope(self, name: str) -> Iterator[None]:
+        """Capture everything added inside the block (text and generations) as variable ``name``."""
+        site = _site(3)
+        self._ex.submit(ScopeBegin(name, site=site))
+        yield
+        self._ex.submit(ScopeEnd(name, self._ex.new_future(name), site=site))
+
+    def fork(self, n: int) -> ProgramStateGroup:
+        """``n`` branches that continue from the current state, running concurrently.
+
+        The shared prefix is prefilled once (a max_new_tokens=0 request) before the branches start, so every
+        branch's first call hits the radix cache for it. Raises ValueError for n < 1.
+        """
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError("fork: n must be an integer >= 1")
+        snapshot: Future[Any] = Future()
+        self._ex.submit(ForkPoint(n, snapshot, site=_site()))
+        branches = []
+        for i in range(n):
+            parent = self._ex
+            ex = Executor(parent.backend, parent.defaults, f"{parent.name}[{i}]", parent.mode, parent.stream)
+            with parent.lock:
+                ex.futures = dict(parent.futures)
+            parent.children.append(ex)
+            ex.submit(Inherit(snapshot))
+            branches.append(ProgramState(ex))
+        return ProgramStateGroup(self, branches)
+
+    # ---- reading -------------------------------------------------------------------------------------------------
+    def _wait(self, fut: Future[Any]) -> Any:
+        if self._ex.mode == "async" and not fut.done() and _on_loop():
+            raise RuntimeError(
+                "this read would block the event loop: inside run_async use `await s.aget(name)` / `await s.atext()`"
+            )
+        return fut.result()
+
+    def _future(self, name: str) -> Future[Any]:
+        with self._ex.lock:
+            fut = self._ex.futures.get(name)
+        if fut is None:
+            raise KeyError(f"variable {name!r} is never produced by this program")
+        return fut
+
+    def __getitem__(self, name: str) -> Any:
+        """The value of variable ``name``, waiting until it is produced. Raises the program's error if it failed."""
+        return self._wait(self._future(name))
+
+    def get_var(self, name: str) -> Any:
+        """Same as ``s[name]``."""
+        return self[name]
+
+    async def aget(self, name: str) -> Any:
+        """``s[name]`` for coroutines."""
+        return await asyncio.wrap_future(self._future(name))
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._ex.futures
+
+    def sync(self) -> None:
+        """Wait until everything added so far has run."""
+        self._wait(self._ex.barrier())
+
+    async def async_sync(self) -> None:
+        """``sync`` for coroutines."""
+        await asyncio.wrap_future(self._ex.barrier())
+
+    def text(self) -> str:
+        """The whole text so far (roles rendered with the chat template), after waiting for pending work."""
+        self.sync()
+        return self._ex.text()
+
+    async def atext(self) -> str:
+        """``text`` for coroutines."""
+        await self.async_sync()
+        return self._ex.text()
+
+    def messages(self) -> list[dict[str, str]]:
+        """The finished role turns as OpenAI-style ``{"role", "content"}`` messages."""
+        self.sync()
+        return [dict(m) for m in self._ex.messages]
+
+    def get_meta_info(self, name: str) -> dict[str, Any]:
+        """Meta info of variable ``name``: prompt_tokens, completion_tokens, cached_tokens, finish_reason, logprobs
+        (gen); scores and per-choice logprobs (select); ``branches`` (a joined fork variable)."""
+        self[name]
+        return dict(self._ex.meta[name])
+
+    def variables(self) -> dict[str, Any]:
+        """All variables produced so far, after waiting for pending work."""
+        self.sync()
+        return dict(self._ex.values)
+
+    def usage(self) -> dict[str, int]:
+        """Token counts summed over this state's backend calls (and joined branches): prompt_tokens,
+        completion_tokens, cached_tokens, calls."""
+        self.sync()
+        return dict(self._ex.usage)
+
+    @property
+    def error(self) -> BaseException | None:
+        """The exception that stopped the program, or None (waits for the program to end)."""
+        if self._ex.closed:
+            self._wait(self._ex.done)
+        return self._ex.error
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    # ---- streaming -----------------------------------------------------------------------------------------------
+    def text_iter(self, name: str | None = None) -> Iterator[str]:
+        """Yield the text as it is produced (from the start), or only variable ``name``'s, until it ends."""
+        return iterate_sync(lambda sink: self._ex.subscribe(name, sink))
+
+    def text_async_iter(self, name: str | None = None) -> AsyncIterator[str]:
+        """``text_iter`` for ``async for``."""
+        return iterate_async(lambda sink: self._ex.subscribe(name, sink))
+
+    def __repr__(self) -> str:
+        status = "failed" if self._ex.error else ("done" if self._ex.done.done() else "running")
+        return f"<ProgramState {self._ex.name} {status} vars={sorted(self._ex.values)}>"
+
+
+class ProgramStateGroup:
+    """The branches of ``s.fork(n)``: ``forks += expr`` adds to every branch, ``forks[i]`` is one branch."""
+
+    def __init__(self, parent: ProgramState, branches: list[ProgramState]) -> None:
+        self.parent, self.branches = parent, branches
+
+    def __iadd__(self, expr: Any) -> ProgramStateGroup:
+        site = _site()
+        for branch in self.branches:
+            branch._submit(expr, site)
+        return self
+
+    def __getitem__(self, i: int) -> ProgramState:
+        return self.branches[i]
+
+    def __len__(self) -> int:
+        return len(self.branches)
+
+    def __iter__(self) -> Iterator[ProgramState]:
+        return iter(self.branches)
+
+    def join(self, mode: str = "gather_variable") -> None:
+        """End the branches and merge them into the parent once they finish (non-blocking).
+
+        ``gather_variable`` (default): each variable first produced in the branches becomes, in the parent, the
+        list of the branches' values. ``concate_and_append``: also append each branch's new text to the parent.
+        Raises ValueError for another mode; a failed branch fails the parent.
+        """
+        if mode not in ("gather_variable", "concate_and_append"):
+            raise ValueError("mode: must be 'gather_variable' or 'concate_and_append'")
+        names: list[str] = []
+        for branch in self.branches:
+            for name in branch._ex.own_names:
+                if name not in names:
+                    names.append(name)
+            branch._ex.submit(End())
+        futures = {name: self.parent._ex.new_future(name) for name in names}
+        executors = [b._ex for b in self.branches]
+        self.parent._ex.submit(JoinPoint(executors, mode, futures, site=_site()))
+
+
+def _on_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True

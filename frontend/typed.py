@@ -1,0 +1,42 @@
+"""Typed outputs: turn a gen's text into the Python value its ``dtype`` or Pydantic ``json_schema`` promises."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from radixgen.ir import Gen
+
+
+class TypedOutputError(ValueError):
+    """A constrained gen's text did not parse as its type (almost always: cut off by ``max_tokens``)."""
+
+
+def parse_typed(gen: Gen, text: str, finish_reason: Any) -> Any:
+    """The value of variable ``gen.name``: the parsed ``dtype`` value, the validated Pydantic instance, or ``text``.
+
+    Raises:
+        TypedOutputError: the text does not parse / validate; the message names the variable and says whether
+            the generation was cut by the token limit.
+    """
+    model = gen.params.schema_model
+    if gen.dtype is None and model is None:
+        return text
+    try:
+        if gen.dtype is bool:
+            if text not in ("True", "False"):
+                raise ValueError(f"{text!r} is not True/False")
+            return text == "True"
+        if gen.dtype is str:
+            value = json.loads(text)
+            if not isinstance(value, str):
+                raise ValueError(f"{text!r} is not a quoted string")
+            return value
+        if gen.dtype is not None:
+            return gen.dtype(text)
+        return model.model_validate_json(text)
+    except Exception as e:  # ValueError, json.JSONDecodeError, pydantic.ValidationError
+        reason = finish_reason.get("type") if isinstance(finish_reason, dict) else finish_reason
+        hint = " (generation stopped at max_tokens: raise max_tokens)" if reason == "length" else ""
+        target = gen.dtype.__name__ if gen.dtype is not None else model.__name__
+        raise TypedOutputError(f"{gen.name or 'gen'}: output does not parse as {target}{hint}: {e}") from e
