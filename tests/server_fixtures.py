@@ -90,6 +90,8 @@ class ServerHandle:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        if self._log_file is not None:
+            self._log_file.close()  # type: ignore[attr-defined]
         return int(self.proc.returncode)
 
 

@@ -103,6 +103,9 @@ def test_completion_echo_logprobs(client: openai.OpenAI, tokenizer) -> None:
     assert all(x <= 0.0 for x in lp.token_logprobs[1:])
     assert all(1 <= len(t) <= 2 for t in lp.top_logprobs[1:])
     assert lp.text_offset == sorted(lp.text_offset)
+    # offsets index the echoed text: every prompt token after the first text token starts where its text is
+    for tok, off in zip(lp.tokens[2:n_prompt], lp.text_offset[2:n_prompt], strict=True):
+        assert c.text[off : off + len(tok)] == tok
     # greedy: every generated token is its position's best alternative
     for tok, top in zip(lp.tokens[n_prompt:], lp.top_logprobs[n_prompt:], strict=True):
         assert max(top, key=top.get) == tok

@@ -84,13 +84,21 @@ def completion_logprobs(
     for i in range(out_from, len(outs)):
         entries.append((len(prompt_ids) + i, outs[i], tops[i] if i < len(tops) else None))
     lp = CompletionLogProbs()
+    # the first text token's piece may carry a space that decoding drops at the start of a text (SentencePiece's
+    # "▁Once" -> "Once"): measure that one token in the decoded text itself
+    first_text = next((i for i, t in enumerate(full) if t not in tt.special_ids), len(full))
     for pos, (logprob, tid, *_), top in entries:
         ctx = full[max(0, pos - 4) : pos]
         token = tt.pieces(ctx, [tid])[0]
         lp.tokens.append(token)
         lp.token_logprobs.append(logprob)
         lp.text_offset.append(offset)
-        offset += 0 if tid in tt.special_ids else len(token)  # skipped special tokens take no text
+        if tid in tt.special_ids:
+            pass  # skipped special tokens take no text
+        elif pos == first_text:
+            offset += len(tt.tokenizer.decode(full[: pos + 1], skip_special_tokens=True))
+        else:
+            offset += len(token)
         if logprob is None:
             lp.top_logprobs.append(None)
         else:
