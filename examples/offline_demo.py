@@ -1,6 +1,6 @@
 """Offline Engine demo on the bundled stories260K model: a few prompts, text and tokens in/out/cached.
 
-Run: make demo   (or: python examples/offline_demo.py --model ../shared/models/stories260K)
+Run: python examples/offline_demo.py --model ../shared/models/stories260K
 """
 
 from __future__ import annotations

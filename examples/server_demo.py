@@ -1,6 +1,6 @@
 """Server demo: start `radixgen serve` on stories260K, call the native and the OpenAI APIs, stop the server.
 
-Run: make demo   (or: python examples/server_demo.py --model ../shared/models/stories260K)
+Run: python examples/server_demo.py --model ../shared/models/stories260K
 """
 
 from __future__ import annotations

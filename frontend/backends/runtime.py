@@ -94,6 +94,13 @@ class Runtime(RuntimeEndpoint):
         if unknown:
             raise TypeError(f"Runtime: unknown server argument(s) {', '.join(unknown)}; known: {sorted(known)}")
         port = _free_port(host) if port is None else port
+        # the server runs in a temporary directory: paths given relative to ours must be made absolute
+        model_path = _absolute_if_exists(model_path)
+        for key in ("tokenizer_path",):
+            if isinstance(server_args.get(key), str):
+                server_args[key] = _absolute_if_exists(server_args[key])
+        if chat_template is not None:
+            chat_template = _absolute_if_exists(chat_template)
         extra = {"chat_template": chat_template} if chat_template is not None else {}
         args = ServerArgs(model_path=model_path, host=host, port=port, **extra, **server_args)
         argv = server_cli_args(args, {"model_path", "host", "port", *extra, *server_args})
@@ -162,3 +169,8 @@ class Runtime(RuntimeEndpoint):
     def __repr__(self) -> str:
         state = "running" if self.process is not None and self.process.poll() is None else "stopped"
         return f"Runtime({self.server_args.model_path!r}, url={self.base_url!r}, {state})"
+
+
+def _absolute_if_exists(path: str) -> str:
+    """``path`` made absolute when it names an existing file or directory (a Hub id or template name is kept)."""
+    return os.path.abspath(path) if os.path.exists(path) else path
