@@ -301,8 +301,10 @@ class Executor:
             if self.open_role is not None:
                 raise ValueError(f"{instr.role}: role blocks cannot nest ({self.open_role} is open)")
             template = yield from self._chat_template()
-            self._append(template.role_prefix(instr.role, self.prev_role, self.first_turn))
-            self.open_role, self.role_start = instr.role, self.length
+            prefix = template.role_prefix(instr.role, self.prev_role, self.first_turn)
+            self.open_role = instr.role  # set first: the template's markup is not text outside roles
+            self._append(prefix)
+            self.role_start = self.length
         elif isinstance(instr, RoleEnd):
             template = yield from self._chat_template()
             content = self.text()[self.role_start :]
