@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import math
 import re
-from typing import Any
+from typing import Any, TypeGuard
 
 from radixgen.grammar.json_schema import types_of
 
@@ -37,7 +37,12 @@ FORMAT_PATTERNS = {
 
 def numbers(*vs: Any) -> bool:
     """All arguments are JSON numbers (bools excluded)."""
-    return all(isinstance(v, int | float) and not isinstance(v, bool) for v in vs)
+    return all(is_number(v) for v in vs)
+
+
+def is_number(v: Any) -> TypeGuard[int | float]:
+    """``v`` is a JSON number (bools excluded)."""
+    return isinstance(v, int | float) and not isinstance(v, bool)
 
 
 def local_rewrites(s: dict[str, Any]) -> dict[str, Any]:
@@ -126,24 +131,24 @@ def declare_required(s: dict[str, Any]) -> dict[str, Any]:
 def integer_bounds(s: dict[str, Any]) -> dict[str, Any]:
     types = types_of(s)
     mult = s.get("multipleOf")
-    if types == {"number"} and numbers(mult) and mult > 0 and float(mult).is_integer():
+    if types == {"number"} and is_number(mult) and mult > 0 and float(mult).is_integer():
         s["type"] = "integer"
         types = {"integer"}
     if types != {"integer"}:
         return s
-    if numbers(mult) and float(mult).is_integer():
+    if is_number(mult) and float(mult).is_integer():
         s["multipleOf"] = int(mult)
     for key, rnd in (("minimum", math.ceil), ("maximum", math.floor)):
         v = s.get(key)
-        if numbers(v) and math.isfinite(v) and not float(v).is_integer():
+        if is_number(v) and math.isfinite(v) and not float(v).is_integer():
             s[key] = int(rnd(v))
     for key, bound, rnd in (("exclusiveMinimum", "minimum", math.ceil), ("exclusiveMaximum", "maximum", math.floor)):
         v = s.get(key)
-        if numbers(v) and math.isfinite(v) and not float(v).is_integer():
+        if is_number(v) and math.isfinite(v) and not float(v).is_integer():
             s.pop(key)
             b = int(rnd(v))
             old = s.get(bound)
-            s[bound] = b if not numbers(old) else (max(b, old) if bound == "minimum" else min(b, old))
+            s[bound] = b if not is_number(old) else (max(b, old) if bound == "minimum" else min(b, old))
         elif isinstance(v, float):
             s[key] = int(v)
     return s
@@ -152,12 +157,12 @@ def integer_bounds(s: dict[str, Any]) -> dict[str, Any]:
 def explicit_extras(s: dict[str, Any]) -> dict[str, Any]:
     props = s.get("properties", {})
     min_props = s.get("minProperties")
-    if numbers(min_props) and isinstance(props, dict) and min_props > len(props) and "additionalProperties" not in s:
+    if is_number(min_props) and isinstance(props, dict) and min_props > len(props) and "additionalProperties" not in s:
         if "patternProperties" not in s:
             s["additionalProperties"] = True
     prefix = s.get("prefixItems", [])
     min_items = s.get("minItems")
-    if numbers(min_items) and isinstance(prefix, list) and min_items > len(prefix) and "items" not in s:
+    if is_number(min_items) and isinstance(prefix, list) and min_items > len(prefix) and "items" not in s:
         s["items"] = True
     return s
 
@@ -195,7 +200,7 @@ def fix_optional_groups(pattern: str) -> str:
             i += 2
             continue
         if in_class:
-            in_class = ch != "]" or (out and out[-1] in ("[", "[^"))
+            in_class = ch != "]" or bool(out and out[-1] in ("[", "[^"))
             out.append(ch)
         elif ch == "[":
             in_class = True

@@ -151,7 +151,7 @@ class ModelConfig:
             raise ValueError(f"ModelConfig.head_dim must be even for RoPE, got {self.head_dim}")
         if self.max_position_embeddings is None:
             object.__setattr__(self, "max_position_embeddings", self.context_len)
-        if self.context_len > self.max_position_embeddings:
+        if self.max_position_embeddings is not None and self.context_len > self.max_position_embeddings:
             raise ValueError(
                 f"ModelConfig.context_len ({self.context_len}) exceeds max_position_embeddings "
                 f"({self.max_position_embeddings})"

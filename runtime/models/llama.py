@@ -13,7 +13,7 @@ each); ``hf_weight_views`` maps the checkpoint's separate tensors onto slices of
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import torch
 import torch.nn.functional as F
@@ -200,9 +200,10 @@ class LlamaForCausalLM(nn.Module):
         if self.lm_head is not None:
             views["lm_head.weight"] = self.lm_head.weight.data
         kinds = ["weight"] + (["bias"] if c.attention_bias else [])
-        for i, layer in enumerate(self.model.layers):
+        for i, module in enumerate(self.model.layers):
             pre = f"model.layers.{i}."
-            attn, mlp = layer.self_attn, layer.mlp
+            layer = cast(LlamaDecoderLayer, module)
+            attn, mlp = cast(LlamaAttention, layer.self_attn), cast(LlamaMLP, layer.mlp)
             for kind in kinds:
                 fused = getattr(attn.qkv_proj, kind).data  # [q + 2kv, hidden] or [q + 2kv]
                 views[pre + f"self_attn.q_proj.{kind}"] = fused[:q]
