@@ -11,6 +11,7 @@ SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 BENCH_MODEL = SHARED / "models" / "bench-llama-40m"
 SHAREGPT = SHARED / "datasets" / "sharegpt" / "ShareGPT_V3_filtered_500.json"
 GSM8K = SHARED / "datasets" / "gsm8k"
+RESULTS = Path(__file__).resolve().parent / "results"  # JSON outputs of the benchmarks (gitignored)
 
 
 def sharegpt_prompts(tokenizer: Any, n: int, max_tokens: int, seed: int = 0) -> list[list[int]]:
