@@ -5,7 +5,8 @@
 (b) Shared prefix: 4 groups x 16 requests, each group a ~1000-token GSM8K few-shot prefix + one test question,
     32 output tokens: radix cache on vs off; cache hit rate vs the ideal (each group's prefix computed once).
 
-Run: python benchmarks/bench_offline.py [--out results.json]. Prints a table and the ratios; writes JSON.
+Run: python benchmarks/bench_offline.py [--repeats N] [--out results.json]. Prints a table and the ratios; writes
+JSON. With ``--repeats N`` Engine and HF runs alternate N times and the median ratio is reported.
 """
 
 from __future__ import annotations
@@ -73,24 +74,31 @@ def bench_throughput(args: argparse.Namespace) -> dict[str, Any]:
     engine = Engine(str(BENCH_MODEL), load_format="dummy", max_total_tokens=65536, chunked_prefill_size=4096)
     prompts = sharegpt_prompts(engine.tokenizer, args.num_prompts, args.max_prompt_tokens)
     run_engine(engine, prompts[:4], 4)  # warm-up
-    engine.flush_cache()
-    t_ours, outs = run_engine(engine, prompts, args.output_len)
-    n_out = sum(o["meta_info"]["completion_tokens"] for o in outs)
     hf = hf_model_with_engine_weights(engine)
     run_hf(hf, prompts[:2], 2, 2, 0)  # warm-up
-    t_hf, hf_outs = run_hf(hf, prompts, args.output_len, args.hf_batch_size, pad_id=0)
-    n_hf = sum(len(o) for o in hf_outs)
+    # Engine and HF runs alternate, so on a shared machine both see the same background load; the ratio reported
+    # is the median of the per-repeat ratios
+    runs = []
+    for _ in range(args.repeats):
+        engine.flush_cache()
+        t_ours, outs = run_engine(engine, prompts, args.output_len)
+        n_out = sum(o["meta_info"]["completion_tokens"] for o in outs)
+        t_hf, hf_outs = run_hf(hf, prompts, args.output_len, args.hf_batch_size, pad_id=0)
+        n_hf = sum(len(o) for o in hf_outs)
+        runs.append({"radixgen_s": t_ours, "hf_s": t_hf, "speedup": (n_out / t_ours) / (n_hf / t_hf)})
+    mid = sorted(runs, key=lambda r: r["speedup"])[len(runs) // 2]
     # honesty check: same weights, greedy → the first tokens should agree (float reductions can flip late ties)
     agree = sum(o["output_ids"][:8] == h[:8] for o, h in zip(outs, hf_outs, strict=True)) / len(outs)
     return {
         "prompts": len(prompts),
         "prompt_tokens": sum(len(p) for p in prompts),
         "output_len": args.output_len,
-        "radixgen_s": t_ours,
-        "radixgen_out_tok_s": n_out / t_ours,
-        "hf_s": t_hf,
-        "hf_out_tok_s": n_hf / t_hf,
-        "speedup": (n_out / t_ours) / (n_hf / t_hf),
+        "radixgen_s": mid["radixgen_s"],
+        "radixgen_out_tok_s": n_out / mid["radixgen_s"],
+        "hf_s": mid["hf_s"],
+        "hf_out_tok_s": n_hf / mid["hf_s"],
+        "speedup": mid["speedup"],
+        "speedup_runs": [r["speedup"] for r in runs],
         "first8_greedy_agreement": agree,
     }
 
@@ -135,6 +143,7 @@ def main() -> None:
     parser.add_argument("--max-prompt-tokens", type=int, default=256)
     parser.add_argument("--output-len", type=int, default=128)
     parser.add_argument("--hf-batch-size", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=1, help="alternating Engine / HF runs; median ratio")
     parser.add_argument("--groups", type=int, default=4)
     parser.add_argument("--per-group", type=int, default=16)
     parser.add_argument("--prefix-output-len", type=int, default=32)
@@ -153,7 +162,8 @@ def main() -> None:
         print(f"    radixgen Engine : {tp['radixgen_out_tok_s']:8.1f} out tok/s ({tp['radixgen_s']:.1f} s)")
         print(f"    HF generate x16 : {tp['hf_out_tok_s']:8.1f} out tok/s ({tp['hf_s']:.1f} s)")
         print(
-            f"    speedup {tp['speedup']:.2f}x (target >= 3x); first-8-token greedy agreement "
+            f"    speedup {tp['speedup']:.2f}x (runs: {', '.join(f'{x:.2f}' for x in tp['speedup_runs'])}; "
+            f"target >= 4x); first-8-token greedy agreement "
             f"{tp['first8_greedy_agreement']:.0%}"
         )
     if args.skip != "shared-prefix":

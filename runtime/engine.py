@@ -99,7 +99,9 @@ class Engine:
         return self.scheduler.flush_cache()
 
     def get_server_info(self) -> dict[str, Any]:
-        """Server args plus KV pool capacity and usage (tokens)."""
+        """Server args plus KV pool capacity and usage (tokens), and ``step_timing``: per forward mode ("decode",
+        "extend"), milliseconds per step and share of each scheduler phase and the host-overhead share (see
+        runtime/step_timing.py; reset with ``reset_step_timing``)."""
         runner, sched = self.model_runner, self.scheduler
         return {
             **{k: v for k, v in vars(self.server_args).items()},
@@ -109,7 +111,12 @@ class Engine:
             "kv_cached_tokens": sched.tree_cache.total_size(),
             "kv_evictable_tokens": sched.tree_cache.evictable_size(),
             "num_retractions": sched.num_retractions,
+            "step_timing": sched.step_timer.summary(),
         }
+
+    def reset_step_timing(self) -> None:
+        """Zero the per-phase step timers reported as ``get_server_info()["step_timing"]``."""
+        self.scheduler.step_timer.reset()
 
     def shutdown(self) -> None:
         """Abort everything still queued or running and release the KV pools."""

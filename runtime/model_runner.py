@@ -82,7 +82,8 @@ class ModelRunner:
             total, cfg.num_hidden_layers, cfg.num_key_value_heads, cfg.head_dim, self.dtype, self.device
         )
         self.allocator = TokenSlotAllocator(total, self.device)
-        self.attn_backend = create_attention_backend(args.resolved_attention_backend)
+        dense_bytes = self.kv_bytes if args.dense_decode_kv_mb is None else args.dense_decode_kv_mb * 2**20
+        self.attn_backend = create_attention_backend(args.resolved_attention_backend, dense_bytes)
         logger.info(
             "model %s loaded (%s); KV pool %d tokens (%.1f MiB), context %d",
             cfg.architecture,
@@ -105,12 +106,27 @@ class ModelRunner:
     ) -> torch.Tensor:
         """One forward pass; returns float32 logits ``[len(logits_rows), vocab]`` for the selected tokens.
 
+        Equal to ``run(prepare(...), logits_rows)``; the scheduler calls the two halves separately to time them.
+
         Args:
             input_ids: the new tokens of every request, concatenated (``sum(extend_lens)``).
             req_pool_indices / prefix_lens / extend_lens: per request (``[batch]``).
             out_cache_loc: int64 ``[sum(extend_lens)]`` KV slots for the new tokens.
             logits_rows: int64 ``[k]`` indices into the new tokens whose logits are wanted.
         """
+        batch = self.prepare(mode, input_ids, req_pool_indices, prefix_lens, extend_lens, out_cache_loc)
+        return self.run(batch, logits_rows)
+
+    def prepare(
+        self,
+        mode: ForwardMode,
+        input_ids: list[int],
+        req_pool_indices: list[int],
+        prefix_lens: list[int],
+        extend_lens: list[int],
+        out_cache_loc: torch.Tensor,
+    ) -> ForwardBatch:
+        """Batch preparation: the ForwardBatch tensors and the attention backend's metadata (see ``forward``)."""
         batch = ForwardBatch.build(
             mode,
             input_ids,
@@ -123,6 +139,11 @@ class ModelRunner:
             self.attn_backend,
         )
         self.attn_backend.init_forward_metadata(batch)
+        return batch
+
+    @torch.inference_mode()
+    def run(self, batch: ForwardBatch, logits_rows: torch.Tensor) -> torch.Tensor:
+        """The model forward over a prepared batch: float32 logits ``[len(logits_rows), vocab]``."""
         hidden = self.model(batch)  # [num_tokens, hidden]
         if logits_rows.numel() == 0:
             return torch.empty((0, self.vocab_size), dtype=torch.float32)

@@ -79,6 +79,11 @@ class ReqKVManager:
     def write_slots(self, items: list[tuple[Req, int]], slots: torch.Tensor) -> None:
         """Record new slots in ``req_to_token``: each request's ``n`` new tokens follow its ``kv_len``."""
         table = self.req_to_token_pool.req_to_token
+        if all(n == 1 for _, n in items):  # decode: one slot per request, one vectorised write
+            rows = torch.tensor([r.req_pool_idx for r, _ in items], dtype=torch.int64, device=table.device)
+            cols = torch.tensor([r.kv_len for r, _ in items], dtype=torch.int64, device=table.device)
+            table[rows, cols] = slots.to(torch.int32)
+            return
         offset = 0
         for req, n in items:
             assert req.req_pool_idx is not None

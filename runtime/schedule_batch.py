@@ -107,13 +107,18 @@ class ScheduleBatch:
         eos ids and stop_token_ids are suppressed while a request has fewer than min_new_tokens outputs (not on
         grammar-constrained requests: their grammar decides where eos may come). ``grammar_mask(reqs, rows)``
         masks the sampling rows (a copy of the logits) in place before sampling when some request carries a
-        grammar matcher.
+        grammar matcher; otherwise, when every logits row samples (decode), the logits are used without a copy.
         """
         reqs = self.sampling_reqs()
         if not reqs:
             return torch.empty(0, dtype=torch.int64)
-        rows = logits[torch.tensor(self.sample_rows, dtype=torch.int64)]  # [num_sampling, vocab] (a copy)
-        if grammar_mask is not None and any(r.grammar is not None for r in reqs):
+        constrained = grammar_mask is not None and any(r.grammar is not None for r in reqs)
+        if not constrained and len(self.sample_rows) == logits.shape[0]:
+            rows = logits  # every logits row samples, in order (a decode step); the sampler never modifies it
+        else:
+            rows = logits[torch.tensor(self.sample_rows, dtype=torch.int64)]  # [num_sampling, vocab] (a copy)
+        if constrained:
+            assert grammar_mask is not None
             grammar_mask(reqs, rows)
         suppress = [
             (

@@ -31,6 +31,7 @@ from radixgen.runtime.sampling_params import SamplingParams
 from radixgen.runtime.schedule_batch import ScheduleBatch
 from radixgen.runtime.schedule_policy import PrefillAdder, order_waiting, prefix_match_key
 from radixgen.runtime.server_args import ServerArgs
+from radixgen.runtime.step_timing import StepTimer
 from radixgen.runtime.stop_checker import StopChecker
 
 logger = logging.getLogger(__name__)
@@ -71,7 +72,8 @@ class Scheduler:
     ``validate``, compiled off-thread while they wait in its queue, masked in ``sample``, advanced in
     ``process_result``.
 
-    Counters for tests and metrics: ``num_retractions``, ``num_forward_steps``, ``num_extend_steps``.
+    Counters for tests and metrics: ``num_retractions``, ``num_forward_steps``, ``num_extend_steps``;
+    ``step_timer`` (runtime/step_timing.py) accumulates the wall time of each step's phases.
     """
 
     def __init__(
@@ -101,6 +103,7 @@ class Scheduler:
         self.num_retractions = 0
         self.num_forward_steps = 0
         self.num_extend_steps = 0
+        self.step_timer = StepTimer()
         self.handlers: dict[type, Callable[[Any], Any]] = {
             TokenizedGenerateReq: self.add_request,
             AbortReq: self.abort_request,
@@ -178,7 +181,12 @@ class Scheduler:
 
     # ------------------------------------------------------------------ loop
     def step(self) -> list[ReqOutput]:
-        """One iteration: schedule → forward → sample → process. Returns the outputs of this step."""
+        """One iteration: schedule → forward → sample → process. Returns the outputs of this step.
+
+        Each phase's wall time goes to ``step_timer`` (laps in ``_build_batch``, ``forward``, ``sample``,
+        ``process_result``)."""
+        timer = self.step_timer
+        timer.begin()
         self._admit_compiled_grammars()
         outputs, self._pending = self._pending, []
         batch = self.schedule()
@@ -187,6 +195,8 @@ class Scheduler:
         logits = self.forward(batch)
         next_ids = self.sample(batch, logits)
         outputs.extend(self.process_result(batch, logits, next_ids))
+        timer.lap("output")
+        timer.end("decode" if batch.mode == ForwardMode.DECODE else "extend", len(batch.reqs))
         return outputs
 
     def schedule(self) -> ScheduleBatch | None:
@@ -204,19 +214,30 @@ class Scheduler:
         """Run the model; float32 logits ``[len(batch.logits_rows), vocab]``."""
         self.num_forward_steps += 1
         self.num_extend_steps += int(batch.mode == ForwardMode.EXTEND)
-        return self.runner.forward(
-            batch.mode,
-            batch.input_ids,
-            batch.req_pool_indices,
-            batch.prefix_lens,
-            batch.extend_lens,
-            batch.out_cache_loc,
-            batch.logits_rows_tensor(),
-        )
+        args = (batch.mode, batch.input_ids, batch.req_pool_indices, batch.prefix_lens, batch.extend_lens)
+        prepare = getattr(self.runner, "prepare", None)  # optional: split out to time batch preparation
+        if prepare is None:
+            logits = self.runner.forward(*args, batch.out_cache_loc, batch.logits_rows_tensor())
+        else:
+            forward_batch = prepare(*args, batch.out_cache_loc)
+            rows = batch.logits_rows_tensor()
+            self.step_timer.lap("prepare")
+            logits = self.runner.run(forward_batch, rows)  # type: ignore[attr-defined]
+            if logits.is_cuda:
+                torch.cuda.synchronize(logits.device)  # charge the kernels to forward, not to sampling
+        self.step_timer.lap("forward")
+        return logits
 
     def sample(self, batch: ScheduleBatch, logits: torch.Tensor) -> torch.Tensor:
         """Sample the next token of every request whose sequence end was computed: int64 ``[num_sampling]``."""
-        return batch.sample(self.sampler, logits, self.eos_token_ids, self.runner.vocab_size, self.grammar.mask_logits)
+        next_ids = batch.sample(self.sampler, logits, self.eos_token_ids, self.runner.vocab_size, self._grammar_mask)
+        self.step_timer.lap("sample")
+        return next_ids
+
+    def _grammar_mask(self, reqs: list[Req], rows: torch.Tensor) -> None:
+        self.step_timer.lap("sample")
+        self.grammar.mask_logits(reqs, rows)
+        self.step_timer.lap("grammar")
 
     def process_result(self, batch: ScheduleBatch, logits: torch.Tensor, next_ids: torch.Tensor) -> list[ReqOutput]:
         """Append tokens, gather logprobs, check stops, finish and cache finished requests, emit outputs."""
@@ -230,19 +251,23 @@ class Scheduler:
                 tok = next_list[tok_idx]
                 req.output_ids.append(tok)
                 req.new_token_ids.append(tok)
-                self.grammar.accept(req, tok)
+                if req.grammar is not None:
+                    self.step_timer.lap("output")
+                    self.grammar.accept(req, tok)
+                    self.step_timer.lap("grammar")
                 if not req.finished:
                     self.stop_checker.check(req, tok)
             elif req.kv_len == req.seq_len and req.sampling_params.max_new_tokens == 0:
                 req.finished_reason = {"type": "length", "length": 0}
             if batch.mode == ForwardMode.EXTEND and not req.finished:
                 self.kv.cache_unfinished(req)
-            if req is self.chunked_req and req.kv_len < req.seq_len:
+            is_chunked = req is self.chunked_req  # (a bool: an `is` test would narrow req to Optional for mypy)
+            if is_chunked and req.kv_len < req.seq_len:
                 outputs_for_req = self._make_output(req) if req.delta_input_logprobs else None
                 if outputs_for_req is not None:
                     outputs.append(outputs_for_req)
                 continue
-            if req is self.chunked_req:
+            if is_chunked:
                 self.chunked_req = None
             if req.finished:
                 if req in self.running:
@@ -361,9 +386,11 @@ class Scheduler:
 
     # ------------------------------------------------------------------ memory
     def _build_batch(self, mode: ForwardMode, items: list[tuple[Req, int]]) -> ScheduleBatch:
+        self.step_timer.lap("schedule")
         slots = self.kv.alloc_slots(sum(n for _, n in items))
         batch = ScheduleBatch.build(mode, items, slots)
         self.kv.write_slots(items, slots)
+        self.step_timer.lap("prepare")
         return batch
 
     # ------------------------------------------------------------------ output

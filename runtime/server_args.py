@@ -47,6 +47,7 @@ class ServerArgs:
     new_token_ratio_decay: float = 0.001
     random_seed: int = 0
     num_threads: int | None = None
+    dense_decode_kv_mb: int | None = None
     # grammar-constrained decoding (radixgen.grammar)
     grammar_backend: Literal["xgrammar", "outlines"] = "xgrammar"
     grammar_compile_timeout: float = 30.0
@@ -83,6 +84,9 @@ class ServerArgs:
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
                 raise ValueError(f"{name}: must be a positive integer, got {v!r}")
+        v = self.dense_decode_kv_mb
+        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 0):
+            raise ValueError(f"dense_decode_kv_mb: must be an integer >= 0 or None, got {v!r}")
         if not 0.0 < self.min_new_token_ratio <= self.init_new_token_ratio <= 1.0:
             raise ValueError("init_new_token_ratio/min_new_token_ratio: need 0 < min <= init <= 1")
         if not isinstance(self.port, int) or not 0 < self.port < 65536:
@@ -150,6 +154,8 @@ _HELP: dict[str, str] = {
     "new_token_ratio_decay": "Decay of the reserved share per decode step.",
     "random_seed": "Seed for sampling without a per-request seed and for dummy weights.",
     "num_threads": "torch intra-op threads in the scheduler process; default: torch's choice.",
+    "dense_decode_kv_mb": "MiB for a dense copy of the decode batch's KV (torch attention backend: no per-step KV "
+    "gather); default: the KV pool's size; 0 disables it.",
     "grammar_backend": "Grammar backend for json_schema / regex / ebnf constraints: xgrammar or outlines.",
     "grammar_compile_timeout": "Seconds a request waits for its grammar to compile before it is aborted.",
     "grammar_max_spec_bytes": "Largest json_schema / regex / ebnf accepted, in UTF-8 bytes.",

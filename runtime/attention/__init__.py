@@ -6,14 +6,15 @@ from radixgen.runtime.attention.torch_backend import TorchAttentionBackend
 __all__ = ["AttentionBackend", "AttentionLayer", "TorchAttentionBackend", "create_attention_backend"]
 
 
-def create_attention_backend(name: str) -> AttentionBackend:
-    """Build the backend named ``name`` ("torch" or "triton").
+def create_attention_backend(name: str, dense_decode_kv_bytes: int = 0) -> AttentionBackend:
+    """Build the backend named ``name`` ("torch" or "triton"); ``dense_decode_kv_bytes`` is the torch backend's
+    dense decode KV budget (see ``TorchAttentionBackend``; 0 disables it).
 
     Raises:
         ValueError: unknown name.
     """
     if name == "torch":
-        return TorchAttentionBackend()
+        return TorchAttentionBackend(dense_decode_kv_bytes)
     if name == "triton":
         from radixgen.runtime.attention.triton_backend import TritonAttentionBackend
 

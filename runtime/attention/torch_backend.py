@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from radixgen.runtime.attention.base import AttentionBackend, AttentionLayer
+from radixgen.runtime.attention.dense_decode_kv import DenseDecodeKV
 from radixgen.runtime.forward_batch import ForwardBatch, ForwardMode
 
 # requests per decode length bucket (see init_forward_metadata)
@@ -17,18 +18,39 @@ class TorchAttentionBackend(AttentionBackend):
     (query j of a request with prefix p sees keys 0..p+j); the boolean mask is built only for requests that
     have a prefix and is ``[extend_len, seq_len]``, never batch-wide.
 
-    Decode: requests sorted by length into buckets of ``DECODE_BUCKET``; per bucket one batched gather of its
-    requests' KV padded to the bucket's longest sequence (``[n, num_kv_heads, max_len, head_dim]``) and one SDPA
-    call masked by length — no Python loop over requests.
+    Decode: requests sorted by length into buckets of ``DECODE_BUCKET``, one SDPA call per bucket masked by
+    length (no Python loop over requests). K/V come from a dense copy of the decode batch's KV
+    (``DenseDecodeKV``: no per-step gather while the batch is unchanged) when it fits ``dense_decode_kv_bytes``;
+    else each bucket gathers its requests' KV padded to its longest sequence (``[n, num_kv_heads, max_len,
+    head_dim]``, one ``index_select`` per K and V).
 
-    GQA uses grouped queries: the G query heads sharing a KV head are folded into the query-length dimension of
-    one SDPA call per KV head, so K/V are never copied per query head (measured 2-3x faster than ``enable_gqa``
-    on CPU). New K/V are rounded to the pool dtype before use so extend sees exactly what later decode steps
-    read back.
+    Every SDPA call gets 4-D inputs: with 3-D inputs torch 2.13 takes the unfused math path on CPU (it
+    materialises the ``[H, L, L]`` scores; 10-16x slower for a 512-token prompt). Extend uses ``enable_gqa``
+    (the fused CPU kernel reads each KV head for its G query heads, no copy); decode folds the G query heads of a
+    KV head into the query-length dimension. New K/V are rounded to the pool dtype before use so extend sees
+    exactly what later decode steps read back.
+
+    Args:
+        dense_decode_kv_bytes: memory budget of the dense decode KV copy (all layers, K and V); 0 disables it.
     """
+
+    def __init__(self, dense_decode_kv_bytes: int = 0) -> None:
+        self.dense = DenseDecodeKV(dense_decode_kv_bytes, DECODE_BUCKET) if dense_decode_kv_bytes > 0 else None
 
     def init_forward_metadata(self, batch: ForwardBatch) -> None:
         meta = batch.metadata
+        if batch.mode == ForwardMode.DECODE and self.dense is not None:
+            pool = batch.token_to_kv_pool
+            meta["dense_step"] = self.dense.prepare(
+                batch.req_pool_indices.tolist(),
+                batch.seq_lens_cpu,
+                batch.req_to_token_pool.req_to_token,
+                pool.num_layers,
+                (pool.num_kv_heads, pool.head_dim),
+                pool.dtype,
+            )
+            if meta["dense_step"] is not None:
+                return
         if batch.mode == ForwardMode.DECODE:
             # length buckets: requests sorted by length, each bucket padded only to its own longest sequence,
             # so skewed lengths do not make every request gather (and attend over) the longest one's KV
@@ -39,12 +61,14 @@ class TorchAttentionBackend(AttentionBackend):
                 idx = order[b : b + DECODE_BUCKET]
                 max_len = batch.seq_lens_cpu[idx[-1]]
                 rows_t = torch.tensor(idx, dtype=torch.int64, device=table.device)
-                kv_index = table[batch.req_pool_indices[rows_t], :max_len].to(torch.int64)  # [n, max_len]
+                kv_index = table[batch.req_pool_indices[rows_t], :max_len].to(torch.int64).view(-1)  # [n*max_len]
                 pos = torch.arange(max_len, device=table.device)
                 valid = pos[None, :] < batch.seq_lens[rows_t][:, None]  # [n, max_len]
                 buckets.append((rows_t, kv_index, valid))
             meta["decode_buckets"] = buckets
         else:
+            if self.dense is not None:
+                self.dense.invalidate()  # an extend changes the batch (and may reuse freed slots)
             meta["extend_kv_index"] = [
                 batch.req_to_token_pool.req_to_token[int(r), :n].to(torch.int64)
                 for r, n in zip(batch.req_pool_indices.tolist(), batch.seq_lens_cpu, strict=True)
@@ -71,8 +95,7 @@ class TorchAttentionBackend(AttentionBackend):
         self, q: torch.Tensor, k_buf: torch.Tensor, v_buf: torch.Tensor, layer: AttentionLayer, batch: ForwardBatch
     ) -> torch.Tensor:
         out = torch.empty_like(q)
-        hkv, d = layer.num_kv_heads, layer.head_dim
-        group = layer.num_heads // hkv
+        group = layer.num_heads // layer.num_kv_heads
         starts = batch.extend_start_loc.tolist()
         new_k = batch.metadata["new_k"]  # [T, Hkv, D] as written to the pool
         new_v = batch.metadata["new_v"]
@@ -83,31 +106,25 @@ class TorchAttentionBackend(AttentionBackend):
             prefix = batch.extend_prefix_lens_cpu[i]
             s = starts[i]
             seq = prefix + ext
+            qi = q[s : s + ext].transpose(0, 1)[None]  # [1, Hq, ext, D]
             if prefix == 0:
                 # no cached prefix: the new K/V are the whole sequence (no gather), and plain causal attention
                 # takes SDPA's fused causal kernel (no mask tensor)
-                out[s : s + ext] = F.scaled_dot_product_attention(
-                    q[s : s + ext].transpose(0, 1),  # [Hq, ext, D]
-                    new_k[s : s + ext].transpose(0, 1),  # [Hkv, ext, D]
-                    new_v[s : s + ext].transpose(0, 1),  # [Hkv, ext, D]
-                    is_causal=True,
-                    scale=layer.scaling,
-                    enable_gqa=group > 1,
-                ).transpose(0, 1)  # [ext, Hq, D]
-                continue
-            ki, vi = k_buf[kv_index].to(q.dtype), v_buf[kv_index].to(q.dtype)  # [seq, Hkv, D]
-            # grouped queries: the G query heads of a KV head become G*ext query rows of that head
-            qi = q[s : s + ext].view(ext, hkv, group, d).permute(1, 2, 0, 3).reshape(hkv, group * ext, d)
-            q_pos = torch.arange(prefix, seq, device=q.device)
-            mask = torch.arange(seq, device=q.device)[None, :] <= q_pos[:, None]  # [ext, seq], causal offset
-            oi = F.scaled_dot_product_attention(
-                qi,  # [Hkv, G*ext, D]
-                ki.transpose(0, 1),  # [Hkv, seq, D]
-                vi.transpose(0, 1),  # [Hkv, seq, D]
-                attn_mask=mask.repeat(group, 1) if group > 1 else mask,  # [G*ext, seq]
+                ki, vi, mask = new_k[s : s + ext], new_v[s : s + ext], None  # [ext, Hkv, D]
+            else:
+                ki = k_buf.index_select(0, kv_index).to(q.dtype)  # [seq, Hkv, D]
+                vi = v_buf.index_select(0, kv_index).to(q.dtype)  # [seq, Hkv, D]
+                q_pos = torch.arange(prefix, seq, device=q.device)
+                mask = torch.arange(seq, device=q.device)[None, :] <= q_pos[:, None]  # [ext, seq], causal offset
+            out[s : s + ext] = F.scaled_dot_product_attention(
+                qi,
+                ki.transpose(0, 1)[None],  # [1, Hkv, seq, D]
+                vi.transpose(0, 1)[None],  # [1, Hkv, seq, D]
+                attn_mask=mask,
+                is_causal=mask is None,
                 scale=layer.scaling,
-            )  # [Hkv, G*ext, D]
-            out[s : s + ext] = oi.view(hkv, group, ext, d).permute(2, 0, 1, 3).reshape(ext, hkv * group, d)
+                enable_gqa=group > 1,
+            )[0].transpose(0, 1)  # [ext, Hq, D]
         return out
 
     def _decode(
@@ -117,10 +134,28 @@ class TorchAttentionBackend(AttentionBackend):
         hkv, d = layer.num_kv_heads, layer.head_dim
         group = layer.num_heads // hkv
         qg = q.view(bs, hkv, group, d)  # grouped queries: [bs, Hkv, G, D], no K/V expansion for GQA
+        step = batch.metadata.get("dense_step")
+        if step is not None:
+            assert self.dense is not None
+            keys, values = self.dense.layer_kv(
+                layer.layer_id, step, batch.metadata["new_k"], batch.metadata["new_v"], k_buf, v_buf
+            )  # each [bs, Hkv, cap, D], rows in length order
+            qs = qg.index_select(0, step.order)  # [bs, Hkv, G, D] in dense-row order
+            out_sorted = torch.empty_like(qs)
+            for b0, b1, max_len in step.buckets:
+                out_sorted[b0:b1] = F.scaled_dot_product_attention(
+                    qs[b0:b1],
+                    keys[b0:b1, :, :max_len],
+                    values[b0:b1, :, :max_len],
+                    attn_mask=step.valid[b0:b1, None, None, :max_len],
+                    scale=layer.scaling,
+                )  # [n, Hkv, G, D]
+            return out_sorted.index_select(0, step.inverse).view(bs, layer.num_heads, d)  # [bs, Hq, D]
         out = torch.empty_like(qg)
         for rows, index, valid in batch.metadata["decode_buckets"]:
-            keys = k_buf[index].to(q.dtype).transpose(1, 2)  # [n, Hkv, L, D]
-            values = v_buf[index].to(q.dtype).transpose(1, 2)  # [n, Hkv, L, D]
+            n, max_len = valid.shape
+            keys = k_buf.index_select(0, index).view(n, max_len, hkv, d).to(q.dtype).transpose(1, 2)  # [n, Hkv, L, D]
+            values = v_buf.index_select(0, index).view(n, max_len, hkv, d).to(q.dtype).transpose(1, 2)
             out[rows] = F.scaled_dot_product_attention(
                 qg[rows], keys, values, attn_mask=valid[:, None, None, :], scale=layer.scaling
             )  # [n, Hkv, G, D]

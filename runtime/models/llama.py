@@ -31,6 +31,8 @@ class RMSNorm(nn.Module):
     """Root-mean-square layer norm over the last dimension, computed in float32 as transformers does.
 
     ``y = weight * (x / sqrt(mean(x^2) + eps)).to(x.dtype)``; input ``[..., dim]``, output same shape/dtype.
+    float32 takes torch's fused ``F.rms_norm`` (one pass; bitwise equal to the formula above in float32, 3x
+    faster on CPU for 4096 x 512); other dtypes follow transformers op for op.
     """
 
     def __init__(self, dim: int, eps: float, dtype: torch.dtype) -> None:
@@ -39,6 +41,8 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.float32 and self.weight.dtype == torch.float32:
+            return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
         input_dtype = x.dtype
         x = x.to(torch.float32)
         variance = x.pow(2).mean(-1, keepdim=True)  # [..., 1]
@@ -82,8 +86,14 @@ class LlamaAttention(nn.Module):
         return self.o_proj(out)  # [T, hidden_size]
 
 
+# tokens per MLP block in a long (prefill) batch: the [block, 2 * intermediate] activations of one block stay in
+# cache, and the GEMMs run at their best M (float32 gate_up on CPU: 155 GFLOP/s at M = 512 vs 118 at M = 4096)
+MLP_TOKEN_BLOCK = 512
+
+
 class LlamaMLP(nn.Module):
-    """SwiGLU MLP: ``down(silu(gate(x)) * up(x))`` with gate and up fused into one projection."""
+    """SwiGLU MLP: ``down(silu(gate(x)) * up(x))`` with gate and up fused into one projection; batches of more
+    than ``MLP_TOKEN_BLOCK`` tokens run block by block (rows are independent, so the result is the same)."""
 
     def __init__(self, config: ModelConfig, dtype: torch.dtype) -> None:
         super().__init__()
@@ -97,8 +107,17 @@ class LlamaMLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x [T, hidden_size]`` → ``[T, hidden_size]``."""
+        num_tokens = x.shape[0]
+        if num_tokens <= MLP_TOKEN_BLOCK:
+            return self._block(x)
+        out = torch.empty_like(x)
+        for start in range(0, num_tokens, MLP_TOKEN_BLOCK):
+            out[start : start + MLP_TOKEN_BLOCK] = self._block(x[start : start + MLP_TOKEN_BLOCK])
+        return out
+
+    def _block(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = self.gate_up_proj(x).chunk(2, dim=-1)  # each [T, intermediate_size]
-        return self.down_proj(F.silu(gate) * up)
+        return self.down_proj(F.silu(gate).mul_(up))  # [T, hidden_size]
 
 
 class LlamaDecoderLayer(nn.Module):
@@ -115,8 +134,8 @@ class LlamaDecoderLayer(nn.Module):
         self, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, batch: ForwardBatch
     ) -> torch.Tensor:
         """``hidden [T, hidden_size]`` → ``[T, hidden_size]``."""
-        hidden = hidden + self.self_attn(self.input_layernorm(hidden), cos, sin, batch)
-        return hidden + self.mlp(self.post_attention_layernorm(hidden))
+        hidden = self.self_attn(self.input_layernorm(hidden), cos, sin, batch).add_(hidden)  # residual, in place
+        return self.mlp(self.post_attention_layernorm(hidden)).add_(hidden)
 
 
 class LlamaModel(nn.Module):
@@ -174,6 +193,22 @@ class LlamaForCausalLM(nn.Module):
         for layer in self.model.layers:
             hidden = layer(hidden, cos, sin, batch)
         return self.model.norm(hidden)
+
+    @torch.no_grad()
+    def use_column_major_linears(self) -> None:
+        """Store every decoder-layer projection weight ``[out, in]`` column-major (``w.t()`` contiguous), in place.
+
+        Same values and shapes, so nothing else changes, but ``F.linear`` then runs MKL's non-transposed float32
+        GEMM, which on CPU is faster at decode batch sizes (measured at M = 32/64, 1 thread: 15-40% faster for
+        the qkv / o / gate_up / down shapes of bench-llama-40m; equal at M = 4096). The LM head stays
+        row-major: tied to the embedding table, whose row lookups need that layout.
+        """
+        for module in self.model.layers:
+            layer = cast(LlamaDecoderLayer, module)
+            attn, mlp = cast(LlamaAttention, layer.self_attn), cast(LlamaMLP, layer.mlp)
+            linears = (attn.qkv_proj, attn.o_proj, mlp.gate_up_proj, mlp.down_proj)
+            for linear in cast(tuple[nn.Linear, ...], linears):
+                linear.weight.data = linear.weight.data.t().contiguous().t()  # [out, in] view of [in, out] storage
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Project hidden states ``[n, hidden_size]`` to float32 logits ``[n, vocab_size]``.

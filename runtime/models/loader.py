@@ -31,7 +31,8 @@ def load_model(
             file, or the shards listed by ``model.safetensors.index.json``). ``"dummy"``: random weights from
             the config alone (no files read), deterministic for ``seed`` on a given device: linear and
             embedding weights ~ N(0, initializer_range), biases 0, norm weights 1.
-        device: where the parameters live.
+        device: where the parameters live. On CPU the decoder-layer projection weights are stored column-major
+            (``LlamaForCausalLM.use_column_major_linears``).
         seed: the dummy-weights seed.
 
     Checkpoint names are the Hugging Face ones (``model.embed_tokens.weight``,
@@ -61,6 +62,8 @@ def load_model(
             _init_dummy(model, seed)
         else:
             _load_safetensors(model, files)
+    if torch.device(device).type == "cpu":
+        model.use_column_major_linears()  # faster CPU GEMMs at small batch; see its docstring
     return model.eval()
 
 
