@@ -82,7 +82,10 @@ class ModelRunner:
             total, cfg.num_hidden_layers, cfg.num_key_value_heads, cfg.head_dim, self.dtype, self.device
         )
         self.allocator = TokenSlotAllocator(total, self.device)
-        dense_bytes = self.kv_bytes if args.dense_decode_kv_mb is None else args.dense_decode_kv_mb * 2**20
+        # default: a quarter of the pool — enough for the decode batch of typical workloads, while the process
+        # stays within weights + KV pool + 1 GiB (issue 7) when the whole pool is in use
+        dense_default = self.kv_bytes // 4
+        dense_bytes = dense_default if args.dense_decode_kv_mb is None else args.dense_decode_kv_mb * 2**20
         self.attn_backend = create_attention_backend(args.resolved_attention_backend, dense_bytes)
         logger.info(
             "model %s loaded (%s); KV pool %d tokens (%.1f MiB), context %d",

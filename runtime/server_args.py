@@ -155,7 +155,7 @@ _HELP: dict[str, str] = {
     "random_seed": "Seed for sampling without a per-request seed and for dummy weights.",
     "num_threads": "torch intra-op threads in the scheduler process; default: torch's choice.",
     "dense_decode_kv_mb": "MiB for a dense copy of the decode batch's KV (torch attention backend: no per-step KV "
-    "gather); default: the KV pool's size; 0 disables it.",
+    "gather; falls back to the gather while the batch does not fit); default: a quarter of the KV pool; 0 disables it.",
     "grammar_backend": "Grammar backend for json_schema / regex / ebnf constraints: xgrammar or outlines.",
     "grammar_compile_timeout": "Seconds a request waits for its grammar to compile before it is aborted.",
     "grammar_max_spec_bytes": "Largest json_schema / regex / ebnf accepted, in UTF-8 bytes.",
