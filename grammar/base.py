@@ -21,6 +21,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Literal, get_args
 
+import numpy as np
 import torch
 
 Kind = Literal["json_schema", "json_object", "regex", "ebnf"]
@@ -138,18 +139,26 @@ def apply_token_bitmask_cpu(logits: torch.Tensor, bitmask: torch.Tensor, rows: l
         bitmask: int32 ``[batch, ceil(vocab_size / 32)]`` on the CPU.
         rows: the rows to mask (the others are not read).
 
-    Uses xgrammar's C++ CPU kernel (about 0.2 ms per 32k-token row), else a vectorised torch unpack.
+    float32 logits with contiguous rows go through numpy (``unpackbits`` + ``copyto``: ~0.55 ms for 16 rows of
+    32k tokens, single-threaded, so immune to OpenMP stalls on a busy host); xgrammar's C++ kernel (~1.5 ms)
+    takes the rest.
     """
     if not rows:
         return
-    try:
-        import xgrammar as xgr
-
-        xgr.apply_token_bitmask_inplace(logits, bitmask, vocab_size=vocab_size, indices=rows, backend="cpu")
+    if logits.dtype == torch.float32 and logits.stride(-1) == 1 and not logits.requires_grad:
+        bits = np.ascontiguousarray(bitmask.numpy())
+        if bits.dtype != np.int32:
+            raise ValueError(f"bitmask: must be int32, got {bitmask.dtype}")
+        out = logits.numpy()
+        neg = np.float32(-np.inf)
+        if len(rows) == out.shape[0] and rows == list(range(len(rows))):
+            forbidden = np.unpackbits(~bits[: len(rows)].view(np.uint8), axis=1, count=vocab_size, bitorder="little")
+            np.copyto(out[:, :vocab_size], neg, where=forbidden.view(bool))
+        else:
+            for r in rows:
+                forbidden = np.unpackbits(~bits[r].view(np.uint8), count=vocab_size, bitorder="little")
+                np.copyto(out[r, :vocab_size], neg, where=forbidden.view(bool))
         return
-    except ImportError:
-        pass
-    idx = torch.tensor(rows, dtype=torch.int64)
-    shifts = torch.arange(32, dtype=torch.int32)
-    allowed = ((bitmask[idx].unsqueeze(-1) >> shifts) & 1).to(torch.bool).reshape(len(rows), -1)[:, :vocab_size]
-    logits[idx, :vocab_size] = logits[idx, :vocab_size].masked_fill(~allowed, float("-inf"))
+    import xgrammar as xgr
+
+    xgr.apply_token_bitmask_inplace(logits, bitmask, vocab_size=vocab_size, indices=rows, backend="cpu")

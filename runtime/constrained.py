@@ -10,9 +10,11 @@ Lifecycle of a constrained request (DESIGN.md, "Grammar-constrained decoding"):
    done to the waiting queue (a fresh matcher attached) without blocking; a failed compile, or one running
    past ``grammar_compile_timeout``, finishes the request with ``{"type": "abort", "message": ...}``.
 3. Every sampling step, :meth:`GrammarHooks.mask_logits` fills one int32 bitmask row per constrained request
-   (a buffer ``[max_running_requests, ceil(V / 32)]`` allocated once) and sets disallowed logits to -inf:
-   xgrammar's C++ kernel on CPU, the Triton kernel of ``radixgen.kernels`` on CUDA. Unconstrained rows are
-   never touched; with no constrained row nothing happens at all.
+   (:meth:`~GrammarHooks.fill_bitmask`, a buffer ``[max_running_requests, ceil(V / 32)]`` allocated once) and
+   sets disallowed logits to -inf (:meth:`~GrammarHooks.apply_bitmask`: numpy on CPU, see
+   ``grammar.base.apply_token_bitmask_cpu``; the Triton kernel of ``radixgen.kernels`` on CUDA). Unconstrained
+   rows are never touched; with no constrained row nothing happens at all. Per-phase cost at batch 16 on the
+   32k vocabulary: ``python benchmarks/bench_grammar_step.py``.
 4. After sampling, :meth:`GrammarHooks.accept` feeds the token to the matcher; a terminated matcher (eos
    accepted where the grammar may end) finishes the request with ``{"type": "stop", "matched": eos_id}``.
 5. Jump-forward (``enable_jump_forward``, :meth:`GrammarHooks.jump_forward`): the forced continuation is
@@ -155,12 +157,28 @@ class GrammarHooks:
             reqs: the sampling requests, one per row of ``logits``.
             logits: float ``[len(reqs), V]`` (a copy the sampler reads next).
         """
+        filled = self.fill_bitmask(reqs)
+        if filled is not None:
+            self.apply_bitmask(logits, *filled)
+
+    def fill_bitmask(self, reqs: list[Req]) -> tuple[torch.Tensor, list[int]] | None:
+        """Fill one bitmask row per constrained request: ``(bitmask, rows)`` or None when none is constrained.
+
+        Returns:
+            bitmask: int32 ``[len(reqs), ceil(V / 32)]`` (a view of a buffer kept across steps; only the
+                ``rows`` rows are written); rows: indices into ``reqs`` of the constrained requests.
+        """
         rows = [i for i, r in enumerate(reqs) if r.grammar is not None]
         if not rows:
-            return
+            return None
         bitmask = self._bitmask_rows(len(reqs))
         for i in rows:
             reqs[i].grammar.fill_next_token_bitmask(bitmask, i)  # type: ignore[union-attr]
+        return bitmask, rows
+
+    def apply_bitmask(self, logits: torch.Tensor, bitmask: torch.Tensor, rows: list[int]) -> None:
+        """-inf into ``logits`` (float ``[len(reqs), V]``) where ``bitmask`` (from :meth:`fill_bitmask`)
+        forbids a token, rows ``rows`` only."""
         apply_token_bitmask(logits, bitmask, rows, self.vocab_size)
 
     def _bitmask_rows(self, n: int) -> torch.Tensor:

@@ -106,15 +106,18 @@ class ScheduleBatch:
 
         eos ids and stop_token_ids are suppressed while a request has fewer than min_new_tokens outputs (not on
         grammar-constrained requests: their grammar decides where eos may come). ``grammar_mask(reqs, rows)``
-        masks the sampling rows (a copy of the logits) in place before sampling when some request carries a
-        grammar matcher; otherwise, when every logits row samples (decode), the logits are used without a copy.
+        masks the sampling rows in place before sampling when some request carries a grammar matcher. When every
+        logits row samples (decode) the logits are used without a copy — masked in place, unless a request of the
+        batch returns logprobs (those read the unmasked logits afterwards), then a copy is masked.
         """
         reqs = self.sampling_reqs()
         if not reqs:
             return torch.empty(0, dtype=torch.int64)
         constrained = grammar_mask is not None and any(r.grammar is not None for r in reqs)
-        if not constrained and len(self.sample_rows) == logits.shape[0]:
-            rows = logits  # every logits row samples, in order (a decode step); the sampler never modifies it
+        # logprobs are read from the unmasked logits after sampling: a grammar may mask in place only without them
+        keep_raw = constrained and any(r.return_logprob for r in self.reqs)
+        if not keep_raw and len(self.sample_rows) == logits.shape[0]:
+            rows = logits  # every logits row samples, in order (decode); the sampler never modifies it, a grammar may
         else:
             rows = logits[torch.tensor(self.sample_rows, dtype=torch.int64)]  # [num_sampling, vocab] (a copy)
         if constrained:
