@@ -32,7 +32,7 @@ demo: setup
 # yet are skipped.
 BENCH_STAMP := $(VENV)/.bench-installed
 BENCH_SCRIPTS := bench_offline bench_host_overhead bench_prefill_flops bench_prefix_cache bench_json_decode \
-	bench_scaling bench_memory
+	bench_scaling bench_memory bench_grammar_step bench_programs
 
 $(BENCH_STAMP): pyproject.toml | $(STAMP)
 	$(BIN)/pip install -q -e '.[dev,bench]'
