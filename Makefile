@@ -20,6 +20,7 @@ setup: $(STAMP)
 
 lint: setup
 	$(BIN)/ruff check .
+	$(BIN)/mypy frontend runtime radix grammar kernels
 
 test: setup lint
 	$(BIN)/python -m pytest tests
