@@ -86,7 +86,9 @@ class ModelRunner:
         # stays within weights + KV pool + 1 GiB (issue 7) when the whole pool is in use
         dense_default = self.kv_bytes // 4
         dense_bytes = dense_default if args.dense_decode_kv_mb is None else args.dense_decode_kv_mb * 2**20
-        self.attn_backend = create_attention_backend(args.resolved_attention_backend, dense_bytes)
+        self.attn_backend = create_attention_backend(
+            args.resolved_attention_backend, dense_bytes, not args.disable_shared_prefix_attention
+        )
         logger.info(
             "model %s loaded (%s); KV pool %d tokens (%.1f MiB), context %d",
             cfg.architecture,

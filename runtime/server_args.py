@@ -48,6 +48,7 @@ class ServerArgs:
     random_seed: int = 0
     num_threads: int | None = None
     dense_decode_kv_mb: int | None = None
+    disable_shared_prefix_attention: bool = False
     # grammar-constrained decoding (radixgen.grammar)
     grammar_backend: Literal["xgrammar", "outlines"] = "xgrammar"
     grammar_compile_timeout: float = 30.0
@@ -156,6 +157,8 @@ _HELP: dict[str, str] = {
     "num_threads": "torch intra-op threads in the scheduler process; default: torch's choice.",
     "dense_decode_kv_mb": "MiB for a dense copy of the decode batch's KV (torch attention backend: no per-step KV "
     "gather; falls back to the gather while the batch does not fit); default: a quarter of the KV pool; 0 disables it.",
+    "disable_shared_prefix_attention": "Torch attention backend: attend each prefix that several decoding requests "
+    "share once per group (cascade decode) — this flag turns that off (every request reads its whole KV).",
     "grammar_backend": "Grammar backend for json_schema / regex / ebnf constraints: xgrammar or outlines.",
     "grammar_compile_timeout": "Seconds a request waits for its grammar to compile before it is aborted.",
     "grammar_max_spec_bytes": "Largest json_schema / regex / ebnf accepted, in UTF-8 bytes.",

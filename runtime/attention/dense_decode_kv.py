@@ -11,6 +11,9 @@ step, within ``cap``) a step only writes each request's new K/V into its row (``
 otherwise the buffers are rebuilt from the pool with one gather per layer (what every step cost before). Any
 extend forward, a change of the batch, or growth past ``cap`` triggers a rebuild; so does ``invalidate()``.
 
+With shared-prefix attention a request's row may start at a position ``start > 0`` (it then holds only the
+suffix after its group's shared prefix, which is read once per group from the pool instead).
+
 Memory: ``2 * num_layers * bs * Hkv * cap * D * itemsize``; when that exceeds ``budget_bytes`` the step is
 refused (``prepare`` returns False) and the caller falls back to the gather path.
 """
@@ -58,8 +61,8 @@ class DenseDecodeKV:
     def __init__(self, budget_bytes: int, bucket: int) -> None:
         self.budget_bytes = budget_bytes
         self.bucket = bucket
-        self._key: tuple[int, ...] | None = None  # request rows (batch order) of the last decode step
-        self._seq_lens: list[int] = []  # their sequence lengths (batch order)
+        self._key: tuple[int, ...] | None = None  # request rows (batch order) and starts of the last decode step
+        self._seq_lens: list[int] = []  # their positions held, seq_len - start (batch order)
         self._order: list[int] = []  # batch index of each dense row
         self._cap = 0
         self._flat_k: list[torch.Tensor] = []  # per layer, 1-D storage reused across rebuilds
@@ -80,6 +83,7 @@ class DenseDecodeKV:
         num_layers: int,
         kv_shape: tuple[int, int],
         dtype: torch.dtype,
+        starts: list[int] | None = None,
     ) -> DenseStep | None:
         """Plan one decode step; None (and the copy dropped) when it would exceed the budget.
 
@@ -87,9 +91,14 @@ class DenseDecodeKV:
             req_pool_indices / seq_lens: per request of the batch, in batch order (lengths include the new token).
             req_to_token: the int32 request→slot table.
             num_layers: layers of the model; kv_shape: ``(Hkv, D)``; dtype: the K/V dtype.
+            starts: per request, the first position the copy holds (default 0): a request's dense row holds
+                positions ``start..seq_len-1`` (e.g. only the suffix after a shared prefix); lengths in the
+                returned step (``valid``, ``buckets``) count from ``start``.
         """
         bs = len(req_pool_indices)
-        key = tuple(req_pool_indices)
+        starts = [0] * bs if starts is None else starts
+        key = (*req_pool_indices, -1, *starts)
+        seq_lens = [n - s for n, s in zip(seq_lens, starts, strict=True)]  # positions held per request
         incremental = (
             key == self._key
             and max(seq_lens) <= self._cap
@@ -106,7 +115,9 @@ class DenseDecodeKV:
                 return None
             order = sorted(range(bs), key=seq_lens.__getitem__)
             rows_sorted = torch.tensor([req_pool_indices[i] for i in order], dtype=torch.int64, device=device)
-            rebuild_index = req_to_token[rows_sorted, :cap].to(torch.int64).reshape(-1)  # [bs * cap]
+            first = torch.tensor([starts[i] for i in order], dtype=torch.int64, device=device)  # [bs]
+            cols = (first[:, None] + torch.arange(cap, device=device)).clamp(max=req_to_token.shape[1] - 1)
+            rebuild_index = req_to_token[rows_sorted[:, None], cols].to(torch.int64).reshape(-1)  # [bs * cap]
             self._allocate(num_layers, (bs, hkv, cap, d), dtype, device)
             self._key, self._order, self._cap = key, order, cap
         self._seq_lens = list(seq_lens)

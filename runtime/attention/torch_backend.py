@@ -7,6 +7,13 @@ import torch.nn.functional as F
 
 from radixgen.runtime.attention.base import AttentionBackend, AttentionLayer
 from radixgen.runtime.attention.dense_decode_kv import DenseDecodeKV
+from radixgen.runtime.attention.shared_prefix import (
+    find_prefix_groups,
+    flash_with_lse,
+    merge_attention,
+    plan_step,
+    prefix_attention,
+)
 from radixgen.runtime.forward_batch import ForwardBatch, ForwardMode
 
 # requests per decode length bucket (see init_forward_metadata)
@@ -24,6 +31,13 @@ class TorchAttentionBackend(AttentionBackend):
     else each bucket gathers its requests' KV padded to its longest sequence (``[n, num_kv_heads, max_len,
     head_dim]``, one ``index_select`` per K and V).
 
+    Shared prefixes (``shared_prefix``, cascade attention: FlashInfer, Hydragen 2024; see ``shared_prefix``):
+    decode requests whose ``req_to_token`` rows share at least ``MIN_PREFIX`` leading slots (radix-cache hits on
+    one prompt prefix) are grouped once per batch composition; each group's prefix K/V is read once per layer
+    (a view of the pool when its slots are consecutive) and attended by all its queries in one call. Each
+    request's own window (positions ``start..seq_len-1``, ``start`` = its group's prefix length, else 0) takes the
+    path above (dense copy or buckets) with the log-sum-exp, and the two parts are merged by their LSEs.
+
     Every SDPA call gets 4-D inputs: with 3-D inputs torch 2.13 takes the unfused math path on CPU (it
     materialises the ``[H, L, L]`` scores; 10-16x slower for a 512-token prompt). Extend uses ``enable_gqa``
     (the fused CPU kernel reads each KV head for its G query heads, no copy); decode folds the G query heads of a
@@ -32,43 +46,69 @@ class TorchAttentionBackend(AttentionBackend):
 
     Args:
         dense_decode_kv_bytes: memory budget of the dense decode KV copy (all layers, K and V); 0 disables it.
+        shared_prefix: use cascade attention for decode requests that share a KV prefix.
     """
 
-    def __init__(self, dense_decode_kv_bytes: int = 0) -> None:
+    def __init__(self, dense_decode_kv_bytes: int = 0, shared_prefix: bool = True) -> None:
         self.dense = DenseDecodeKV(dense_decode_kv_bytes, DECODE_BUCKET) if dense_decode_kv_bytes > 0 else None
+        self.shared_prefix = shared_prefix
+        self._groups_key: tuple[int, ...] | None = None  # request rows of the batch the groups were found for
+        self._groups: list[tuple[list[int], int]] = []
+
+    def _decode_groups(self, batch: ForwardBatch) -> list[tuple[list[int], int]]:
+        """Shared-prefix groups of a decode batch, found again only when the batch's request rows change (decode
+        steps only append tokens, so the prefixes stay shared; an extend resets the cache)."""
+        key = tuple(batch.req_pool_indices.tolist())
+        if key != self._groups_key:
+            max_len = max(batch.seq_lens_cpu)
+            rows = batch.req_to_token_pool.req_to_token[batch.req_pool_indices, :max_len]  # [bs, max_len]
+            self._groups = find_prefix_groups(rows, batch.seq_lens_cpu)
+            self._groups_key = key
+        return self._groups
 
     def init_forward_metadata(self, batch: ForwardBatch) -> None:
         meta = batch.metadata
-        if batch.mode == ForwardMode.DECODE and self.dense is not None:
-            pool = batch.token_to_kv_pool
-            meta["dense_step"] = self.dense.prepare(
-                batch.req_pool_indices.tolist(),
-                batch.seq_lens_cpu,
-                batch.req_to_token_pool.req_to_token,
-                pool.num_layers,
-                (pool.num_kv_heads, pool.head_dim),
-                pool.dtype,
-            )
-            if meta["dense_step"] is not None:
-                return
         if batch.mode == ForwardMode.DECODE:
-            # length buckets: requests sorted by length, each bucket padded only to its own longest sequence,
-            # so skewed lengths do not make every request gather (and attend over) the longest one's KV
             table = batch.req_to_token_pool.req_to_token
-            order = sorted(range(batch.batch_size), key=batch.seq_lens_cpu.__getitem__)
+            groups = self._decode_groups(batch) if self.shared_prefix else []
+            starts = [0] * batch.batch_size  # per request, the first position of its own window
+            if groups:
+                rows = table[batch.req_pool_indices, : max(batch.seq_lens_cpu)]  # [bs, max_len]
+                meta["shared_step"] = plan_step(groups, rows, batch.batch_size)
+                starts = meta["shared_step"].starts  # grouped requests: only the suffix after the shared prefix
+            if self.dense is not None:
+                pool = batch.token_to_kv_pool
+                meta["dense_step"] = self.dense.prepare(
+                    batch.req_pool_indices.tolist(),
+                    batch.seq_lens_cpu,
+                    table,
+                    pool.num_layers,
+                    (pool.num_kv_heads, pool.head_dim),
+                    pool.dtype,
+                    starts=starts if groups else None,
+                )
+                if meta["dense_step"] is not None:
+                    return
+            # length buckets: requests sorted by window length, each bucket padded only to its own longest window,
+            # so skewed lengths do not make every request gather (and attend over) the longest one's KV
+            window = [n - s for n, s in zip(batch.seq_lens_cpu, starts, strict=True)]
+            order = sorted(range(batch.batch_size), key=window.__getitem__)
+            starts_t = torch.tensor(starts, dtype=torch.int64, device=table.device)
             buckets = []
             for b in range(0, len(order), DECODE_BUCKET):
                 idx = order[b : b + DECODE_BUCKET]
-                max_len = batch.seq_lens_cpu[idx[-1]]
+                max_len = window[idx[-1]]
                 rows_t = torch.tensor(idx, dtype=torch.int64, device=table.device)
-                kv_index = table[batch.req_pool_indices[rows_t], :max_len].to(torch.int64).view(-1)  # [n*max_len]
                 pos = torch.arange(max_len, device=table.device)
-                valid = pos[None, :] < batch.seq_lens[rows_t][:, None]  # [n, max_len]
+                cols = (starts_t[rows_t][:, None] + pos).clamp(max=table.shape[1] - 1)  # [n, max_len]
+                kv_index = table[batch.req_pool_indices[rows_t][:, None], cols].to(torch.int64).view(-1)  # [n*L]
+                valid = pos[None, :] < (batch.seq_lens[rows_t] - starts_t[rows_t])[:, None]  # [n, max_len]
                 buckets.append((rows_t, kv_index, valid))
             meta["decode_buckets"] = buckets
         else:
             if self.dense is not None:
                 self.dense.invalidate()  # an extend changes the batch (and may reuse freed slots)
+            self._groups_key = None  # an extend may give a request row new slots
             meta["extend_kv_index"] = [
                 batch.req_to_token_pool.req_to_token[int(r), :n].to(torch.int64)
                 for r, n in zip(batch.req_pool_indices.tolist(), batch.seq_lens_cpu, strict=True)
@@ -134,29 +174,51 @@ class TorchAttentionBackend(AttentionBackend):
         hkv, d = layer.num_kv_heads, layer.head_dim
         group = layer.num_heads // hkv
         qg = q.view(bs, hkv, group, d)  # grouped queries: [bs, Hkv, G, D], no K/V expansion for GQA
+        shared = batch.metadata.get("shared_step")
+        lse = None if shared is None else torch.empty(bs, hkv, group, dtype=torch.float32, device=q.device)
+
+        def attend(qb: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+            """SDPA of ``qb [n, Hkv, G, D]`` over its window ``keys/values [n, Hkv, L, D]`` masked by ``valid
+            [n, L]``; with shared prefixes also the log-sum-exp ``[n, Hkv, G]`` (returned as a pair)."""
+            if shared is None:
+                return F.scaled_dot_product_attention(
+                    qb, keys, values, attn_mask=valid[:, None, None, :], scale=layer.scaling
+                )
+            return flash_with_lse(qb, keys, values, valid, layer.scaling)
+
         step = batch.metadata.get("dense_step")
         if step is not None:
             assert self.dense is not None
             keys, values = self.dense.layer_kv(
                 layer.layer_id, step, batch.metadata["new_k"], batch.metadata["new_v"], k_buf, v_buf
-            )  # each [bs, Hkv, cap, D], rows in length order
+            )  # each [bs, Hkv, cap, D], rows in window-length order
             qs = qg.index_select(0, step.order)  # [bs, Hkv, G, D] in dense-row order
-            out_sorted = torch.empty_like(qs)
+            out = torch.empty_like(qs)
+            lse_sorted = None if lse is None else torch.empty_like(lse)
             for b0, b1, max_len in step.buckets:
-                out_sorted[b0:b1] = F.scaled_dot_product_attention(
-                    qs[b0:b1],
-                    keys[b0:b1, :, :max_len],
-                    values[b0:b1, :, :max_len],
-                    attn_mask=step.valid[b0:b1, None, None, :max_len],
-                    scale=layer.scaling,
-                )  # [n, Hkv, G, D]
-            return out_sorted.index_select(0, step.inverse).view(bs, layer.num_heads, d)  # [bs, Hq, D]
-        out = torch.empty_like(qg)
-        for rows, index, valid in batch.metadata["decode_buckets"]:
-            n, max_len = valid.shape
-            keys = k_buf.index_select(0, index).view(n, max_len, hkv, d).to(q.dtype).transpose(1, 2)  # [n, Hkv, L, D]
-            values = v_buf.index_select(0, index).view(n, max_len, hkv, d).to(q.dtype).transpose(1, 2)
-            out[rows] = F.scaled_dot_product_attention(
-                qg[rows], keys, values, attn_mask=valid[:, None, None, :], scale=layer.scaling
-            )  # [n, Hkv, G, D]
+                res = attend(qs[b0:b1], keys[b0:b1, :, :max_len], values[b0:b1, :, :max_len],
+                             step.valid[b0:b1, :max_len])  # fmt: skip
+                if lse_sorted is None:
+                    out[b0:b1] = res  # [n, Hkv, G, D]
+                else:
+                    out[b0:b1], lse_sorted[b0:b1] = res
+            out = out.index_select(0, step.inverse)  # [bs, Hkv, G, D] batch order
+            if lse_sorted is not None:
+                lse = lse_sorted.index_select(0, step.inverse)  # [bs, Hkv, G]
+        else:
+            out = torch.empty_like(qg)
+            for rows, index, valid in batch.metadata["decode_buckets"]:
+                n, max_len = valid.shape
+                keys = k_buf.index_select(0, index).view(n, max_len, hkv, d).to(q.dtype).transpose(1, 2)  # [n,Hkv,L,D]
+                values = v_buf.index_select(0, index).view(n, max_len, hkv, d).to(q.dtype).transpose(1, 2)
+                res = attend(qg[rows], keys, values, valid)
+                if lse is None:
+                    out[rows] = res  # [n, Hkv, G, D]
+                else:
+                    out[rows], lse[rows] = res
+        if shared is not None:
+            assert lse is not None  # computed whenever groups exist
+            o1, lse1 = prefix_attention(qg, k_buf, v_buf, shared, layer.scaling)  # [n, Hkv, G, D], [n, Hkv, G]
+            rows = shared.rows
+            out[rows] = merge_attention(o1, lse1, out[rows], lse[rows]).to(q.dtype)  # [n, Hkv, G, D]
         return out.view(bs, layer.num_heads, d)  # [bs, Hq, D]
