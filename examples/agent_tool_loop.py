@@ -16,13 +16,11 @@ import ast
 import operator
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-import radixgen as rg
+from example_cli import example_parser, open_backend
 
-SHARED = Path(__file__).resolve().parents[1] / ".." / "shared"
-DEFAULT_MODEL = SHARED / "models" / "stories260K"
+import radixgen as rg
 
 _OPS: dict[type, Callable[..., Any]] = {
     ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
@@ -107,19 +105,8 @@ def main(backend: rg.Backend, max_steps: int = 3) -> dict[str, Any]:
     return {"hit_rate": hit_rate, "seconds": elapsed, "calls": calls}
 
 
-def open_backend(args: argparse.Namespace) -> rg.Backend:
-    """``--url``: a running server; otherwise start a local one on ``--model`` (stopped by the context manager)."""
-    template = None if args.chat_template == "server" else args.chat_template
-    if args.url:
-        return rg.RuntimeEndpoint(args.url, chat_template=template)
-    return rg.Runtime(str(Path(args.model).resolve()), chat_template=template)
-
-
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=str(DEFAULT_MODEL), help="model directory (default: stories260K)")
-    parser.add_argument("--url", help="use a running server at this URL instead of starting one")
-    parser.add_argument("--chat-template", default="chatml", help="built-in template name, or 'server'")
+    parser = example_parser(__doc__)
     parser.add_argument("--steps", type=int, default=3, help="most tool steps per task")
     return parser.parse_args()
 

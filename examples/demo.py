@@ -24,11 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling examples
 
 import fork_tree_of_thought  # noqa: E402
 import json_extraction_pipeline  # noqa: E402
+from example_cli import example_parser, open_backend  # noqa: E402
 
 import radixgen as rg  # noqa: E402
-
-SHARED = Path(__file__).resolve().parents[1] / ".." / "shared"
-DEFAULT_MODEL = SHARED / "models" / "stories260K"
 
 
 def server_stats(backend: rg.Backend) -> str:
@@ -62,23 +60,14 @@ def main(backend: rg.Backend) -> dict[str, Any]:
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=str(DEFAULT_MODEL), help="model directory (default: stories260K)")
-    parser.add_argument("--url", help="use a running server at this URL instead of starting one")
-    parser.add_argument("--chat-template", default="chatml", help="built-in template name, or 'server'")
+    parser = example_parser(__doc__)
     return parser.parse_args()
 
 
 if __name__ == "__main__":
     args = parse_args()
     start = time.perf_counter()
-    template = None if args.chat_template == "server" else args.chat_template
-    if args.url:
-        backend: rg.Backend = rg.RuntimeEndpoint(args.url, chat_template=template)
-    else:
-        print(f"starting a radixgen runtime on {Path(args.model).resolve()} ...")
-        backend = rg.Runtime(str(Path(args.model).resolve()), chat_template=template)
-    with backend:
+    with open_backend(args) as backend:
         print(f"backend ready in {time.perf_counter() - start:.1f}s: {backend!r}\n")
         main(backend)
     print(f"\ndone in {time.perf_counter() - start:.1f}s (runtime stopped)")

@@ -16,15 +16,13 @@ import argparse
 import json
 import re
 import time
-from pathlib import Path
 from typing import Any
 
 import httpx
+from example_cli import SHARED, example_parser, open_backend
 
 import radixgen as rg
 
-SHARED = Path(__file__).resolve().parents[1] / ".." / "shared"
-DEFAULT_MODEL = SHARED / "models" / "stories260K"
 GSM8K = SHARED / "datasets" / "gsm8k"
 
 
@@ -118,19 +116,8 @@ def main(backend: rg.Backend, num: int = 16, shots: int = 5, max_tokens: int = 6
     return {"hit_rate": hit_rate, "accuracy": accuracy, "seconds": elapsed, "programs": len(states)}
 
 
-def open_backend(args: argparse.Namespace) -> rg.Backend:
-    """``--url``: a running server; otherwise start a local one on ``--model`` (stopped by the context manager)."""
-    template = None if args.chat_template == "server" else args.chat_template
-    if args.url:
-        return rg.RuntimeEndpoint(args.url, chat_template=template)
-    return rg.Runtime(str(Path(args.model).resolve()), chat_template=template)
-
-
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=str(DEFAULT_MODEL), help="model directory (default: stories260K)")
-    parser.add_argument("--url", help="use a running server at this URL instead of starting one")
-    parser.add_argument("--chat-template", default="chatml", help="built-in template name, or 'server'")
+    parser = example_parser(__doc__)
     parser.add_argument("--num", type=int, default=16, help="number of test questions")
     parser.add_argument("--shots", type=int, default=5)
     parser.add_argument("--max-tokens", type=int, default=64)

@@ -13,15 +13,13 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 from typing import Any
 
 import httpx
+from example_cli import example_parser, open_backend
 
 import radixgen as rg
 
-SHARED = Path(__file__).resolve().parents[1] / ".." / "shared"
-DEFAULT_MODEL = SHARED / "models" / "stories260K"
 QUESTION = "Lily has three red balls and two blue balls. How can she share them with her friend Ben?"
 
 
@@ -87,19 +85,8 @@ def main(backend: rg.Backend, question: str = QUESTION, max_tokens: int = 24) ->
     return {"usage": usage, "hit_rate": hit_rate, "seconds": elapsed, "branches_hit_prefix": ok}
 
 
-def open_backend(args: argparse.Namespace) -> rg.Backend:
-    """``--url``: a running server; otherwise start a local one on ``--model`` (stopped by the context manager)."""
-    template = None if args.chat_template == "server" else args.chat_template
-    if args.url:
-        return rg.RuntimeEndpoint(args.url, chat_template=template)
-    return rg.Runtime(str(Path(args.model).resolve()), chat_template=template)
-
-
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=str(DEFAULT_MODEL), help="model directory (default: stories260K)")
-    parser.add_argument("--url", help="use a running server at this URL instead of starting one")
-    parser.add_argument("--chat-template", default="chatml", help="built-in template name, or 'server'")
+    parser = example_parser(__doc__)
     parser.add_argument("--question", default=QUESTION)
     parser.add_argument("--max-tokens", type=int, default=24)
     return parser.parse_args()

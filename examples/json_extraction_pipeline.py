@@ -13,15 +13,12 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 from typing import Any, Literal
 
+from example_cli import example_parser, open_backend
 from pydantic import BaseModel, Field
 
 import radixgen as rg
-
-SHARED = Path(__file__).resolve().parents[1] / ".." / "shared"
-DEFAULT_MODEL = SHARED / "models" / "stories260K"
 
 
 class Character(BaseModel):
@@ -86,19 +83,8 @@ def main(backend: rg.Backend, max_tokens: int = 64, progress_bar: bool = True) -
     return {"ok": ok, "total": len(states), "hit_rate": hit_rate, "seconds": elapsed, "completion_tokens": completion}
 
 
-def open_backend(args: argparse.Namespace) -> rg.Backend:
-    """``--url``: a running server; otherwise start a local one on ``--model`` (stopped by the context manager)."""
-    template = None if args.chat_template == "server" else args.chat_template
-    if args.url:
-        return rg.RuntimeEndpoint(args.url, chat_template=template)
-    return rg.Runtime(str(Path(args.model).resolve()), chat_template=template)
-
-
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=str(DEFAULT_MODEL), help="model directory (default: stories260K)")
-    parser.add_argument("--url", help="use a running server at this URL instead of starting one")
-    parser.add_argument("--chat-template", default="chatml", help="built-in template name, or 'server'")
+    parser = example_parser(__doc__)
     parser.add_argument("--max-tokens", type=int, default=64)
     return parser.parse_args()
 
