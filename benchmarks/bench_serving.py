@@ -33,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -106,6 +107,31 @@ class RequestResult:
     cached_tokens: int | None = None
 
 
+class StreamError(Exception):
+    """A streamed request failed: a non-200 status, or an error message inside the stream."""
+
+
+async def sse_messages(client: httpx.AsyncClient, url: str, payload: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+    """POST ``payload`` to ``url`` and yield each server-sent ``data:`` JSON message until ``[DONE]``.
+
+    Raises:
+        StreamError: the status is not 200 (the message has the start of the body), or a message carries "error".
+    """
+    async with client.stream("POST", url, json=payload) as resp:
+        if resp.status_code != 200:
+            raise StreamError(f"HTTP {resp.status_code}: {(await resp.aread()).decode(errors='replace')[:200]}")
+        async for line in resp.aiter_lines():
+            if not line.startswith("data:"):
+                continue
+            data = line[5:].strip()
+            if data == "[DONE]":
+                return
+            msg = json.loads(data)
+            if "error" in msg:
+                raise StreamError(str(msg["error"].get("message", msg["error"])))
+            yield msg
+
+
 async def send_one(client: httpx.AsyncClient, url: str, payload: dict[str, Any]) -> RequestResult:
     """One streaming completion; times every content chunk."""
     res = RequestResult()
@@ -113,40 +139,29 @@ async def send_one(client: httpx.AsyncClient, url: str, payload: dict[str, Any])
     last = start
     chunks = 0
     try:
-        async with client.stream("POST", url, json=payload) as resp:
-            if resp.status_code != 200:
-                res.error = f"HTTP {resp.status_code}: {(await resp.aread()).decode(errors='replace')[:200]}"
-                return res
-            async for line in resp.aiter_lines():
-                if not line.startswith("data:"):
-                    continue
-                data = line[5:].strip()
-                if data == "[DONE]":
-                    break
-                msg = json.loads(data)
-                if "error" in msg:
-                    res.error = str(msg["error"].get("message", msg["error"]))
-                    return res
-                now = time.perf_counter()
-                if any(c.get("text") for c in msg.get("choices", [])):
-                    if chunks == 0:
-                        res.ttft = now - start
-                    else:
-                        res.itl.append(now - last)
-                    chunks += 1
-                    last = now
-                usage = msg.get("usage")
-                if usage:
-                    res.prompt_tokens = int(usage.get("prompt_tokens", 0))
-                    res.output_tokens = int(usage.get("completion_tokens", 0))
-                    details = usage.get("prompt_tokens_details") or {}
-                    if details.get("cached_tokens") is not None:
-                        res.cached_tokens = int(details["cached_tokens"])
+        async for msg in sse_messages(client, url, payload):
+            now = time.perf_counter()
+            if any(c.get("text") for c in msg.get("choices", [])):
+                if chunks == 0:
+                    res.ttft = now - start
+                else:
+                    res.itl.append(now - last)
+                chunks += 1
+                last = now
+            usage = msg.get("usage")
+            if usage:
+                res.prompt_tokens = int(usage.get("prompt_tokens", 0))
+                res.output_tokens = int(usage.get("completion_tokens", 0))
+                details = usage.get("prompt_tokens_details") or {}
+                if details.get("cached_tokens") is not None:
+                    res.cached_tokens = int(details["cached_tokens"])
         res.latency = time.perf_counter() - start
         res.output_tokens = res.output_tokens or chunks
         res.ok = chunks > 0
         if not res.ok:
             res.error = "no tokens received"
+    except StreamError as e:
+        res.error = str(e)
     except (httpx.HTTPError, json.JSONDecodeError) as e:
         res.error = f"{type(e).__name__}: {e}"
     return res

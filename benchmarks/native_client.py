@@ -20,7 +20,7 @@ from typing import Any
 
 import httpx
 import psutil
-from bench_serving import RequestResult, _finite, launch_server, stop_server, summarize
+from bench_serving import RequestResult, StreamError, _finite, launch_server, sse_messages, stop_server, summarize
 
 RESULTS = Path(__file__).resolve().parent / "results"
 _FLUSH_TIMEOUT_S = 30.0
@@ -93,39 +93,28 @@ async def send_generate(client: httpx.AsyncClient, url: str, payload: dict[str, 
     start = last = time.perf_counter()
     seen = 0  # completion tokens already received
     try:
-        async with client.stream("POST", url, json={**payload, "stream": True}) as resp:
-            if resp.status_code != 200:
-                res.error = f"HTTP {resp.status_code}: {(await resp.aread()).decode(errors='replace')[:200]}"
-                return res
-            async for line in resp.aiter_lines():
-                if not line.startswith("data:"):
-                    continue
-                data = line[5:].strip()
-                if data == "[DONE]":
-                    break
-                msg = json.loads(data)
-                if "error" in msg:
-                    res.error = str(msg["error"].get("message", msg["error"]))
-                    return res
-                meta = msg.get("meta_info", {})
-                now = time.perf_counter()
-                done = int(meta.get("completion_tokens", 0))
-                if done > seen:
-                    if seen == 0:
-                        res.ttft = now - start
-                    else:
-                        res.itl.append(now - last)
-                    seen, last = done, now
-                res.prompt_tokens = int(meta.get("prompt_tokens", res.prompt_tokens))
-                res.output_tokens = done
-                res.cached_tokens = int(meta.get("cached_tokens", 0))
-                res.jump_forward_tokens = int(meta.get("jump_forward_tokens", 0))
-                res.finish_reason = meta.get("finish_reason")
-                res.text = msg.get("text", res.text)
+        async for msg in sse_messages(client, url, {**payload, "stream": True}):
+            meta = msg.get("meta_info", {})
+            now = time.perf_counter()
+            done = int(meta.get("completion_tokens", 0))
+            if done > seen:
+                if seen == 0:
+                    res.ttft = now - start
+                else:
+                    res.itl.append(now - last)
+                seen, last = done, now
+            res.prompt_tokens = int(meta.get("prompt_tokens", res.prompt_tokens))
+            res.output_tokens = done
+            res.cached_tokens = int(meta.get("cached_tokens", 0))
+            res.jump_forward_tokens = int(meta.get("jump_forward_tokens", 0))
+            res.finish_reason = meta.get("finish_reason")
+            res.text = msg.get("text", res.text)
         res.latency = time.perf_counter() - start
         res.ok = res.output_tokens > 0
         if not res.ok:
             res.error = "no tokens received"
+    except StreamError as e:
+        res.error = str(e)
     except (httpx.HTTPError, json.JSONDecodeError) as e:
         res.error = f"{type(e).__name__}: {e}"
     return res

@@ -138,10 +138,7 @@ class Executor:
                         result = perform_sync(call, self.backend)
             except BaseException as e:  # noqa: BLE001 - every failure is the program's error
                 self._fail(e, instr)
-            if self.error is not None:
-                self._skip(instr)
-            if isinstance(instr, End):
-                self._finish()
+            if self._settle(instr):
                 return
 
     async def _async_main(self) -> None:
@@ -160,11 +157,17 @@ class Executor:
                         result = await perform_async(call, self.backend)
             except BaseException as e:  # noqa: BLE001 - every failure is the program's error
                 self._fail(e, instr)
-            if self.error is not None:
-                self._skip(instr)
-            if isinstance(instr, End):
-                self._finish()
+            if self._settle(instr):
                 return
+
+    def _settle(self, instr: Instr) -> bool:
+        """After running (or failing) ``instr``: fail its futures if the program has an error; True at the End."""
+        if self.error is not None:
+            self._skip(instr)
+        if isinstance(instr, End):
+            self._finish()
+            return True
+        return False
 
     def _fail(self, e: BaseException, instr: Instr) -> None:
         if self.error is None:

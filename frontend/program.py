@@ -113,7 +113,7 @@ class Program:
         if self.is_async:
             raise TypeError(f"{self.name} is an async program: use run_async")
         chosen = _resolve_backend(backend)
-        SamplingParams.from_kwargs(defaults)
+        params = SamplingParams.from_kwargs(defaults) if defaults else None
         if not batch_kwargs:
             return []
         if num_threads == "auto":
@@ -127,7 +127,7 @@ class Program:
         states: list[ProgramState | None] = [None] * len(batch_kwargs)
 
         def one(i: int) -> None:
-            ex = Executor(chosen, SamplingParams.from_kwargs(defaults) if defaults else None, self.name, "thread")
+            ex = Executor(chosen, params, self.name, "thread")
             state = ProgramState(ex)
             states[i] = state
             self._body(ex, state, (), batch_kwargs[i])
