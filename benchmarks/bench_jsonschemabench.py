@@ -24,7 +24,6 @@ import argparse
 import collections
 import json
 import re
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -55,18 +54,11 @@ def reason_of(message: str) -> str:
     return message.split(":", 1)[-1].strip()[:70]
 
 
-def format_checker() -> Any:
-    """jsonschema's FormatChecker with RFC 3339 date-time / time (see tests/grammar_cases.py)."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from tests.grammar_cases import FORMATS
-
-    return FORMATS
-
-
 def run_subset(engine: Any, name: str, args: argparse.Namespace) -> dict[str, Any]:
     from jsonschema import Draft202012Validator, validators
 
     from radixgen.grammar import GrammarError
+    from radixgen.grammar.json_formats import format_checker
 
     manager = engine.scheduler.grammar.manager
     rows = load_subset(name, args.limit)

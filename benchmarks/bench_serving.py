@@ -270,7 +270,7 @@ def _free_port() -> int:
 def launch_server(model: str, load_format: str, extra: list[str], timeout: float = 300.0) -> tuple[Any, str]:
     """Start ``python -m radixgen.runtime.launch_server`` and wait for /health; returns (process, base_url)."""
     port = _free_port()
-    cmd = [sys.executable, "-m", "radixgen.runtime.launch_server", "--model", os.path.abspath(model)]
+    cmd = [sys.executable, "-P", "-m", "radixgen.runtime.launch_server", "--model", os.path.abspath(model)]
     cmd += ["--load-format", load_format, "--host", "127.0.0.1", "--port", str(port), *extra]
     log = tempfile.NamedTemporaryFile(prefix="bench-server-", suffix=".log", delete=False)
     print(f"launching: {' '.join(cmd)}  (log: {log.name})", file=sys.stderr)

@@ -48,7 +48,7 @@ def main() -> None:
     model = str(Path(args.model).resolve())
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    cmd = [sys.executable, "-m", "radixgen.runtime.launch_server", "--model", model, "--port", str(port),
+    cmd = [sys.executable, "-P", "-m", "radixgen.runtime.launch_server", "--model", model, "--port", str(port),
            "--chat-template", "chatml", "--max-total-tokens", "16384", "--log-level", "warning"]  # fmt: skip
     # started outside the repository root, so its top-level folders cannot shadow installed packages
     proc = subprocess.Popen(cmd, cwd=tempfile.gettempdir())

@@ -221,10 +221,12 @@ class _Normalizer:
     def is_valid(self, value: Any, schema: dict[str, Any]) -> bool:
         """``value`` against ``schema``, ``$ref``s resolved against the root document (formats checked)."""
         if self._validator is None:
-            from jsonschema import Draft202012Validator, FormatChecker, validators
+            from jsonschema import Draft202012Validator, validators
+
+            from radixgen.grammar.json_formats import format_checker
 
             cls = validators.validator_for(self.root, default=Draft202012Validator)
-            self._validator = cls(self.root, format_checker=FormatChecker())
+            self._validator = cls(self.root, format_checker=format_checker())
         return bool(self._validator.evolve(schema=schema).is_valid(value))
 
     # ------------------------------------------------------------------ merging (allOf semantics)

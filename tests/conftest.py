@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
+import sys
 
 import torch
 
@@ -13,12 +13,12 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest  # noqa: E402
+from shared_paths import REPO, STORIES  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-STORIES = SHARED / "models" / "stories260K"
-BENCH_40M = SHARED / "models" / "bench-llama-40m"
-LLAMA2_TOKENIZER = SHARED / "tokenizers" / "llama2-32k"
+# `python -m pytest` puts the working directory first on sys.path; from the repository root that would let the
+# top-level folders (kernels/, grammar/, ...) shadow installed packages of the same name (Hugging Face `kernels`,
+# which transformers imports). Code under test imports the installed radixgen only.
+sys.path[:] = [p for p in sys.path if os.path.realpath(p or os.getcwd()) != str(REPO)]
 
 # the test models are tiny: one intra-op thread is faster and makes float reductions reproducible
 torch.set_num_threads(1)

@@ -5,11 +5,11 @@ outputs against them."""
 from __future__ import annotations
 
 import json
-import re
-from datetime import datetime
 from typing import Any
 
-from jsonschema import Draft202012Validator, FormatChecker, validators
+from jsonschema import Draft202012Validator, validators
+
+from radixgen.grammar.json_formats import format_checker
 
 S = {"type": "string", "maxLength": 8}
 I = {"type": "integer", "minimum": -50, "maximum": 50}  # noqa: E741
@@ -131,41 +131,7 @@ EBNF = [
 EBNF_PYTHON_REGEX = [r"\((\d|[1-9]\d)(\+(\d|[1-9]\d))?\)", r"(yes|no)[!?]?"]
 
 
-_RFC3339_TIME = r"(\d{2}):(\d{2}):(\d{2})(\.\d+)?([Zz]|[+-]\d{2}:\d{2})"
-
-
-def _checker() -> FormatChecker:
-    """jsonschema's format checker with RFC 3339 ``date-time`` and ``time`` (jsonschema checks them only with
-    the optional rfc3339-validator package, and its draft-3 ``time`` checker rejects offsets)."""
-    checker = FormatChecker()
-
-    def _time_ok(value: str) -> bool:
-        m = re.fullmatch(_RFC3339_TIME, value)
-        if not m:
-            return False
-        h, mi, sec = (int(g) for g in m.groups()[:3])
-        off = m.group(5)
-        off_ok = off in "Zz" or (int(off[1:3]) <= 23 and int(off[4:6]) <= 59)
-        return h <= 23 and mi <= 59 and sec <= 60 and off_ok
-
-    @checker.checks("time", raises=ValueError)
-    def _time(value: object) -> bool:
-        return not isinstance(value, str) or _time_ok(value)
-
-    @checker.checks("date-time", raises=ValueError)
-    def _date_time(value: object) -> bool:
-        if not isinstance(value, str):
-            return True
-        date_part, sep, time_part = value.partition("T") if "T" in value else value.partition("t")
-        if not sep or not _time_ok(time_part):
-            return False
-        datetime.strptime(date_part, "%Y-%m-%d")
-        return True
-
-    return checker
-
-
-FORMATS = _checker()
+FORMATS = format_checker()
 
 
 def schema_errors(schema: dict[str, Any], text: str) -> list[str]:

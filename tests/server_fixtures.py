@@ -21,9 +21,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-
-REPO = Path(__file__).resolve().parents[1]
-STORIES = REPO.parent / "shared" / "models" / "stories260K"
+from shared_paths import STORIES
 
 # small pool and one intra-op thread: the test model is tiny and the box has 2 cores
 DEFAULT_ARGS = ["--max-total-tokens", "8192", "--max-running-requests", "64", "--num-threads", "1"]
@@ -115,7 +113,7 @@ def start_server(
     """
     extra = list(extra_args or [])
     port = free_port()
-    cmd = [sys.executable, "-m", "radixgen.runtime.launch_server", "--model", str(STORIES), "--host", "127.0.0.1"]
+    cmd = [sys.executable, "-P", "-m", "radixgen.runtime.launch_server", "--model", str(STORIES), "--host", "127.0.0.1"]
     cmd += ["--port", str(port), *DEFAULT_ARGS, *extra]
     api_key = extra[extra.index("--api-key") + 1] if "--api-key" in extra else None
     log_fd, log_name = tempfile.mkstemp(prefix="radixgen-server-", suffix=".log")

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import math
-import sys
 
-from tests.conftest import REPO
+from shared_paths import load_benchmark
 
 
 def test_jsonschemabench_sample_all_completed_documents_valid() -> None:
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    from bench_jsonschemabench import main
+    main = load_benchmark("bench_jsonschemabench").main
 
     results = main(["--limit", "40", "--num-generate", "10", "--max-new-tokens", "160", "--enable-jump-forward"])
     assert [r["subset"] for r in results] == ["Github_trivial", "Github_easy", "Glaiveai2K"]

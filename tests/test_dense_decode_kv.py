@@ -5,11 +5,11 @@ and new requests join mid-decode; and the fallback when the copy does not fit it
 from __future__ import annotations
 
 import torch
+from shared_paths import STORIES
 
 from radixgen.runtime import Engine
 from radixgen.runtime.attention.dense_decode_kv import CAP_HEADROOM, DenseDecodeKV
 from radixgen.runtime.io_struct import TokenizedGenerateReq
-from tests.conftest import STORIES
 
 
 def _run(engine: Engine) -> list[dict]:

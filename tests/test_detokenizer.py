@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import random
-from pathlib import Path
 from typing import Any
 
 import pytest
+import transformers
+from shared_paths import SHARED
 
-transformers = pytest.importorskip("transformers")
+from radixgen.runtime.detokenizer import IncrementalDetokenizer, StopStringMatcher, trim_stop
 
-from radixgen.runtime.detokenizer import IncrementalDetokenizer, StopStringMatcher, trim_stop  # noqa: E402
-
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 TOKENIZER_DIRS = {
     "stories260K": SHARED / "models/stories260K",
     "llama2-32k": SHARED / "tokenizers/llama2-32k",

@@ -12,10 +12,10 @@ import random
 import pytest
 import torch
 import xgrammar as xgr
+from shared_paths import STORIES
 from transformers import AutoTokenizer
 
 from radixgen.grammar.ebnf_rewrite import unroll_bounded_repeats
-from tests.conftest import STORIES
 
 SCHEMAS = [
     {"type": "object", "properties": {"name": {"type": "string", "maxLength": 12}}, "required": ["name"]},

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from shared_paths import STORIES
 
 from radixgen.runtime import Engine
-from tests.conftest import STORIES
 
 GREEDY = {"temperature": 0, "max_new_tokens": 24, "ignore_eos": True}
 GOLDEN = (STORIES / "reference_greedy_from_bos_200.txt").read_text()

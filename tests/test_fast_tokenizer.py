@@ -5,10 +5,10 @@ from __future__ import annotations
 import random
 
 import pytest
+from shared_paths import LLAMA2_TOKENIZER, STORIES
 from transformers import AutoTokenizer
 
 from radixgen.runtime.fast_tokenizer import FastTokenizer
-from tests.conftest import LLAMA2_TOKENIZER, STORIES
 
 TEXTS = ["Once upon a time", " lead", "héllo wörld 日本語 😀", "a\nb\n\n  c", "<s> hi </s>", "  ", 'Lily: "Hi!"']
 

@@ -17,10 +17,10 @@ import httpx
 import jinja2
 import pytest
 from pydantic import BaseModel
+from server_fixtures import ServerHandle, start_server
 
 import radixgen as rg
 from radixgen.backends.base import BackendRequestError
-from tests.server_fixtures import ServerHandle, start_server
 
 STORY = "Once upon a time, there was a little girl named Lily. She loved to play outside.\n"
 BAD_SCHEMA = {"type": "object", "properties": {"a": {"type": "string", "pattern": "("}}}

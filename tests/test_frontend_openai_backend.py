@@ -13,12 +13,12 @@ from collections.abc import Iterator
 import jsonschema
 import openai
 import pytest
+from server_fixtures import STORIES, ServerHandle, free_port, start_server
 
 from radixgen.backends.base import BackendError, BackendRequestError, PromptView
 from radixgen.backends.openai_backend import OpenAI
 from radixgen.choices import token_length_normalized, unconditional_likelihood_normalized
 from radixgen.sampling import SamplingParams
-from tests.server_fixtures import STORIES, ServerHandle, free_port, start_server
 
 MODEL = str(STORIES)
 PROMPT = "Once upon a time, there was a little girl named Lily. She"

@@ -12,6 +12,7 @@ import time
 import pytest
 import torch
 from jsonschema import Draft202012Validator, validators
+from shared_paths import LLAMA2_TOKENIZER, STORIES
 from transformers import AutoTokenizer
 
 from radixgen.grammar import GrammarError, GrammarLimits, GrammarManager, allocate_token_bitmask, jump_forward
@@ -24,7 +25,6 @@ from radixgen.grammar.schema_support import OUTLINES_SUPPORT, XGRAMMAR_SUPPORT, 
 from radixgen.grammar.xgrammar_backend import XGrammarBackend
 from radixgen.kernels.reference import apply_token_bitmask_ref, unpack_token_bitmask
 from radixgen.runtime.sampling_params import SamplingParams
-from tests.conftest import LLAMA2_TOKENIZER, STORIES
 
 
 @pytest.fixture(scope="module")

@@ -14,12 +14,12 @@ import time
 from pathlib import Path
 
 import pytest
+from grammar_cases import EBNF, EBNF_PYTHON_REGEX, REGEXES, SCHEMAS, schema_errors
+from shared_paths import LLAMA2_TOKENIZER, STORIES
 
 from radixgen.grammar import GrammarError
 from radixgen.runtime import Engine
 from radixgen.runtime.io_struct import AbortReq, TokenizedGenerateReq
-from tests.conftest import LLAMA2_TOKENIZER, STORIES
-from tests.grammar_cases import EBNF, EBNF_PYTHON_REGEX, REGEXES, SCHEMAS, schema_errors
 
 PROMPT = "Once upon a time"
 NAMES = ["stories", "llama32k"]

@@ -9,17 +9,16 @@ compile of every kernel for sm_90/sm_80/sm_86 (no GPU needed).
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import random
 import subprocess
 import sys
 from collections.abc import Callable
-from pathlib import Path
 from types import ModuleType
 
 import pytest
 import torch
+from shared_paths import REPO, load_benchmark
 
 from radixgen.kernels import (
     INTERPRET,
@@ -34,7 +33,6 @@ from radixgen.runtime.attention.torch_backend import TorchAttentionBackend
 from radixgen.runtime.attention.triton_backend import TritonAttentionBackend
 from radixgen.runtime.forward_batch import ForwardBatch, ForwardMode
 
-REPO = Path(__file__).resolve().parents[1]
 DEVICE = "cpu" if INTERPRET else "cuda"
 SLOW = os.environ.get("RADIXGEN_SLOW_TESTS") == "1"
 slow = pytest.mark.skipif(not SLOW, reason="larger shapes; set RADIXGEN_SLOW_TESTS=1 to run")
@@ -319,12 +317,7 @@ def test_interpreter_mode_selection() -> None:
 
 
 def _bench_module() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_kernels", REPO / "benchmarks" / "bench_kernels.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("bench_kernels")
 
 
 def test_bench_formulas_and_no_gpu_exit(capsys: pytest.CaptureFixture[str]) -> None:

@@ -9,22 +9,17 @@ stories260K checkpoint, dummy weights for bench-llama-40m, and the loader's erro
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from model_harness import KVHarness, hf_logits
 from safetensors.torch import load_file, save_file
+from shared_paths import BENCH_40M, STORIES
 from transformers import AutoModelForCausalLM, LlamaConfig, MistralConfig, Qwen2Config, Qwen3Config
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from model_harness import KVHarness, hf_logits  # noqa: E402
+from radixgen.runtime.models import ModelConfig, load_model
 
-from radixgen.runtime.models import ModelConfig, load_model  # noqa: E402
-
-SHARED_MODELS = Path(__file__).resolve().parents[1].parent / "shared/models"
-STORIES = SHARED_MODELS / "stories260K"
-BENCH_40M = SHARED_MODELS / "bench-llama-40m"
 ATOL = 1e-4
 DECODE_STEPS = 20
 

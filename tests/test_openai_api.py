@@ -18,11 +18,11 @@ import openai
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from server_fixtures import STORIES, ServerHandle, start_server
 
 from radixgen.runtime.fast_tokenizer import load_tokenizer
 from radixgen.runtime.openai_api import register_openai_routes
 from radixgen.runtime.server_args import ServerArgs
-from tests.server_fixtures import STORIES, ServerHandle, start_server
 
 MODEL = str(STORIES)
 PROMPT = "Once upon a time, there was a little girl named Lily."

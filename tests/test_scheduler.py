@@ -7,13 +7,13 @@ and check_integrity() runs after every step.
 from __future__ import annotations
 
 import torch
+from shared_paths import STORIES
 
 from radixgen.radix import ReqToTokenPool, TokenSlotAllocator
 from radixgen.runtime.forward_batch import ForwardMode
 from radixgen.runtime.io_struct import AbortReq, TokenizedGenerateReq
 from radixgen.runtime.scheduler import Scheduler
 from radixgen.runtime.server_args import ServerArgs
-from tests.conftest import STORIES
 
 VOCAB = 97
 EOS = 0

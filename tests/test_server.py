@@ -20,13 +20,13 @@ from typing import Any
 import httpx
 import psutil
 import pytest
+import server_fixtures
 from prometheus_client.parser import text_string_to_metric_families
+from server_fixtures import STORIES, ServerHandle, start_server
 
 from radixgen.runtime.detokenizer_process import DetokState
 from radixgen.runtime.fast_tokenizer import load_tokenizer
 from radixgen.runtime.io_struct import DetokRegister, ReqOutput
-from tests import server_fixtures
-from tests.server_fixtures import STORIES, ServerHandle, start_server
 
 server = server_fixtures.server  # the module-scoped server fixture (metrics on)
 

@@ -176,9 +176,10 @@ def test_cascade_decode_bfloat16_pool() -> None:
 
 
 def test_engine_shared_prefix_matches_plain_decode(monkeypatch: pytest.MonkeyPatch) -> None:
+    from shared_paths import STORIES
+
     from radixgen.runtime import Engine
     from radixgen.runtime.attention import shared_prefix, torch_backend
-    from tests.conftest import STORIES
 
     calls = []
     monkeypatch.setattr(

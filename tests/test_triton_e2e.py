@@ -9,9 +9,9 @@ from __future__ import annotations
 import os
 
 import pytest
+from shared_paths import STORIES
 
 from radixgen.runtime import Engine
-from tests.conftest import STORIES
 
 GOLDEN = (STORIES / "reference_greedy_from_bos_200.txt").read_text()
 SLOW = os.environ.get("RADIXGEN_SLOW_TESTS") == "1"

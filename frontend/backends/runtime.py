@@ -111,7 +111,7 @@ class Runtime(RuntimeEndpoint):
             fd, log_file = tempfile.mkstemp(prefix="radixgen-runtime-", suffix=".log")
             os.close(fd)
         self.log_path = log_file
-        self._start([sys.executable, "-m", "radixgen.runtime.launch_server", *argv], startup_timeout)
+        self._start([sys.executable, "-P", "-m", "radixgen.runtime.launch_server", *argv], startup_timeout)
 
     @property
     def url(self) -> str:
