@@ -22,13 +22,14 @@ from common import BENCH_MODEL, RESULTS, sharegpt_prompts
 
 from radixgen.runtime import Engine
 from radixgen.runtime.io_struct import TokenizedGenerateReq
+from radixgen.runtime.sampling_params import SamplingParams
 from radixgen.runtime.step_timing import PHASES
 
 
 def measure(engine: Engine, prompts: list[list[int]], steps: int, tag: str) -> dict[str, Any]:
     """Admit ``prompts``, prefill them all, then time ``steps`` decode steps of the full batch."""
     sched = engine.scheduler
-    params = {"temperature": 0, "max_new_tokens": steps + 8, "ignore_eos": True}
+    params = SamplingParams(temperature=0, max_new_tokens=steps + 8, ignore_eos=True)
     for i, ids in enumerate(prompts):
         sched.add_request(TokenizedGenerateReq(rid=f"{tag}-{i}", input_ids=ids, sampling_params=params))
     while sched.waiting or sched.chunked_req is not None:

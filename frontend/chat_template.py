@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from radixgen.chat_templates import resolve_chat_template
+
 ROLES = ("system", "user", "assistant")
 
 # probe contents: distinct, whitespace-free (templates often .strip() content) and unlikely in any template
@@ -139,16 +141,19 @@ class ChatTemplate:
 def get_chat_template(
     name_or_source: str, bos_token: str | None = None, eos_token: str | None = None
 ) -> ChatTemplate:
-    """A built-in template by name (``radixgen.runtime.openai_api.chat_templates.BUILTIN_TEMPLATES``: chatml,
-    llama-2, with their stop strings), a path to a ``.jinja`` file, or inline Jinja (named ``"inline"``).
+    """The turn-by-turn template for a setting that ``radixgen.chat_templates.resolve_chat_template`` resolves.
+
+    Args:
+        name_or_source: a built-in name (``radixgen.chat_templates.BUILTIN_TEMPLATES``: chatml, llama-2, with
+            their stop strings), a path to a ``.jinja`` file, or inline Jinja (named ``"inline"``).
+        bos_token / eos_token: the values of the Jinja variables of the same names (None renders as "").
 
     Raises:
         ValueError: not a known name, file or Jinja text; or the template cannot be rendered turn by turn.
     """
-    from radixgen.runtime.openai_api.chat_templates import resolve_chat_template
-
     spec = resolve_chat_template(name_or_source)
-    assert spec is not None
+    if spec is None:
+        raise ValueError("chat_template: a template name, file or Jinja text is required")
     return ChatTemplate.from_jinja(spec.name, spec.template, bos_token, eos_token, spec.stop)
 
 

@@ -38,7 +38,10 @@ import torch
 
 from radixgen.grammar import CompiledGrammar, GrammarBackend, GrammarLimits, GrammarManager, backend_class
 from radixgen.grammar import jump_forward as plan_and_accept_jump
-from radixgen.grammar.base import apply_token_bitmask_cpu, bitmask_width
+from radixgen.grammar.base import GrammarError, apply_token_bitmask_cpu, bitmask_width
+from radixgen.runtime.errors import InvalidRequestError
+from radixgen.runtime.fast_tokenizer import load_hf_tokenizer
+from radixgen.runtime.io_struct import FinishReason
 from radixgen.runtime.req import Req
 from radixgen.runtime.sampling_params import SamplingParams
 from radixgen.runtime.server_args import ServerArgs
@@ -48,13 +51,13 @@ GRAMMAR_IDLE_WAIT_S = 0.002
 
 
 def hf_tokenizer(tokenizer: Any, path: str) -> Any:
-    """A ``transformers`` tokenizer (what the grammar backends need): ``tokenizer`` itself when it is one,
-    else loaded from ``path`` (the server's scheduler process holds a torch-free FastTokenizer)."""
-    from transformers import AutoTokenizer, PreTrainedTokenizerBase
+    """A ``transformers`` tokenizer (what the grammar backends need): ``tokenizer`` itself when it is one (the
+    scheduler process and the Engine load one, shared with the stop checker), else loaded from ``path``."""
+    from transformers import PreTrainedTokenizerBase
 
     if isinstance(tokenizer, PreTrainedTokenizerBase):
         return tokenizer
-    return AutoTokenizer.from_pretrained(path)
+    return load_hf_tokenizer(path)
 
 
 def apply_token_bitmask(logits: torch.Tensor, bitmask: torch.Tensor, rows: list[int], vocab_size: int) -> None:
@@ -97,10 +100,13 @@ class GrammarHooks:
 
     # ------------------------------------------------------------------ queue
     def validate(self, params: SamplingParams) -> None:
-        """Raises GrammarError (a ValueError naming the field) for an invalid or unsupported constraint."""
+        """Raises InvalidRequestError (``param``: the constraint's field) for an invalid or unsupported constraint."""
         constraint = params.constraint
         if constraint is not None:
-            self.manager.validate(*constraint, best_effort=params.grammar_best_effort)
+            try:
+                self.manager.validate(*constraint, best_effort=params.grammar_best_effort)
+            except GrammarError as e:
+                raise InvalidRequestError(constraint[0], str(e)) from None
 
     def add(self, req: Req) -> None:
         """Start compiling ``req``'s constraint; the request waits in the grammar queue meanwhile."""
@@ -110,6 +116,10 @@ class GrammarHooks:
 
     def pending(self) -> bool:
         return bool(self.queue)
+
+    def queued(self) -> list[Req]:
+        """The requests waiting for their grammar to compile."""
+        return [req for req, _, _ in self.queue]
 
     def remove(self, rid: str) -> Req | None:
         """Take a request out of the grammar queue (abort)."""
@@ -132,12 +142,12 @@ class GrammarHooks:
                     req.grammar = fut.result().matcher()
                     ready.append(req)
                 else:
-                    req.finished_reason = {"type": "abort", "message": str(exc) or type(exc).__name__}
+                    req.finished_reason = FinishReason.aborted(str(exc) or type(exc).__name__)
                     failed.append(req)
             elif now > deadline:
                 timeout = self.args.grammar_compile_timeout
                 msg = f"grammar: compiling the constraint took longer than {timeout:g}s (grammar_compile_timeout)"
-                req.finished_reason = {"type": "abort", "message": msg}
+                req.finished_reason = FinishReason.aborted(msg)
                 failed.append(req)
             else:
                 still.append((req, fut, deadline))
@@ -194,9 +204,9 @@ class GrammarHooks:
         if matcher is None:
             return
         if not matcher.accept_token(token):
-            req.finished_reason = {"type": "abort", "message": f"grammar: the sampled token {token} is not allowed"}
+            req.finished_reason = FinishReason.aborted(f"grammar: the sampled token {token} is not allowed")
         elif matcher.is_terminated():
-            req.finished_reason = {"type": "stop", "matched": token}
+            req.finished_reason = FinishReason.stopped(token)
 
     def jump_forward(self, req: Req, stop_checker: Any) -> bool:
         """Append the grammar-forced continuation to ``req``'s outputs (module docstring, step 5).
@@ -231,4 +241,5 @@ class GrammarHooks:
         return True
 
     def shutdown(self) -> None:
+        """Stop the grammar compile threads (queued compiles are cancelled)."""
         self.manager.shutdown()

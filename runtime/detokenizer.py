@@ -5,7 +5,9 @@ prefix_offset/read_offset algorithm of vLLM and SGLang's DetokenizerManager: the
 since the last emission is the difference between decoding a short window that ends with them and the same
 window without them. Only O(new tokens) are decoded per ``append``.
 
-``StopStringMatcher`` and ``trim_stop`` find stop strings in generated text, tell how much of a streamed text
+``Detokenizer`` keeps one per request (with its stop-string holdback) and turns a scheduler step's token deltas into
+text deltas; the detokenizer process and the offline Engine both run it. ``StopStringMatcher`` and ``trim_stop``
+find stop strings in generated text, tell how much of a streamed text
 is safe to send (no tail that could still grow into a stop string), and cut the final text.
 """
 
@@ -14,7 +16,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["IncrementalDetokenizer", "StopStringMatcher", "trim_stop"]
+from radixgen.runtime.io_struct import BatchStrOut, BatchTokenOut, DetokRegister, FinishReason, ReqOutput
+
+__all__ = ["Detokenizer", "IncrementalDetokenizer", "StopStringMatcher", "trim_stop"]
 
 _REPLACEMENT = "\ufffd"
 # Prompt tokens decoded before the first output token, so that its word-boundary space comes out right.
@@ -217,11 +221,71 @@ def trim_stop(text: str, matched: str, no_stop_trim: bool) -> str:
     return text[: i + len(matched)] if no_stop_trim else text[:i]
 
 
-def text_token_ids(new_ids: list[int], finish_reason: dict | None, no_stop_trim: bool) -> list[int]:
+def text_token_ids(new_ids: list[int], finish_reason: FinishReason | None, no_stop_trim: bool) -> list[int]:
     """The ids of ``new_ids`` whose text is shown: a final stop token (eos or one of stop_token_ids, reported as an
-    integer ``finish_reason["matched"]``) stays in ``output_ids`` but its text is left out, as in SGLang, unless
+    integer ``finish_reason.matched``) stays in ``output_ids`` but its text is left out, as in SGLang, unless
     ``no_stop_trim``."""
-    matched = (finish_reason or {}).get("matched")
+    matched = None if finish_reason is None else finish_reason.matched
     if new_ids and isinstance(matched, int) and not no_stop_trim and new_ids[-1] == matched:
         return new_ids[:-1]
     return new_ids
+
+
+class DetokState:
+    """Incremental text of one request.
+
+    Args:
+        reg: the request's detokenization options.
+        tokenizer: anything with a Hugging Face-style ``decode``.
+    """
+
+    def __init__(self, reg: DetokRegister, tokenizer: Any) -> None:
+        self.detok = IncrementalDetokenizer(
+            tokenizer,
+            prompt_ids=reg.prompt_tail,
+            skip_special_tokens=reg.skip_special_tokens,
+            spaces_between_special_tokens=reg.spaces_between_special_tokens,
+        )
+        self.matcher = StopStringMatcher(reg.stop) if reg.stop else None
+        self.no_stop_trim = reg.no_stop_trim
+        self.pending = ""  # decoded text not sent yet (it may still turn into a stop string)
+
+    def step(self, out: ReqOutput) -> str:
+        """The text delta to send for one output."""
+        text = self.pending + self.detok.append(
+            text_token_ids(out.new_token_ids, out.finish_reason, self.no_stop_trim)
+        )
+        if out.finish_reason is not None:
+            text += self.detok.finish()
+            self.pending = ""
+            matched = out.finish_reason.matched
+            # nothing sent so far contains a stop string, so the first one is in this final text
+            return trim_stop(text, matched, self.no_stop_trim) if isinstance(matched, str) and matched else text
+        if self.matcher is None:
+            return text
+        safe = self.matcher.safe_prefix_len(text)
+        self.pending = text[safe:]
+        return text[:safe]
+
+
+class Detokenizer:
+    """Per-request detokenization state and the message handlers (separate from the sockets, for tests)."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+        self.states: dict[str, DetokState] = {}
+
+    def register(self, reg: DetokRegister) -> None:
+        self.states[reg.rid] = DetokState(reg, self.tokenizer)
+
+    def process(self, batch: BatchTokenOut) -> BatchStrOut:
+        """Text deltas for one scheduler step; finished requests are forgotten."""
+        texts: list[str] = []
+        for out in batch.outputs:
+            st = self.states.get(out.rid)
+            if st is None:  # not registered (should not happen): decode without context or stop strings
+                st = self.states[out.rid] = DetokState(DetokRegister(out.rid, []), self.tokenizer)
+            texts.append(st.step(out))
+            if out.finish_reason is not None:
+                del self.states[out.rid]
+        return BatchStrOut(batch.outputs, texts, batch.stats)

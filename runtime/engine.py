@@ -7,16 +7,16 @@ native /generate API.
 from __future__ import annotations
 
 import logging
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
-from transformers import AutoTokenizer
-
-from radixgen.runtime.io_struct import AbortReq, TokenizedGenerateReq
+from radixgen.runtime.detokenizer import Detokenizer
+from radixgen.runtime.errors import InvalidRequestError
+from radixgen.runtime.fast_tokenizer import load_hf_tokenizer
+from radixgen.runtime.generate_request import GenerateReqInput, PlannedReq, plan_requests
+from radixgen.runtime.io_struct import AbortReq, BatchTokenOut, DetokRegister
 from radixgen.runtime.model_runner import ModelRunner
 from radixgen.runtime.request_state import RequestState
-from radixgen.runtime.sampling_params import SamplingParams
 from radixgen.runtime.scheduler import Scheduler
 from radixgen.runtime.server_args import ServerArgs
 
@@ -39,11 +39,12 @@ class Engine:
 
     def __init__(self, model_path: str, **kwargs: Any) -> None:
         self.server_args = ServerArgs.from_kwargs(model_path, **kwargs)
-        self.tokenizer = AutoTokenizer.from_pretrained(self.server_args.resolved_tokenizer_path)
+        self.tokenizer = load_hf_tokenizer(self.server_args.resolved_tokenizer_path)
         self.model_runner = ModelRunner(self.server_args)
         self.scheduler = Scheduler(
             self.server_args, self.model_runner, self.model_runner.model_config.eos_token_ids, self.tokenizer
         )
+        self.detokenizer = Detokenizer(self.tokenizer)
         self._states: dict[str, RequestState] = {}
 
     # ------------------------------------------------------------------ public API
@@ -66,28 +67,32 @@ class Engine:
         iterator of dicts whose ``text`` is the cumulative text so far; the last one has a finish_reason.
 
         Raises:
-            ValueError: no prompt, an empty prompt, a prompt longer than the context, an invalid sampling
-                value, ... — the message names the field. Nothing is queued then; the engine keeps working.
+            InvalidRequestError (a ValueError): no prompt, an empty prompt, a prompt longer than the context, an
+                invalid sampling value, ... — ``param`` names the field. Nothing is queued then; the engine keeps
+                working.
         """
-        reqs, single = self._make_requests(
-            prompt,
-            sampling_params,
-            input_ids,
-            return_logprob,
-            logprob_start_len,
-            top_logprobs_num,
-            return_text_in_logprobs,
-            rid,
+        obj = GenerateReqInput(
+            text=prompt,
+            input_ids=input_ids,
+            sampling_params=sampling_params,
+            return_logprob=return_logprob,
+            logprob_start_len=logprob_start_len,
+            top_logprobs_num=top_logprobs_num,
+            return_text_in_logprobs=return_text_in_logprobs,
+            stream=stream,
+            rid=rid,
         )
+        runner = self.model_runner
+        planned, single = plan_requests(obj, self.tokenizer, runner.context_len, runner.vocab_size, "prompt")
+        if stream and len(planned) != 1:
+            raise InvalidRequestError("stream", "stream: streaming takes a single prompt with n=1")
+        for p in planned:  # every request is checked before any is queued
+            self.scheduler.validate_grammar(p.req)
+        states = [self._submit(p) for p in planned]
         if stream:
-            if len(reqs) != 1:
-                raise ValueError("stream: streaming takes a single prompt with n=1")
-            return self._stream(reqs[0])
-        for msg, state in reqs:
-            self.scheduler.add_request(msg)
-            self._states[msg.rid] = state
-        self._run_until_done({msg.rid for msg, _ in reqs})
-        results = [self._states.pop(msg.rid).response() for msg, _ in reqs]
+            return self._stream(states[0])
+        self._run_until_done(states)
+        results = [self._states.pop(st.rid).response() for st in states]
         return results[0] if single else results
 
     def abort(self, rid: str) -> bool:
@@ -119,11 +124,12 @@ class Engine:
         self.scheduler.step_timer.reset()
 
     def shutdown(self) -> None:
-        """Abort everything still queued or running and release the KV pools."""
+        """Abort everything still queued or running, release the KV pools and stop the grammar compile threads."""
         for rid in list(self._states):
             self.scheduler.abort_request(AbortReq(rid))
         self._states.clear()
         self.scheduler.step()
+        self.scheduler.shutdown()
 
     def __enter__(self) -> Engine:
         return self
@@ -132,87 +138,31 @@ class Engine:
         self.shutdown()
 
     # ------------------------------------------------------------------ internals
-    def _make_requests(
-        self,
-        prompt: Prompt,
-        sampling_params: Params,
-        input_ids: InputIds,
-        return_logprob: bool,
-        logprob_start_len: int,
-        top_logprobs_num: int,
-        return_text_in_logprobs: bool,
-        rid: str | list[str] | None,
-    ) -> tuple[list[tuple[TokenizedGenerateReq, RequestState]], bool]:
-        if (prompt is None) == (input_ids is None):
-            raise ValueError("prompt/input_ids: give exactly one of them")
-        if prompt is not None:
-            single = isinstance(prompt, str)
-            texts = [prompt] if isinstance(prompt, str) else list(prompt)
-            if not texts or not all(isinstance(t, str) for t in texts):
-                raise ValueError("prompt: must be a string or a non-empty list of strings")
-            for t in texts:
-                if t == "":
-                    raise ValueError("prompt: the prompt is empty")
-            id_lists = [self.tokenizer.encode(t) for t in texts]
-        else:
-            assert input_ids is not None
-            single = bool(input_ids) and all(isinstance(t, int) for t in input_ids)
-            id_lists = [list(input_ids)] if single else [list(x) for x in input_ids]  # type: ignore[arg-type]
-            if not id_lists:
-                raise ValueError("input_ids: the batch is empty")
-            for ids in id_lists:
-                if not isinstance(ids, list) or not all(isinstance(t, int) and not isinstance(t, bool) for t in ids):
-                    raise ValueError("input_ids: must be a list of integer token ids or a list of such lists")
-        if isinstance(sampling_params, list):
-            if len(sampling_params) != len(id_lists):
-                raise ValueError("sampling_params: a list must have one entry per prompt")
-            param_list = [SamplingParams.from_dict(p) for p in sampling_params]
-        else:
-            param_list = [SamplingParams.from_dict(sampling_params)] * len(id_lists)
-        if not isinstance(logprob_start_len, int) or logprob_start_len < -1:
-            raise ValueError("logprob_start_len: must be an integer >= -1")
-        if not isinstance(top_logprobs_num, int) or top_logprobs_num < 0:
-            raise ValueError("top_logprobs_num: must be an integer >= 0")
-        rids = [rid] if isinstance(rid, str) else (list(rid) if rid is not None else None)
-        if rids is not None and len(rids) != len(id_lists):
-            raise ValueError("rid: give one rid per prompt")
-        out: list[tuple[TokenizedGenerateReq, RequestState]] = []
-        for i, (ids, params) in enumerate(zip(id_lists, param_list, strict=True)):
-            self.scheduler.validate(ids, params)  # every request is checked before any is queued
-            for j in range(params.n):
-                base = rids[i] if rids is not None else uuid.uuid4().hex
-                this_rid = base if params.n == 1 else f"{base}-{j}"
-                p = params
-                if params.n > 1 and params.seed is not None:
-                    p = SamplingParams.from_dict({**params.to_dict(), "seed": params.seed + j})
-                msg = TokenizedGenerateReq(
-                    rid=this_rid,
-                    input_ids=ids,
-                    sampling_params=p.to_dict(),
-                    return_logprob=return_logprob,
-                    logprob_start_len=logprob_start_len,
-                    top_logprobs_num=top_logprobs_num,
-                )
-                state = RequestState(this_rid, ids, p, self.tokenizer, return_logprob, return_text_in_logprobs)
-                out.append((msg, state))
-        return out, single and len(out) == 1
+    def _submit(self, planned: PlannedReq) -> RequestState:
+        """Queue a planned request and start accumulating its output."""
+        self.scheduler.add_request(planned.req)
+        self.detokenizer.register(DetokRegister.for_request(planned.req))
+        state = self._states[planned.rid] = RequestState(planned, self.tokenizer)
+        return state
 
     def _dispatch(self) -> None:
-        for out in self.scheduler.step():
+        """One scheduler step; its outputs (with their text, as the detokenizer process makes it) go to the states."""
+        outputs = self.scheduler.step()
+        if not outputs:
+            return
+        batch = self.detokenizer.process(BatchTokenOut(outputs))
+        for out, text in zip(batch.outputs, batch.texts, strict=True):
             state = self._states.get(out.rid)
             if state is not None:
-                state.apply(out)
+                state.apply(out, text)
 
-    def _run_until_done(self, rids: set[str]) -> None:
-        while any(not self._states[r].finished for r in rids):
+    def _run_until_done(self, states: list[RequestState]) -> None:
+        while any(not st.finished for st in states):
             if not self.scheduler.has_work():
                 raise RuntimeError("scheduler idle while requests are unfinished")
             self._dispatch()
 
-    def _stream(self, item: tuple[TokenizedGenerateReq, RequestState]) -> Iterator[dict[str, Any]]:
-        msg, state = item
-        self.scheduler.add_request(msg)
-        self._states[msg.rid] = state
+    def _stream(self, state: RequestState) -> Iterator[dict[str, Any]]:
         try:
             sent = -1
             while not state.finished:
@@ -222,6 +172,6 @@ class Engine:
                     yield state.response()
         finally:
             if not state.finished:
-                self.scheduler.abort_request(AbortReq(msg.rid))
+                self.scheduler.abort_request(AbortReq(state.rid))
                 self._dispatch()
-            self._states.pop(msg.rid, None)
+            self._states.pop(state.rid, None)

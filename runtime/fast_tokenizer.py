@@ -45,13 +45,23 @@ def load_tokenizer(path: str) -> Any:
         tok: Any = FastTokenizer(path)
     else:
         logger.warning("%s has no tokenizer.json; loading it with transformers (imports torch)", path)
-        try:
-            from transformers import AutoTokenizer
-
-            tok = AutoTokenizer.from_pretrained(path)
-        except Exception as e:  # noqa: BLE001 - any loader failure is a configuration error
-            raise ValueError(f"tokenizer_path: cannot load a tokenizer from {path!r}: {e}") from e
+        tok = load_hf_tokenizer(path)
     return tok
+
+
+def load_hf_tokenizer(path: str) -> Any:
+    """A ``transformers`` tokenizer (imports torch): for processes that already hold torch and need what the
+    grammar backends need (the scheduler process, the offline Engine), loaded once and shared there.
+
+    Raises:
+        ValueError: the directory has no usable tokenizer (the message names ``tokenizer_path``).
+    """
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except Exception as e:  # noqa: BLE001 - any loader failure is a configuration error
+        raise ValueError(f"tokenizer_path: cannot load a tokenizer from {path!r}: {e}") from e
 
 
 def _token_str(v: Any) -> str | None:

@@ -4,18 +4,16 @@
 Routes: POST /generate, GET /health, GET /health_generate, GET /get_model_info, GET /get_server_info,
 POST|GET /flush_cache, POST /abort_request, POST /tokenize, POST /detokenize, GET /metrics (only with
 ``--enable-metrics``; 404 otherwise). With ``--api-key`` every route except /health needs
-``Authorization: Bearer <key>`` (401 otherwise). Errors use the OpenAI body of ``http_errors.openai_error``.
+``Authorization: Bearer <key>`` (401 otherwise). Errors use the error body of ``http_common``.
 """
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import importlib.util
-import json
 import logging
 import uuid
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import asdict
 from typing import Any, TypeVar
@@ -24,8 +22,17 @@ from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from radixgen.runtime.errors import InvalidRequestError
 from radixgen.runtime.generate_request import GenerateReqInput, parse_generate_body
-from radixgen.runtime.http_errors import error_body, error_response, install_error_handlers, openai_error, read_json
+from radixgen.runtime.http_common import (
+    ClientDisconnected,
+    error_response,
+    install_error_handlers,
+    openai_error,
+    read_json,
+    run_unless_disconnected,
+    sse_body,
+)
 from radixgen.runtime.metrics import CONTENT_TYPE
 from radixgen.runtime.server_args import ServerArgs
 from radixgen.runtime.tokenizer_manager import TokenizerManager
@@ -33,11 +40,7 @@ from radixgen.runtime.tokenizer_manager import TokenizerManager
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
-__all__ = ["create_app", "openai_error", "sse_event"]
-
-
-class ClientDisconnected(Exception):
-    """The client closed the connection before the response was ready."""
+__all__ = ["create_app"]
 
 
 class ApiKeyMiddleware:
@@ -58,40 +61,9 @@ class ApiKeyMiddleware:
             scheme, _, key = auth.partition(b" ")
             if scheme.lower() != b"bearer" or not hmac.compare_digest(key.strip(), self.api_key):
                 msg = "invalid or missing API key: send 'Authorization: Bearer <key>'"
-                await openai_error(401, msg, None, "authentication_error")(scope, receive, send)
+                await openai_error(401, msg)(scope, receive, send)
                 return
         await self.app(scope, receive, send)
-
-
-def sse_event(payload: Any) -> bytes:
-    """One server-sent event: ``data: <json>\\n\\n`` (or ``data: [DONE]`` for the string ``"[DONE]"``)."""
-    data = payload if isinstance(payload, str) else json.dumps(payload, ensure_ascii=False)
-    return f"data: {data}\n\n".encode()
-
-
-async def run_unless_disconnected(request: Request, coro: Awaitable[T]) -> T:
-    """Await ``coro`` unless the client disconnects first; then it is cancelled (its request aborted).
-
-    Raises:
-        ClientDisconnected: the client went away first. Whatever ``coro`` raises.
-    """
-
-    async def wait_disconnect() -> None:
-        while (await request.receive())["type"] != "http.disconnect":
-            pass
-
-    task = asyncio.ensure_future(coro)
-    watcher = asyncio.ensure_future(wait_disconnect())
-    try:
-        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        if not task.done():
-            task.cancel()
-        watcher.cancel()
-    if not task.done() or task.cancelled():
-        await asyncio.gather(task, return_exceptions=True)
-        raise ClientDisconnected
-    return task.result()
 
 
 async def _first(gen: AsyncIterator[T]) -> T:
@@ -127,7 +99,7 @@ def create_app(tokenizer_manager: TokenizerManager, server_args: ServerArgs) -> 
         if tm.is_ready:
             return Response(status_code=200)
         reason = tm.dead_reason or "the model is still loading"
-        return openai_error(503, f"server not ready: {reason}", None, "service_unavailable_error")
+        return openai_error(503, f"server not ready: {reason}")
 
     @app.get("/health_generate")
     async def health_generate(request: Request) -> Response:
@@ -142,7 +114,7 @@ def create_app(tokenizer_manager: TokenizerManager, server_args: ServerArgs) -> 
         except ClientDisconnected:
             return Response(status_code=499)
         except Exception as e:  # noqa: BLE001 - any failure means unhealthy
-            return openai_error(503, f"health generation failed: {e}", None, "service_unavailable_error")
+            return openai_error(503, f"health generation failed: {e}")
         return Response(status_code=200)
 
     @app.get("/get_model_info")
@@ -189,7 +161,7 @@ def create_app(tokenizer_manager: TokenizerManager, server_args: ServerArgs) -> 
             body = await read_json(request)
             rid = body.get("rid") if isinstance(body, dict) else None
             if not isinstance(rid, str) or not rid:
-                raise ValueError("rid: must be a non-empty string")
+                raise InvalidRequestError("rid", "rid: must be a non-empty string")
         except ValueError as e:
             return error_response(e)
         await tm.abort_request(rid)
@@ -200,10 +172,10 @@ def create_app(tokenizer_manager: TokenizerManager, server_args: ServerArgs) -> 
         try:
             body = await read_json(request)
             if not isinstance(body, dict):
-                raise ValueError("body: must be a JSON object")
+                raise InvalidRequestError("body", "body: must be a JSON object")
             text, add_special = body.get("text", body.get("prompt")), body.get("add_special_tokens", True)
             if not isinstance(add_special, bool):
-                raise ValueError("add_special_tokens: must be a boolean")
+                raise InvalidRequestError("add_special_tokens", "add_special_tokens: must be a boolean")
             if isinstance(text, str):
                 ids: Any = tm.tokenizer.encode(text, add_special_tokens=add_special)
                 count: Any = len(ids)
@@ -211,7 +183,7 @@ def create_app(tokenizer_manager: TokenizerManager, server_args: ServerArgs) -> 
                 ids = [tm.tokenizer.encode(t, add_special_tokens=add_special) for t in text]
                 count = [len(x) for x in ids]
             else:
-                raise ValueError("text: must be a string or a non-empty list of strings")
+                raise InvalidRequestError("text", "text: must be a string or a non-empty list of strings")
         except ValueError as e:
             return error_response(e)
         return JSONResponse({"tokens": ids, "input_ids": ids, "count": count, "max_model_len": tm.context_len})
@@ -221,15 +193,15 @@ def create_app(tokenizer_manager: TokenizerManager, server_args: ServerArgs) -> 
         try:
             body = await read_json(request)
             if not isinstance(body, dict):
-                raise ValueError("body: must be a JSON object")
+                raise InvalidRequestError("body", "body: must be a JSON object")
             tokens, skip = body.get("tokens"), body.get("skip_special_tokens", False)
             size = len(tm.tokenizer)
             if not isinstance(tokens, list) or not all(
                 isinstance(t, int) and not isinstance(t, bool) and 0 <= t < size for t in tokens
             ):
-                raise ValueError(f"tokens: must be a list of token ids in [0, {size})")
+                raise InvalidRequestError("tokens", f"tokens: must be a list of token ids in [0, {size})")
             if not isinstance(skip, bool):
-                raise ValueError("skip_special_tokens: must be a boolean")
+                raise InvalidRequestError("skip_special_tokens", "skip_special_tokens: must be a boolean")
         except ValueError as e:
             return error_response(e)
         return JSONResponse({"text": tm.tokenizer.decode(tokens, skip_special_tokens=skip)})
@@ -238,7 +210,7 @@ def create_app(tokenizer_manager: TokenizerManager, server_args: ServerArgs) -> 
     async def metrics() -> Response:
         if tm.metrics is None:
             msg = "metrics are disabled; start the server with --enable-metrics"
-            return openai_error(404, msg, None, "not_found_error")
+            return openai_error(404, msg)
         return Response(tm.metrics.render(), media_type=CONTENT_TYPE)
 
     @app.post("/generate")
@@ -264,7 +236,7 @@ def create_app(tokenizer_manager: TokenizerManager, server_args: ServerArgs) -> 
         except Exception as e:  # noqa: BLE001 - mapped to its status
             await gen.aclose()
             return error_response(e)
-        return StreamingResponse(_sse_stream(first, gen), media_type="text/event-stream")
+        return StreamingResponse(sse_body(gen, first), media_type="text/event-stream")
 
     spec = importlib.util.find_spec("radixgen.runtime.openai_api")
     if spec is not None:
@@ -272,19 +244,3 @@ def create_app(tokenizer_manager: TokenizerManager, server_args: ServerArgs) -> 
 
         register_openai_routes(app, tm, server_args)
     return app
-
-
-async def _sse_stream(first: Any, gen: AsyncIterator[Any]) -> AsyncIterator[bytes]:
-    """SSE body: each update as ``data: {...}``, an error event if the request fails, then ``data: [DONE]``.
-    Closing this stream (client disconnect) closes ``gen``, which aborts the request."""
-    try:
-        if first is not None:
-            yield sse_event(first)
-        async for item in gen:
-            yield sse_event(item)
-    except (ValueError, RuntimeError, TimeoutError) as e:
-        yield sse_event(error_body(e)[1])
-    finally:
-        await gen.aclose()  # type: ignore[attr-defined]
-    yield sse_event("[DONE]")
-

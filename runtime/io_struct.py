@@ -7,17 +7,58 @@ ids since the last message), never whole sequences. This module imports neither 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 
+from radixgen.runtime.sampling_params import SamplingParams
+
+
+class FinishReason(msgspec.Struct, frozen=True):
+    """Why a request ended (SGLang's native ``meta_info.finish_reason``).
+
+    Attributes:
+        type: ``stop`` (eos, a stop token id, a stop string, or a complete grammar), ``length`` (max_new_tokens
+            or the context), ``abort`` (aborted by a client, or failed, e.g. a grammar compile error).
+        matched: with ``stop``, the token id or the stop string that ended it.
+        length: with ``length``, the number of generated tokens.
+        message: with ``abort``, why.
+    """
+
+    type: Literal["stop", "length", "abort"]
+    matched: int | str | None = None
+    length: int | None = None
+    message: str | None = None
+
+    @classmethod
+    def stopped(cls, matched: int | str) -> FinishReason:
+        return cls("stop", matched=matched)
+
+    @classmethod
+    def length_reached(cls, length: int) -> FinishReason:
+        return cls("length", length=length)
+
+    @classmethod
+    def aborted(cls, message: str) -> FinishReason:
+        return cls("abort", message=message)
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON object of the native API: ``{"type": "stop", "matched": ...}``,
+        ``{"type": "length", "length": n}`` or ``{"type": "abort", "message": ...}``."""
+        if self.type == "stop":
+            return {"type": "stop", "matched": self.matched}
+        if self.type == "length":
+            return {"type": "length", "length": self.length}
+        return {"type": "abort", "message": self.message}
+
 
 class TokenizedGenerateReq(msgspec.Struct, tag=True):
-    """A new request: prompt token ids plus sampling parameters (a SamplingParams.to_dict())."""
+    """A new request, planned and validated (``generate_request.plan_requests``): prompt token ids and typed,
+    validated sampling parameters (one sample: ``n`` is already expanded)."""
 
     rid: str
     input_ids: list[int]
-    sampling_params: dict[str, Any]
+    sampling_params: SamplingParams
     return_logprob: bool = False
     logprob_start_len: int = -1
     top_logprobs_num: int = 0
@@ -37,14 +78,14 @@ class FlushCacheReq(msgspec.Struct, tag=True):
 class ReqOutput(msgspec.Struct):
     """What one request produced in one scheduler step.
 
-    new_token_ids: tokens generated this step (delta). finish_reason: None while running, else
-    {"type": "stop"|"length"|"abort", "matched": int | str | None, ...}. Logprob lists hold the delta too:
+    new_token_ids: tokens generated this step (delta). finish_reason: None while running. Logprob lists hold the
+    delta too:
     each entry is [logprob, token_id]; top entries are lists of [logprob, token_id] per position.
     """
 
     rid: str
     new_token_ids: list[int]
-    finish_reason: dict[str, Any] | None
+    finish_reason: FinishReason | None
     prompt_tokens: int
     completion_tokens: int
     cached_tokens: int
@@ -90,6 +131,10 @@ SchedulerInput = TokenizedGenerateReq | AbortReq | FlushCacheReq
 # that is not a BatchTokenOut is forwarded unchanged, so replies keep their order with the outputs).
 
 
+# prompt tokens sent to the detokenizer as decoding context (IncrementalDetokenizer reads at most 32)
+_PROMPT_TAIL = 64
+
+
 class GetInfoReq(msgspec.Struct, tag=True):
     """Ask the scheduler for its stats; answered by InfoOut with the same req_id."""
 
@@ -123,13 +168,28 @@ class DetokRegister(msgspec.Struct, tag=True):
     stop: list[str] = []
     no_stop_trim: bool = False
 
+    @classmethod
+    def for_request(cls, req: TokenizedGenerateReq) -> DetokRegister:
+        """The detokenization options of a request (its last prompt tokens as decoding context)."""
+        sp = req.sampling_params
+        return cls(
+            rid=req.rid,
+            prompt_tail=req.input_ids[-_PROMPT_TAIL:],
+            skip_special_tokens=sp.skip_special_tokens,
+            spaces_between_special_tokens=sp.spaces_between_special_tokens,
+            stop=list(sp.stop),
+            no_stop_trim=sp.no_stop_trim,
+        )
+
 
 class ErrorOut(msgspec.Struct, tag=True):
-    """The scheduler rejected a request (e.g. add_request raised ValueError); status is the HTTP status."""
+    """The scheduler rejected a request (add_request raised InvalidRequestError); status is the HTTP status and
+    param the field at fault."""
 
     rid: str
     message: str
     status: int = 400
+    param: str | None = None
 
 
 class FlushCacheOut(msgspec.Struct, tag=True):

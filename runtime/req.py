@@ -1,20 +1,50 @@
-"""Req: the scheduler's record of one generation request, its KV state tracked by integer positions."""
+"""Req: the scheduler's record of one generation request: its status, and its KV state tracked by positions."""
 
 from __future__ import annotations
 
+import enum
 from typing import Any
 
 import torch
 
 from radixgen.grammar.base import GrammarMatcher
 from radixgen.radix.radix_cache import TreeNode
+from radixgen.runtime.io_struct import FinishReason
 from radixgen.runtime.sampling_params import SamplingParams
+
+
+class ReqStatus(enum.Enum):
+    """Where a request is in its life; the scheduler's queues follow from it (``Scheduler.check_integrity``).
+
+    WAITING: queued, holding no request row (or waiting for its grammar to compile). PREFILLING: its prompt (or
+    the tokens appended by jump-forward) is being prefilled chunk by chunk; it holds a row. RUNNING: decoding, one
+    token per step. RETRACTED: taken out of the running batch when the KV pool ran out; re-queued with its outputs
+    kept (its KV went to the radix cache). FINISHED: ended (stop, length or abort); it holds nothing.
+    """
+
+    WAITING = "waiting"
+    PREFILLING = "prefilling"
+    RUNNING = "running"
+    RETRACTED = "retracted"
+    FINISHED = "finished"
+
+
+# allowed transitions (a request that got jump-forward tokens after a step goes back to WAITING to prefill them;
+# any live request may finish, e.g. on abort)
+TRANSITIONS: dict[ReqStatus, frozenset[ReqStatus]] = {
+    ReqStatus.WAITING: frozenset({ReqStatus.PREFILLING, ReqStatus.FINISHED}),
+    ReqStatus.PREFILLING: frozenset({ReqStatus.RUNNING, ReqStatus.WAITING, ReqStatus.FINISHED}),
+    ReqStatus.RUNNING: frozenset({ReqStatus.RETRACTED, ReqStatus.WAITING, ReqStatus.FINISHED}),
+    ReqStatus.RETRACTED: frozenset({ReqStatus.PREFILLING, ReqStatus.FINISHED}),
+    ReqStatus.FINISHED: frozenset(),
+}
 
 
 class Req:
     """One request inside the scheduler.
 
-    Positions (no state flags): ``seq = origin_input_ids + output_ids``; ``kv_len`` tokens of ``seq`` have K/V
+    ``status`` (a ReqStatus) says which scheduler queue holds it; ``set_status`` checks each transition.
+    Positions: ``seq = origin_input_ids + output_ids``; ``kv_len`` tokens of ``seq`` have K/V
     in the pool (``req_to_token[req_pool_idx, :kv_len]``), of which the first ``prefix_len`` are the cached
     prefix matched in the radix cache and locked through ``last_node``. The next forward computes
     ``seq[kv_len:]`` (or a chunk of it). A request is decoding when ``kv_len == len(seq) - 1``.
@@ -51,9 +81,9 @@ class Req:
         self.arrival = arrival
 
         self.req_pool_idx: int | None = None
+        self.status = ReqStatus.WAITING
         self.kv_len = 0
         self.prefix_len = 0
-        self.prefix_indices: torch.Tensor = torch.empty(0, dtype=torch.int64)
         self.last_node: TreeNode | None = None
         self.cached_tokens = 0
         self.retracted_count = 0
@@ -62,7 +92,7 @@ class Req:
         if sampling_params.seed is not None:
             self.generator = torch.Generator().manual_seed(sampling_params.seed)
 
-        self.finished_reason: dict[str, Any] | None = None
+        self.finished_reason: FinishReason | None = None
         self.grammar: GrammarMatcher | None = None
         self.jump_forward_tokens = 0
         self.jump_requeues = 0
@@ -75,6 +105,16 @@ class Req:
         self.delta_input_top: list[list[list[Any]]] = []
         self.delta_output_logprobs: list[list[Any]] = []
         self.delta_output_top: list[list[list[Any]]] = []
+
+    def set_status(self, status: ReqStatus) -> None:
+        """Move to ``status``.
+
+        Raises:
+            RuntimeError: the transition is not in ``TRANSITIONS`` (a scheduler bug).
+        """
+        if status is not self.status and status not in TRANSITIONS[self.status]:
+            raise RuntimeError(f"{self.rid}: illegal status transition {self.status.value} -> {status.value}")
+        self.status = status
 
     @property
     def seq_len(self) -> int:
@@ -94,5 +134,5 @@ class Req:
     def __repr__(self) -> str:
         return (
             f"Req(rid={self.rid!r}, prompt={len(self.origin_input_ids)}, out={len(self.output_ids)}, "
-            f"kv_len={self.kv_len}, prefix_len={self.prefix_len}, row={self.req_pool_idx})"
+            f"kv_len={self.kv_len}, prefix_len={self.prefix_len}, row={self.req_pool_idx}, {self.status.value})"
         )

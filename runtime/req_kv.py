@@ -56,7 +56,6 @@ class ReqKVManager:
         prefix_len = int(match.indices.numel())
         req.req_pool_idx, req.last_node = row, match.last_node
         req.prefix_len = req.kv_len = prefix_len
-        req.prefix_indices = match.indices
         if prefix_len:
             self.req_to_token_pool.req_to_token[row, :prefix_len] = match.indices.to(torch.int32)
 
@@ -113,7 +112,6 @@ class ReqKVManager:
             self.tree_cache.dec_lock_ref(req.last_node)
         req.last_node = match.last_node
         req.prefix_len = int(match.indices.numel())
-        req.prefix_indices = match.indices
 
     def release(self, req: Req) -> None:
         """Give back everything a request holds: its KV goes into the cache, its lock and its row are dropped."""
@@ -126,7 +124,6 @@ class ReqKVManager:
         req.req_pool_idx = None
         req.last_node = None
         req.kv_len = req.prefix_len = 0
-        req.prefix_indices = torch.empty(0, dtype=torch.int64)
 
     def shares_uncached_prefix(self, key: list[int], admitted: list[Req]) -> bool:
         """In-batch prefix dedup (SGLang's in-batch prefix caching check): True when the uncached part of ``key``

@@ -1,75 +1,69 @@
-"""RequestState: accumulates a request's output deltas into the native /generate response shape.
+"""RequestState: the one output accumulator, used by the offline Engine and the server's TokenizerManager.
 
-Torch-free: used in-process by the offline Engine and, in the server, on the tokenizer-manager side.
+It folds a request's output deltas (``ReqOutput``: new token ids, counts, logprobs, finish reason) and their text
+deltas (from ``detokenizer.Detokenizer``, which holds back text that may still become a stop string and trims
+the matched one) into the native ``/generate`` response, and keeps the timestamps for metrics. Torch-free.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
-from radixgen.runtime.detokenizer import IncrementalDetokenizer, text_token_ids, trim_stop
-from radixgen.runtime.io_struct import ReqOutput
+from radixgen.runtime.generate_request import PlannedReq
+from radixgen.runtime.io_struct import FinishReason, ReqOutput
 from radixgen.runtime.logprob_lists import LogprobAccumulator
-from radixgen.runtime.sampling_params import SamplingParams
 
 
 class RequestState:
-    """Collects ``ReqOutput`` deltas for one request.
+    """One request's accumulated output.
 
-    ``text`` is detokenized incrementally; when the request stops on a stop string the text is cut there, and
-    a stop token's (eos or stop_token_ids) text is left out (both unless ``no_stop_trim``). ``response()``
-    gives ``{"text", "output_ids", "meta_info"}`` with meta_info
-    ``{"id", "finish_reason", "prompt_tokens", "completion_tokens", "cached_tokens", "e2e_latency",
-    "jump_forward_tokens"}`` (outputs appended by grammar jump-forward without a forward each) plus the
-    logprob lists (entries ``[logprob, token_id, text or None]``) when logprobs were asked for.
+    Args:
+        planned: the planned request (rid, index in its batch / n>1 list, the rid the client gave, options).
+        tokenizer: decodes single tokens for ``return_text_in_logprobs``.
+        event: set whenever this request gets an update (the server's waiter; None in the offline Engine).
+
+    Attributes:
+        text / output_ids: cumulative output (``text`` never contains a text that may still become a stop string).
+        finish_reason: None while running. error: ``(http_status, message, param)`` if the request failed.
+        updated: True since the last ``response()`` when new output arrived.
+        created / first_token_time / finished_time: ``time.perf_counter()`` seconds.
     """
 
-    def __init__(
-        self,
-        rid: str,
-        prompt_ids: list[int],
-        params: SamplingParams,
-        tokenizer: Any,
-        return_logprob: bool = False,
-        return_text_in_logprobs: bool = False,
-    ) -> None:
-        self.rid = rid
-        self.params = params
-        self.tokenizer = tokenizer
-        self.return_logprob = return_logprob
-        self.return_text_in_logprobs = return_text_in_logprobs
-        self.detok = IncrementalDetokenizer(
-            tokenizer,
-            prompt_ids=prompt_ids,
-            skip_special_tokens=params.skip_special_tokens,
-            spaces_between_special_tokens=params.spaces_between_special_tokens,
-        )
-        self.output_ids: list[int] = []
+    def __init__(self, planned: PlannedReq, tokenizer: Any, event: asyncio.Event | None = None) -> None:
+        self.rid = planned.rid
+        self.group = planned.base_rid
+        self.index = planned.index
+        self.event = event
+        self.return_logprob = planned.req.return_logprob
         self.text = ""
-        self.finish_reason: dict[str, Any] | None = None
-        self.prompt_tokens = len(prompt_ids)
+        self.output_ids: list[int] = []
+        self.finish_reason: FinishReason | None = None
+        self.prompt_tokens = len(planned.req.input_ids)
         self.completion_tokens = 0
         self.cached_tokens = 0
         self.jump_forward_tokens = 0
-        self.start = time.perf_counter()
+        self.error: tuple[int, str, str | None] | None = None
+        self.updated = False
+        self.created = time.perf_counter()
         self.first_token_time: float | None = None
-        self.end: float | None = None
-        self.logprobs = LogprobAccumulator(tokenizer, return_text_in_logprobs)
+        self.finished_time: float | None = None
+        self.logprobs = LogprobAccumulator(tokenizer, planned.return_text_in_logprobs)
 
     @property
     def finished(self) -> bool:
-        return self.finish_reason is not None
+        return self.finish_reason is not None or self.error is not None
 
-    def apply(self, out: ReqOutput) -> None:
-        """Fold one delta in."""
+    def apply(self, out: ReqOutput, text_delta: str) -> None:
+        """Fold one output delta (and its text delta) in and wake the waiter."""
+        now = time.perf_counter()
         if out.new_token_ids:
             if self.first_token_time is None:
-                self.first_token_time = time.perf_counter()
+                self.first_token_time = now
             self.output_ids.extend(out.new_token_ids)
-            self.text += self.detok.append(
-                text_token_ids(out.new_token_ids, out.finish_reason, self.params.no_stop_trim)
-            )
+        self.text += text_delta
+        self.prompt_tokens = out.prompt_tokens
         self.completion_tokens = out.completion_tokens
         self.cached_tokens = out.cached_tokens
         self.jump_forward_tokens = out.jump_forward_tokens
@@ -77,22 +71,47 @@ class RequestState:
             self.logprobs.extend(out)
         if out.finish_reason is not None:
             self.finish_reason = out.finish_reason
-            self.end = time.perf_counter()
-            self.text += self.detok.finish()
-            matched = out.finish_reason.get("matched")
-            if isinstance(matched, str):
-                self.text = trim_stop(self.text, matched, self.params.no_stop_trim)
+            self.finished_time = now
+        self._updated()
 
-    def response(self) -> dict[str, Any]:
+    def fail(self, status: int, message: str, param: str | None = None) -> None:
+        """Mark the request failed (rejected by the scheduler: ``param`` names the field; or the server is going
+        down)."""
+        if self.error is None and self.finish_reason is None:
+            self.error = (status, message, param)
+            self.finished_time = time.perf_counter()
+        self._updated()
+
+    def _updated(self) -> None:
+        self.updated = True
+        if self.event is not None:
+            self.event.set()
+
+    def e2e_latency(self) -> float:
+        """Seconds from arrival to finish (or to now while running)."""
+        return (self.finished_time or time.perf_counter()) - self.created
+
+    def response(self, with_index: bool = False) -> dict[str, Any]:
+        """The native response ``{"text", "output_ids", "meta_info"}`` (plus ``"index"`` if asked).
+
+        meta_info: ``id``, ``finish_reason`` (``FinishReason.to_json()`` or None), ``prompt_tokens``,
+        ``completion_tokens``, ``cached_tokens``, ``jump_forward_tokens`` (outputs appended by grammar
+        jump-forward without a forward each), ``e2e_latency`` (seconds), and the logprob lists (entries
+        ``[logprob, token_id, text or None]``) when logprobs were asked for.
+        """
+        self.updated = False
         meta: dict[str, Any] = {
             "id": self.rid,
-            "finish_reason": self.finish_reason,
+            "finish_reason": None if self.finish_reason is None else self.finish_reason.to_json(),
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "cached_tokens": self.cached_tokens,
-            "e2e_latency": (self.end or time.perf_counter()) - self.start,
             "jump_forward_tokens": self.jump_forward_tokens,
+            "e2e_latency": self.e2e_latency(),
         }
         if self.return_logprob:
             meta.update(self.logprobs.meta())
-        return {"text": self.text, "output_ids": list(self.output_ids), "meta_info": meta}
+        out: dict[str, Any] = {"text": self.text, "output_ids": list(self.output_ids), "meta_info": meta}
+        if with_index:
+            out["index"] = self.index
+        return out

@@ -1,17 +1,24 @@
-"""Per-request sampling parameters, validated on construction (names follow SGLang's native API)."""
+"""Per-request sampling parameters, validated on construction (names follow SGLang's native API).
+
+``SamplingParams`` is frozen: it is built and validated once by the request planner (``generate_request``) and
+travels typed to the scheduler (msgspec encodes dataclasses), never as a dict. Torch-free.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from radixgen.runtime.errors import InvalidRequestError
+
 _MAX_STOP_STRINGS = 32
 _CONSTRAINTS = ("json_schema", "regex", "ebnf", "json_object")
 
 
-@dataclass
+@dataclass(frozen=True)
 class SamplingParams:
     """How one request samples and when it stops.
 
@@ -42,7 +49,7 @@ class SamplingParams:
             ignored while generating) instead of rejecting the request with an error naming them.
 
     Raises:
-        ValueError: a field has the wrong type or is out of range; the message names the field.
+        InvalidRequestError: a field has the wrong type or is out of range; ``param`` names the field.
     """
 
     max_new_tokens: int = 128
@@ -70,40 +77,50 @@ class SamplingParams:
     grammar_best_effort: bool = False
 
     def __post_init__(self) -> None:
-        if isinstance(self.json_schema, dict | bool):
-            self.json_schema = json.dumps(self.json_schema)
-        if isinstance(self.stop, str):
-            self.stop = [self.stop]
-        if self.stop is None:
-            self.stop = []
-        if self.stop_token_ids is None:
-            self.stop_token_ids = []
-        if self.logit_bias is None:
-            self.logit_bias = {}
+        normalise = {
+            "json_schema": json.dumps(self.json_schema) if isinstance(self.json_schema, dict | bool) else None,
+            "stop": [self.stop] if isinstance(self.stop, str) else ([] if self.stop is None else None),
+            "stop_token_ids": [] if self.stop_token_ids is None else None,
+            "logit_bias": {} if self.logit_bias is None else None,
+        }
+        for name, value in normalise.items():
+            if value is not None:
+                object.__setattr__(self, name, value)  # frozen: normalised once, here
         self._validate()
+
+    def replace(self, **changes: Any) -> SamplingParams:
+        """A copy with ``changes`` applied (validated again).
+
+        Raises:
+            InvalidRequestError: a changed value is invalid.
+        """
+        return dataclasses.replace(self, **changes)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> SamplingParams:
         """Build from a JSON-like dict; unknown keys are an error naming them.
 
         Raises:
-            ValueError: unknown key, wrong type or out-of-range value.
+            InvalidRequestError: unknown key, wrong type or out-of-range value (``param`` names it).
         """
         if d is None:
             return cls()
         if not isinstance(d, dict):
-            raise ValueError(f"sampling_params must be an object, got {type(d).__name__}")
+            raise InvalidRequestError("sampling_params", f"sampling_params must be an object, got {type(d).__name__}")
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
-            raise ValueError(f"sampling_params: unknown field(s) {', '.join(unknown)}")
+            raise InvalidRequestError("sampling_params", f"sampling_params: unknown field(s) {', '.join(unknown)}")
         kwargs = dict(d)
         if "logit_bias" in kwargs and isinstance(kwargs["logit_bias"], dict):
             try:
                 kwargs["logit_bias"] = {int(k): v for k, v in kwargs["logit_bias"].items()}
             except (TypeError, ValueError):
-                raise ValueError("logit_bias: keys must be token ids (integers)") from None
-        return cls(**kwargs)
+                raise InvalidRequestError("logit_bias", "logit_bias: keys must be token ids (integers)") from None
+        try:
+            return cls(**kwargs)
+        except TypeError as e:  # e.g. an unhashable stop value inside the dataclass
+            raise InvalidRequestError("sampling_params", f"sampling_params: {e}") from None
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -129,15 +146,16 @@ class SamplingParams:
         _check_int("max_new_tokens", self.max_new_tokens, lo=0)
         _check_int("min_new_tokens", self.min_new_tokens, lo=0)
         if self.min_new_tokens > self.max_new_tokens:
-            raise ValueError(
-                f"min_new_tokens ({self.min_new_tokens}) must be <= max_new_tokens ({self.max_new_tokens})"
+            raise InvalidRequestError(
+                "min_new_tokens",
+                f"min_new_tokens ({self.min_new_tokens}) must be <= max_new_tokens ({self.max_new_tokens})",
             )
         if not isinstance(self.stop, list) or not all(isinstance(s, str) and s for s in self.stop):
-            raise ValueError("stop: must be a non-empty string or a list of non-empty strings")
+            raise InvalidRequestError("stop", "stop: must be a non-empty string or a list of non-empty strings")
         if len(self.stop) > _MAX_STOP_STRINGS:
-            raise ValueError(f"stop: at most {_MAX_STOP_STRINGS} stop strings")
+            raise InvalidRequestError("stop", f"stop: at most {_MAX_STOP_STRINGS} stop strings")
         if not isinstance(self.stop_token_ids, list):
-            raise ValueError("stop_token_ids: must be a list of token ids")
+            raise InvalidRequestError("stop_token_ids", "stop_token_ids: must be a list of token ids")
         for t in self.stop_token_ids:
             _check_int("stop_token_ids", t, lo=0)
         _check_float("temperature", self.temperature, lo=0.0)
@@ -148,7 +166,7 @@ class SamplingParams:
         _check_float("presence_penalty", self.presence_penalty, lo=-2.0, hi=2.0)
         _check_float("repetition_penalty", self.repetition_penalty, lo=0.0, lo_open=True, hi=2.0**16)
         if not isinstance(self.logit_bias, dict):
-            raise ValueError("logit_bias: must be an object mapping token ids to biases")
+            raise InvalidRequestError("logit_bias", "logit_bias: must be an object mapping token ids to biases")
         for tok, bias in self.logit_bias.items():
             _check_int("logit_bias", tok, lo=0)
             _check_float("logit_bias", bias, lo=-100.0, hi=100.0)
@@ -156,40 +174,44 @@ class SamplingParams:
             _check_int("seed", self.seed, lo=0, hi=2**63 - 1)
         for name in ("ignore_eos", "skip_special_tokens", "spaces_between_special_tokens", "no_stop_trim"):
             if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name}: must be a boolean")
+                raise InvalidRequestError(name, f"{name}: must be a boolean")
         _check_int("n", self.n, lo=1, hi=128)
         for name in ("json_schema", "regex", "ebnf"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, str):
-                raise ValueError(f"{name}: must be a string, got {type(value).__name__}")
+                raise InvalidRequestError(name, f"{name}: must be a string, got {type(value).__name__}")
         for name in ("json_object", "grammar_best_effort"):
             if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name}: must be a boolean")
+                raise InvalidRequestError(name, f"{name}: must be a boolean")
         given = [k for k in _CONSTRAINTS if (getattr(self, k) if k == "json_object" else getattr(self, k) is not None)]
         if len(given) > 1:
-            raise ValueError(f"{'/'.join(given)}: give at most one grammar constraint, got {len(given)}")
+            raise InvalidRequestError(
+                given[0], f"{'/'.join(given)}: give at most one grammar constraint, got {len(given)}"
+            )
 
     def check_vocab(self, vocab_size: int) -> None:
         """Check token ids against the model's vocabulary.
 
         Raises:
-            ValueError: a stop_token_ids or logit_bias id is >= vocab_size.
+            InvalidRequestError: a stop_token_ids or logit_bias id is >= vocab_size.
         """
         for t in self.stop_token_ids:
             if t >= vocab_size:
-                raise ValueError(f"stop_token_ids: token id {t} out of range [0, {vocab_size})")
+                raise InvalidRequestError(
+                    "stop_token_ids", f"stop_token_ids: token id {t} out of range [0, {vocab_size})"
+                )
         for t in self.logit_bias:
             if t >= vocab_size:
-                raise ValueError(f"logit_bias: token id {t} out of range [0, {vocab_size})")
+                raise InvalidRequestError("logit_bias", f"logit_bias: token id {t} out of range [0, {vocab_size})")
 
 
 def _check_int(name: str, v: object, lo: int | None = None, hi: int | None = None) -> None:
     if isinstance(v, bool) or not isinstance(v, int):
-        raise ValueError(f"{name}: must be an integer, got {v!r}")
+        raise InvalidRequestError(name, f"{name}: must be an integer, got {v!r}")
     if lo is not None and v < lo:
-        raise ValueError(f"{name}: must be >= {lo}, got {v}")
+        raise InvalidRequestError(name, f"{name}: must be >= {lo}, got {v}")
     if hi is not None and v > hi:
-        raise ValueError(f"{name}: must be <= {hi}, got {v}")
+        raise InvalidRequestError(name, f"{name}: must be <= {hi}, got {v}")
 
 
 def _check_float(name: str, v: object, lo: float | None = None, hi: float | None = None, lo_open: bool = False) -> None:
@@ -198,8 +220,8 @@ def _check_float(name: str, v: object, lo: float | None = None, hi: float | None
     except OverflowError:
         x = math.inf
     if not math.isfinite(x):
-        raise ValueError(f"{name}: must be a finite number, got {v!r}")
+        raise InvalidRequestError(name, f"{name}: must be a finite number, got {v!r}")
     if lo is not None and (x <= lo if lo_open else x < lo):
-        raise ValueError(f"{name}: must be {'>' if lo_open else '>='} {lo}, got {x}")
+        raise InvalidRequestError(name, f"{name}: must be {'>' if lo_open else '>='} {lo}, got {x}")
     if hi is not None and x > hi:
-        raise ValueError(f"{name}: must be <= {hi}, got {x}")
+        raise InvalidRequestError(name, f"{name}: must be <= {hi}, got {x}")

@@ -21,13 +21,12 @@ import torch
 from radixgen.radix import ReqToTokenPool, TokenSlotAllocator
 from radixgen.radix.radix_cache import create_prefix_cache
 from radixgen.runtime.constrained import GrammarHooks
+from radixgen.runtime.errors import InvalidRequestError
 from radixgen.runtime.forward_batch import ForwardMode
-from radixgen.runtime.generate_request import validate_prompt
-from radixgen.runtime.io_struct import AbortReq, FlushCacheReq, ReqOutput, TokenizedGenerateReq
-from radixgen.runtime.req import Req
+from radixgen.runtime.io_struct import AbortReq, FinishReason, FlushCacheReq, ReqOutput, TokenizedGenerateReq
+from radixgen.runtime.req import Req, ReqStatus
 from radixgen.runtime.req_kv import ReqKVManager
 from radixgen.runtime.sampler import Sampler
-from radixgen.runtime.sampling_params import SamplingParams
 from radixgen.runtime.schedule_batch import ScheduleBatch
 from radixgen.runtime.schedule_policy import PrefillAdder, order_waiting, prefix_match_key
 from radixgen.runtime.server_args import ServerArgs
@@ -68,9 +67,15 @@ class Scheduler:
         tokenizer: a Hugging Face tokenizer, needed only for stop strings and grammars (a torch-free one makes
             the grammar backend load the transformers tokenizer from ``resolved_tokenizer_path``).
 
-    Grammar-constrained requests go through ``self.grammar`` (runtime/constrained.py): validated in
-    ``validate``, compiled off-thread while they wait in its queue, masked in ``sample``, advanced in
-    ``process_result``.
+    Every live request is in ``reqs`` (rid → Req) with an explicit ``Req.status`` (runtime/req.py); the queues
+    follow from it: ``waiting`` holds WAITING and RETRACTED requests (or the grammar queue, while a constraint
+    compiles), ``chunked_req`` the one PREFILLING request, ``running`` the RUNNING ones. ``check_integrity``
+    checks that correspondence and the KV accounting.
+
+    Requests arrive planned and validated (``generate_request.plan_requests``); the scheduler checks only what
+    needs it: the grammar constraint, in ``validate_grammar``. Grammar-constrained requests go through
+    ``self.grammar`` (runtime/constrained.py): compiled off-thread while they wait in its queue, masked in
+    ``sample``, advanced in ``process_result``.
 
     Counters for tests and metrics: ``num_retractions``, ``num_forward_steps``, ``num_extend_steps``;
     ``step_timer`` (runtime/step_timing.py) accumulates the wall time of each step's phases.
@@ -93,6 +98,7 @@ class Scheduler:
         self.stop_checker = StopChecker(tokenizer, self.eos_token_ids)
         self.sampler = Sampler(seed=server_args.random_seed)
         self.grammar = GrammarHooks(server_args, tokenizer, model_runner.vocab_size, self.eos_token_ids)
+        self.reqs: dict[str, Req] = {}  # every live request, whatever its status
         self.waiting: list[Req] = []
         self.running: list[Req] = []  # requests in the decode phase (kv_len == seq_len - 1)
         self.chunked_req: Req | None = None
@@ -115,23 +121,25 @@ class Scheduler:
         """Dispatch one incoming message by its type."""
         return self.handlers[type(msg)](msg)
 
-    def validate(self, input_ids: list[int], params: SamplingParams) -> None:
-        """Check a request against the model before queueing it.
+    def validate_grammar(self, msg: TokenizedGenerateReq) -> None:
+        """Check a planned request's grammar constraint (the only check that needs the scheduler's backend).
 
         Raises:
-            ValueError: empty prompt, a token id outside the vocabulary, a prompt that does not fit the context,
-                max_new_tokens beyond the context, or an invalid / unsupported grammar constraint (GrammarError);
-                the message names the field.
+            InvalidRequestError: an invalid or unsupported grammar constraint (GrammarError), naming the field;
+                a rid already in use.
         """
-        validate_prompt(input_ids, params, self.runner.context_len, self.runner.vocab_size)
-        self.grammar.validate(params)
+        if msg.rid in self.reqs:
+            raise InvalidRequestError("rid", f"rid: {msg.rid!r} is already in use")
+        self.grammar.validate(msg.sampling_params)
 
     def add_request(self, msg: TokenizedGenerateReq) -> None:
-        """Queue a request. Raises ValueError (naming the field) for invalid input; nothing is queued then."""
-        params = SamplingParams.from_dict(msg.sampling_params)
-        self.validate(msg.input_ids, params)
-        if msg.top_logprobs_num < 0:
-            raise ValueError("top_logprobs_num: must be >= 0")
+        """Queue a planned request (``generate_request.plan_requests`` validated it).
+
+        Raises:
+            InvalidRequestError: from ``validate_grammar``; nothing is queued then.
+        """
+        self.validate_grammar(msg)
+        params = msg.sampling_params
         req = Req(
             msg.rid,
             msg.input_ids,
@@ -143,6 +151,7 @@ class Scheduler:
         )
         self._arrivals += 1
         self.stop_checker.init_req(req)
+        self.reqs[req.rid] = req
         if params.constraint is not None:
             self.grammar.add(req)  # joins the waiting queue when its grammar is compiled
         else:
@@ -150,24 +159,19 @@ class Scheduler:
 
     def abort_request(self, msg: AbortReq) -> bool:
         """Abort a queued or running request; its KV (and row) is released. False if the rid is unknown."""
-        compiling = self.grammar.remove(msg.rid)
-        if compiling is not None:
-            return self._finish_now(compiling, {"type": "abort", "message": "aborted"})
-        for i, req in enumerate(self.waiting):
-            if req.rid == msg.rid:
-                self.waiting.pop(i)
-                if req.req_pool_idx is not None:
-                    self.kv.release(req)
-                return self._finish_now(req, {"type": "abort", "message": "aborted"})
-        for req in [*self.running, *([self.chunked_req] if self.chunked_req else [])]:
-            if req.rid == msg.rid:
-                if req is self.chunked_req:
-                    self.chunked_req = None
-                else:
-                    self.running.remove(req)
-                self.kv.release(req)
-                return self._finish_now(req, {"type": "abort", "message": "aborted"})
-        return False
+        req = self.reqs.get(msg.rid)
+        if req is None:
+            return False
+        if req.status in (ReqStatus.WAITING, ReqStatus.RETRACTED):
+            if self.grammar.remove(msg.rid) is None:
+                self.waiting.remove(req)
+        elif req.status is ReqStatus.PREFILLING:
+            self.chunked_req = None
+        else:
+            self.running.remove(req)
+        if req.req_pool_idx is not None:
+            self.kv.release(req)
+        return self._finish_now(req, FinishReason.aborted("aborted"))
 
     def flush_cache(self) -> bool:
         """Drop all cached prefixes; refused (False) while requests are queued or running."""
@@ -176,8 +180,13 @@ class Scheduler:
         self.kv.flush()
         return True
 
+    def shutdown(self) -> None:
+        """Release the scheduler's threads (the grammar compile pool); call once, when it stops serving."""
+        self.grammar.shutdown()
+
     def has_work(self) -> bool:
-        return bool(self.waiting or self.running or self.chunked_req or self._pending or self.grammar.pending())
+        """True while a request is live or an output is still to be emitted."""
+        return bool(self.reqs or self._pending)
 
     # ------------------------------------------------------------------ loop
     def step(self) -> list[ReqOutput]:
@@ -258,7 +267,7 @@ class Scheduler:
                 if not req.finished:
                     self.stop_checker.check(req, tok)
             elif req.kv_len == req.seq_len and req.sampling_params.max_new_tokens == 0:
-                req.finished_reason = {"type": "length", "length": 0}
+                req.finished_reason = FinishReason.length_reached(0)
             if batch.mode == ForwardMode.EXTEND and not req.finished:
                 self.kv.cache_unfinished(req)
             is_chunked = req is self.chunked_req  # (a bool: an `is` test would narrow req to Optional for mypy)
@@ -270,12 +279,14 @@ class Scheduler:
             if is_chunked:
                 self.chunked_req = None
             if req.finished:
-                if req in self.running:
+                if req.status is ReqStatus.RUNNING:
                     self.running.remove(req)
                 self.kv.release(req)
+                self._retire(req)
             elif tok_idx >= 0 and self.grammar.jump_forward(req, self.stop_checker):
                 self._requeue_after_jump(req)
             elif batch.mode == ForwardMode.EXTEND:
+                req.set_status(ReqStatus.RUNNING)
                 self.running.append(req)
             outputs.append(self._make_output(req))
         if batch.mode == ForwardMode.DECODE:
@@ -317,6 +328,8 @@ class Scheduler:
             self.waiting.remove(req)
         if not adder.admitted:
             return None
+        for req, _ in adder.admitted:
+            req.set_status(ReqStatus.PREFILLING)
         self.chunked_req = adder.chunked
         return self._build_batch(ForwardMode.EXTEND, adder.admitted)
 
@@ -349,6 +362,7 @@ class Scheduler:
         victim = min(self.running, key=lambda r: (len(r.output_ids), -len(r.origin_input_ids)))
         self.running.remove(victim)
         self.kv.release(victim)
+        victim.set_status(ReqStatus.RETRACTED)
         victim.retracted_count += 1
         self.waiting.append(victim)
         self.num_retractions += 1
@@ -366,7 +380,7 @@ class Scheduler:
             self.grammar.wait()
         ready, failed = self.grammar.poll()
         for req in failed:
-            self._finish_now(req, req.finished_reason or {"type": "abort", "message": "grammar failed"})
+            self._finish_now(req, req.finished_reason or FinishReason.aborted("grammar failed"))
         for req in ready:
             self.grammar.jump_forward(req, self.stop_checker)
             if req.finished:
@@ -377,12 +391,12 @@ class Scheduler:
     def _requeue_after_jump(self, req: Req) -> None:
         """A request that got jump-forward tokens: release its row (its KV goes into the radix cache) and queue
         it, so the next extend prefills the new tokens (re-using the cached prefix), like a resumed request."""
-        if req in self.running:
+        if req.status is ReqStatus.RUNNING:
             self.running.remove(req)
         self.kv.release(req)
         req.jump_requeues += 1
-        if not req.finished:
-            self.waiting.append(req)
+        req.set_status(ReqStatus.WAITING)
+        self.waiting.append(req)
 
     # ------------------------------------------------------------------ memory
     def _build_batch(self, mode: ForwardMode, items: list[tuple[Req, int]]) -> ScheduleBatch:
@@ -394,10 +408,17 @@ class Scheduler:
         return batch
 
     # ------------------------------------------------------------------ output
-    def _finish_now(self, req: Req, reason: dict[str, Any]) -> bool:
+    def _finish_now(self, req: Req, reason: FinishReason) -> bool:
+        """End a request outside a forward (abort, grammar failure); its output goes out with the next step."""
         req.finished_reason = reason
+        self._retire(req)
         self._pending.append(self._make_output(req))
         return True
+
+    def _retire(self, req: Req) -> None:
+        """A finished request leaves ``reqs`` (it holds no KV and no row any more)."""
+        req.set_status(ReqStatus.FINISHED)
+        del self.reqs[req.rid]
 
     def _make_output(self, req: Req) -> ReqOutput:
         out = ReqOutput(
@@ -420,5 +441,23 @@ class Scheduler:
         return out
 
     def check_integrity(self) -> None:
-        """Assert every KV slot is exactly one of free, cached (evictable/protected) or request-owned."""
-        self.kv.check_integrity([*self.running, *self.waiting, *([self.chunked_req] if self.chunked_req else [])])
+        """Assert that the queues follow from the request statuses (every live request in exactly the queue of its
+        status, nothing finished queued) and that every KV slot is exactly one of free, cached
+        (evictable/protected) or request-owned.
+
+        Raises:
+            AssertionError: naming the inconsistency.
+        """
+        chunked = [self.chunked_req] if self.chunked_req is not None else []
+        compiling = self.grammar.queued()
+        queued = [*self.waiting, *compiling, *chunked, *self.running]
+        assert len({id(r) for r in queued}) == len(queued), "a request is in two queues"
+        assert {r.rid for r in queued} == set(self.reqs), "live requests and queues differ"
+        expected = {ReqStatus.WAITING, ReqStatus.RETRACTED}
+        for r in [*self.waiting, *compiling]:
+            assert r.status in expected and r.req_pool_idx is None, f"{r} in the waiting queue"
+        for r in chunked:
+            assert r.status is ReqStatus.PREFILLING and r.req_pool_idx is not None, f"{r} as the chunked request"
+        for r in self.running:
+            assert r.status is ReqStatus.RUNNING and r.req_pool_idx is not None, f"{r} in the running batch"
+        self.kv.check_integrity(queued)

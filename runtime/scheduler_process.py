@@ -18,6 +18,7 @@ from typing import Any
 
 import zmq
 
+from radixgen.runtime.errors import InvalidRequestError
 from radixgen.runtime.io_struct import (
     AbortReq,
     BatchTokenOut,
@@ -37,8 +38,6 @@ from radixgen.runtime.server_args import ServerArgs
 
 logger = logging.getLogger(__name__)
 
-# prompt tokens sent to the detokenizer as decoding context (IncrementalDetokenizer reads at most 32)
-_PROMPT_TAIL = 64
 # test hook: seconds the scheduler waits after loading before it reports ready (exercises /health = 503)
 READY_DELAY_ENV = "RADIXGEN_TEST_READY_DELAY"
 
@@ -93,20 +92,10 @@ class SchedulerLoop:
     def on_generate(self, msg: TokenizedGenerateReq) -> None:
         try:
             self.scheduler.handle(msg)
-        except ValueError as e:
-            self.send(ErrorOut(msg.rid, str(e), 400))
+        except InvalidRequestError as e:
+            self.send(ErrorOut(msg.rid, e.message, 400, e.param))
             return
-        sp = msg.sampling_params
-        self.send(
-            DetokRegister(
-                rid=msg.rid,
-                prompt_tail=msg.input_ids[-_PROMPT_TAIL:],
-                skip_special_tokens=sp.get("skip_special_tokens", True),
-                spaces_between_special_tokens=sp.get("spaces_between_special_tokens", True),
-                stop=list(sp.get("stop") or []),
-                no_stop_trim=sp.get("no_stop_trim", False),
-            )
-        )
+        self.send(DetokRegister.for_request(msg))
 
     def on_flush(self, msg: FlushCacheReq) -> None:
         ok = bool(self.scheduler.handle(msg))
@@ -157,14 +146,14 @@ def run_scheduler_process(server_args: ServerArgs, ipc: IpcEndpoints, parent_pid
         # as in tests/conftest.py: settle Triton's interpreter mode before anything imports triton
         if not torch.cuda.is_available():
             os.environ.setdefault("TRITON_INTERPRET", "1")
-        from radixgen.runtime.fast_tokenizer import load_tokenizer
+        from radixgen.runtime.fast_tokenizer import load_hf_tokenizer
         from radixgen.runtime.model_runner import ModelRunner
         from radixgen.runtime.scheduler import Scheduler
 
         recv = pull_socket(ctx, ipc.scheduler)
         send = push_socket(ctx, ipc.detokenizer)
         runner = ModelRunner(server_args)
-        tokenizer = load_tokenizer(server_args.resolved_tokenizer_path)
+        tokenizer = load_hf_tokenizer(server_args.resolved_tokenizer_path)  # once: stop strings and grammars
         eos = tuple(runner.model_config.eos_token_ids)
         scheduler = Scheduler(server_args, runner, eos, tokenizer)
         loop = SchedulerLoop(scheduler, recv, send, parent_pid)
@@ -173,7 +162,10 @@ def run_scheduler_process(server_args: ServerArgs, ipc: IpcEndpoints, parent_pid
             time.sleep(delay)
         ready = SchedulerReady(runner.context_len, runner.vocab_size, runner.max_total_tokens, list(eos), os.getpid())
         loop.send(ready)
-        loop.run()
+        try:
+            loop.run()
+        finally:
+            scheduler.shutdown()
     except Exception:  # noqa: BLE001 - log whatever killed the scheduler, then exit non-zero
         logger.exception("scheduler process failed")
         sys.exit(1)

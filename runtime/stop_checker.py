@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from radixgen.runtime.detokenizer import IncrementalDetokenizer, StopStringMatcher
+from radixgen.runtime.io_struct import FinishReason
 from radixgen.runtime.req import Req
 
 
@@ -44,7 +45,7 @@ class StopChecker:
         n_out = len(req.output_ids)
         if n_out >= params.min_new_tokens:
             if (not params.ignore_eos and token in self.eos_token_ids) or token in params.stop_token_ids:
-                req.finished_reason = {"type": "stop", "matched": token}
+                req.finished_reason = FinishReason.stopped(token)
                 return
         if req.stop_detok is not None:
             detok, matcher = req.stop_detok
@@ -55,7 +56,7 @@ class StopChecker:
             if n_out >= params.min_new_tokens:
                 found = matcher.find(req.stop_tail)
                 if found is not None:
-                    req.finished_reason = {"type": "stop", "matched": found[0]}
+                    req.finished_reason = FinishReason.stopped(found[0])
                     return
         if n_out >= params.max_new_tokens:
-            req.finished_reason = {"type": "length", "length": n_out}
+            req.finished_reason = FinishReason.length_reached(n_out)

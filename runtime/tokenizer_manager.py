@@ -18,6 +18,7 @@ import msgspec
 import zmq
 import zmq.asyncio
 
+from radixgen.runtime.errors import InvalidRequestError, RequestFailedError, ServerUnavailableError
 from radixgen.runtime.fast_tokenizer import load_tokenizer
 from radixgen.runtime.generate_request import GenerateReqInput, PlannedReq, plan_requests
 from radixgen.runtime.io_struct import (
@@ -31,12 +32,11 @@ from radixgen.runtime.io_struct import (
     InfoOut,
     SchedulerReady,
     SchedulerStats,
-    TokenizedGenerateReq,
 )
 from radixgen.runtime.ipc import ENCODER, IpcEndpoints, pull_socket, push_socket
 from radixgen.runtime.metrics import ServerMetrics
+from radixgen.runtime.request_state import RequestState
 from radixgen.runtime.server_args import ServerArgs
-from radixgen.runtime.server_req_state import ServerReqState
 
 __all__ = ["GenerateReqInput", "RequestFailedError", "ServerUnavailableError", "TokenizerManager"]
 
@@ -44,18 +44,6 @@ logger = logging.getLogger(__name__)
 
 # seconds to wait for the scheduler's answer to a control request (flush_cache, server info)
 _CONTROL_TIMEOUT = 30.0
-
-
-class ServerUnavailableError(RuntimeError):
-    """The model is not loaded yet, or a server process died (HTTP 503)."""
-
-
-class RequestFailedError(RuntimeError):
-    """A request failed for another reason than invalid input; ``status`` is the HTTP status."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 class TokenizerManager:
@@ -71,7 +59,6 @@ class TokenizerManager:
         context_len / vocab_size / max_total_tokens / eos_token_ids: from the scheduler's ready message; valid
             once ``is_ready``.
         metrics: the Prometheus metrics (``None`` without ``--enable-metrics``).
-        last_stats: the scheduler's most recent SchedulerStats.
         child_pids: ``{"scheduler": pid, "detokenizer": pid}``, filled by the launcher.
     """
 
@@ -85,9 +72,8 @@ class TokenizerManager:
         self.is_ready = False
         self.dead_reason: str | None = None
         self.metrics = ServerMetrics() if server_args.enable_metrics else None
-        self.last_stats: SchedulerStats | None = None
         self.child_pids: dict[str, int] = {}
-        self._states: dict[str, ServerReqState] = {}
+        self._states: dict[str, RequestState] = {}
         self._sync_ctx: zmq.Context[Any] = zmq.Context()
         self._send_sock = push_socket(self._sync_ctx, ipc.scheduler)
         self._async_ctx = zmq.asyncio.Context()
@@ -160,7 +146,7 @@ class TokenizerManager:
         requests, whose KV then returns to the pool.
 
         Raises:
-            ValueError: invalid input (HTTP 400), naming the field — also when the scheduler rejects it.
+            InvalidRequestError: invalid input (HTTP 400), naming the field — also when the scheduler rejects it.
             ServerUnavailableError: not ready, or a server process died (HTTP 503).
             RequestFailedError: any other failure, with its HTTP status.
         """
@@ -168,12 +154,12 @@ class TokenizerManager:
         planned, single = plan_requests(obj, self.tokenizer, self.context_len, self.vocab_size)
         for p in planned:
             if p.rid in self._states:
-                raise ValueError(f"rid: {p.rid!r} is already in use")
+                raise InvalidRequestError("rid", f"rid: {p.rid!r} is already in use")
         event = asyncio.Event()
-        states = [self._new_state(p, obj, event) for p in planned]
+        states = [self._new_state(p, event) for p in planned]
         try:
             for p in planned:
-                self._send(self._tokenized(p, obj))
+                self._send(p.req)
             if obj.stream:
                 multi = len(states) > 1
                 while True:
@@ -241,39 +227,17 @@ class TokenizerManager:
             self._info_futures.pop(req_id, None)
 
     # ------------------------------------------------------------------ internals
-    def _new_state(self, p: PlannedReq, obj: GenerateReqInput, event: asyncio.Event) -> ServerReqState:
-        st = ServerReqState(
-            p.rid,
-            p.index,
-            len(p.input_ids),
-            event,
-            self.tokenizer,
-            obj.return_logprob,
-            obj.return_text_in_logprobs,
-            group=p.base_rid,
-        )
-        self._states[p.rid] = st
+    def _new_state(self, p: PlannedReq, event: asyncio.Event) -> RequestState:
+        st = self._states[p.rid] = RequestState(p, self.tokenizer, event)
         return st
 
     @staticmethod
-    def _tokenized(p: PlannedReq, obj: GenerateReqInput) -> TokenizedGenerateReq:
-        return TokenizedGenerateReq(
-            rid=p.rid,
-            input_ids=p.input_ids,
-            sampling_params=p.params.to_dict(),
-            return_logprob=obj.return_logprob,
-            logprob_start_len=obj.logprob_start_len,
-            top_logprobs_num=obj.top_logprobs_num,
-            stream=obj.stream,
-        )
-
-    @staticmethod
-    def _raise_if_failed(st: ServerReqState) -> None:
+    def _raise_if_failed(st: RequestState) -> None:
         if st.error is None:
             return
-        status, message = st.error
+        status, message, param = st.error
         if status == 400:
-            raise ValueError(message)
+            raise InvalidRequestError(param, message)
         if status == 503:
             raise ServerUnavailableError(message)
         raise RequestFailedError(status, message)
@@ -319,7 +283,7 @@ class TokenizerManager:
     def _on_error(self, msg: ErrorOut) -> None:
         st = self._states.pop(msg.rid, None)
         if st is not None:
-            st.fail(msg.status, msg.message)
+            st.fail(msg.status, msg.message, msg.param)
             self._log_finished(st)
 
     def _on_flush(self, msg: FlushCacheOut) -> None:
@@ -333,15 +297,14 @@ class TokenizerManager:
             fut.set_result(msg.stats)
 
     def _on_stats(self, stats: SchedulerStats) -> None:
-        self.last_stats = stats
         if self.metrics is not None:
             self.metrics.observe_stats(stats)
 
-    def _log_finished(self, st: ServerReqState) -> None:
+    def _log_finished(self, st: RequestState) -> None:
         """One structured (JSON) log line per finished request, and its metrics."""
         ttft = None if st.first_token_time is None else st.first_token_time - st.created
         e2e = st.e2e_latency()
-        finish = "error" if st.error is not None else str((st.finish_reason or {}).get("type"))
+        finish = "error" if st.error is not None or st.finish_reason is None else st.finish_reason.type
         record = {
             "rid": st.rid,
             "finish_reason": finish,

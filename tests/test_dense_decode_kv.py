@@ -10,6 +10,7 @@ from shared_paths import STORIES
 from radixgen.runtime import Engine
 from radixgen.runtime.attention.dense_decode_kv import CAP_HEADROOM, DenseDecodeKV
 from radixgen.runtime.io_struct import TokenizedGenerateReq
+from radixgen.runtime.sampling_params import SamplingParams
 
 
 def _run(engine: Engine) -> list[dict]:
@@ -42,12 +43,12 @@ def test_dense_mid_decode_join_matches_alone() -> None:
     params = {"temperature": 0, "max_new_tokens": 30, "ignore_eos": True}
     prompts = [[1, 50 + i, 60 + i] for i in range(3)]
     alone = [engine.generate(input_ids=p, sampling_params=params)["output_ids"] for p in prompts]
-    sched, got = engine.scheduler, {}
-    sched.add_request(TokenizedGenerateReq(rid="0", input_ids=prompts[0], sampling_params=params))
+    sched, got, sp = engine.scheduler, {}, SamplingParams(**params)
+    sched.add_request(TokenizedGenerateReq(rid="0", input_ids=prompts[0], sampling_params=sp))
     for step in range(200):
         if step == 10:  # request 0 has decoded alone (the dense copy holds one row); two more join
             for i in (1, 2):
-                sched.add_request(TokenizedGenerateReq(rid=str(i), input_ids=prompts[i], sampling_params=params))
+                sched.add_request(TokenizedGenerateReq(rid=str(i), input_ids=prompts[i], sampling_params=sp))
         for out in sched.step():
             got.setdefault(out.rid, []).extend(out.new_token_ids)
         if step > 10 and not sched.has_work():

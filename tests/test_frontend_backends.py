@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from typing import Any
 
 import psutil
 import pytest
@@ -185,17 +186,29 @@ def test_named_template_uses_server_bos_once(chat_server: ServerHandle) -> None:
         assert ids[0] == 1 and ids[1] != 1 and out.meta["prompt_tokens"] == len(ids)
 
 
-def test_runtime_validates_before_starting(monkeypatch: pytest.MonkeyPatch) -> None:
-    def no_process(*args: object, **kwargs: object) -> None:
-        raise AssertionError("a process was started")
+def test_runtime_rejects_bad_server_args(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The client does not import ServerArgs: the server's argument parser rejects a bad setting and exits at once
+    (before loading anything), and Runtime raises that usage error by type, naming the setting."""
+    import subprocess
 
-    monkeypatch.setattr("radixgen.backends.runtime.subprocess.Popen", no_process)
-    with pytest.raises(TypeError, match="no_such_flag"):
-        Runtime(str(STORIES), no_such_flag=1)
+    started: list[subprocess.Popen[bytes]] = []
+    real_popen = subprocess.Popen
+
+    def recording_popen(*args: Any, **kwargs: Any) -> subprocess.Popen[bytes]:
+        started.append(real_popen(*args, **kwargs))
+        return started[-1]
+
+    monkeypatch.setattr("radixgen.backends.runtime.subprocess.Popen", recording_popen)
+    with pytest.raises(TypeError, match="no_such_flag") as unknown:
+        Runtime(str(STORIES), no_such_flag=1, startup_timeout=30)
+    assert "unrecognized arguments: --no-such-flag 1" in str(unknown.value)
     with pytest.raises(ValueError, match="dtype"):
-        Runtime(str(STORIES), dtype="float8")
+        Runtime(str(STORIES), dtype="float8", startup_timeout=30)
     with pytest.raises(ValueError, match="model_path"):
-        Runtime("/nonexistent/model")
+        Runtime("/nonexistent/model", startup_timeout=30)
+    with pytest.raises(TypeError, match="max_total_tokens"):  # no CLI spelling: rejected before any process
+        Runtime(str(STORIES), max_total_tokens=[1])
+    assert len(started) == 3 and all(p.returncode == 2 for p in started)  # each exited with a usage error
 
 
 def test_runtime_starts_and_stops(servers: tuple[ServerHandle, Runtime]) -> None:

@@ -8,7 +8,7 @@ from jinja2.ext import loopcontrols
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from radixgen.chat_template import ChatTemplate, get_chat_template
-from radixgen.runtime.openai_api.chat_templates import BUILTIN_TEMPLATES
+from radixgen.chat_templates import BUILTIN_TEMPLATES
 
 # Llama-3-Instruct style: <|begin_of_text|> once, then header blocks closed by <|eot_id|>
 LLAMA3 = (

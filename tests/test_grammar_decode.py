@@ -19,7 +19,8 @@ from shared_paths import LLAMA2_TOKENIZER, STORIES
 
 from radixgen.grammar import GrammarError
 from radixgen.runtime import Engine
-from radixgen.runtime.io_struct import AbortReq, TokenizedGenerateReq
+from radixgen.runtime.io_struct import AbortReq, FinishReason, TokenizedGenerateReq
+from radixgen.runtime.sampling_params import SamplingParams
 
 PROMPT = "Once upon a time"
 NAMES = ["stories", "llama32k"]
@@ -236,10 +237,10 @@ def test_async_compile_failure_timeout_and_abort(llama32k_dir: Path, monkeypatch
     assert outs[1]["meta_info"]["completion_tokens"] == 8  # the other request was not held up
     assert time.perf_counter() - t0 < 1.0
     sched = engine.scheduler
-    params = {"regex": "[a-z]{5}", "max_new_tokens": 8}
+    params = SamplingParams(regex="[a-z]{5}", max_new_tokens=8)
     sched.add_request(TokenizedGenerateReq(rid="slow", input_ids=[1, 2, 3], sampling_params=params))
     assert sched.grammar.pending() and sched.abort_request(AbortReq("slow"))  # aborted while compiling
-    assert [o.finish_reason for o in sched.step()] == [{"type": "abort", "message": "aborted"}]
+    assert [o.finish_reason for o in sched.step()] == [FinishReason.aborted("aborted")]
     assert not engine.scheduler.has_work()
     engine.scheduler.check_integrity()
 

@@ -6,12 +6,15 @@ and check_integrity() runs after every step.
 
 from __future__ import annotations
 
+import pytest
 import torch
 from shared_paths import STORIES
 
 from radixgen.radix import ReqToTokenPool, TokenSlotAllocator
 from radixgen.runtime.forward_batch import ForwardMode
 from radixgen.runtime.io_struct import AbortReq, TokenizedGenerateReq
+from radixgen.runtime.req import Req, ReqStatus
+from radixgen.runtime.sampling_params import SamplingParams
 from radixgen.runtime.scheduler import Scheduler
 from radixgen.runtime.server_args import ServerArgs
 
@@ -53,7 +56,7 @@ def make(max_total_tokens: int = 4096, **kw) -> tuple[Scheduler, FakeRunner]:
 
 def submit(s: Scheduler, rid: str, ids: list[int], n: int, **sp) -> None:
     params = {"max_new_tokens": n, "temperature": 0, **sp}
-    s.add_request(TokenizedGenerateReq(rid=rid, input_ids=ids, sampling_params=params))
+    s.add_request(TokenizedGenerateReq(rid=rid, input_ids=ids, sampling_params=SamplingParams(**params)))
 
 
 _TOKS: dict[int, dict[str, list[int]]] = {}
@@ -67,7 +70,7 @@ def step(s: Scheduler, done: dict[str, dict] | None = None) -> None:
         if out.finish_reason is not None and done is not None:
             done[out.rid] = {
                 "ids": toks.pop(out.rid),
-                "finish": out.finish_reason,
+                "finish": out.finish_reason.to_json(),
                 "cached": out.cached_tokens,
             }
     s.check_integrity()
@@ -208,3 +211,51 @@ def test_running_request_prompt_is_reusable_before_it_finishes() -> None:
     submit(s, "late", prefix + [2], 3, ignore_eos=True)
     done = run(s)
     assert done["late"]["cached"] == len(prefix)
+
+
+# ---------------------------------------------------------------------------------------------------- request states
+def test_req_status_transitions_are_checked() -> None:
+    req = Req("r", [1, 2, 3], SamplingParams())
+    assert req.status is ReqStatus.WAITING
+    with pytest.raises(RuntimeError, match="waiting -> running"):
+        req.set_status(ReqStatus.RUNNING)  # a request is prefilled before it decodes
+    for status in (ReqStatus.PREFILLING, ReqStatus.RUNNING, ReqStatus.RETRACTED, ReqStatus.PREFILLING,
+                   ReqStatus.RUNNING, ReqStatus.WAITING, ReqStatus.PREFILLING, ReqStatus.FINISHED):
+        req.set_status(status)
+    for status in ReqStatus:
+        if status is not ReqStatus.FINISHED:
+            with pytest.raises(RuntimeError, match="illegal status transition finished"):
+                req.set_status(status)
+
+
+def test_statuses_follow_the_request_through_chunks_decode_retraction_and_finish() -> None:
+    s, _ = make(max_total_tokens=160, chunked_prefill_size=8)
+    seen: dict[str, list[ReqStatus]] = {}
+    for i in range(8):
+        submit(s, f"r{i}", [1 + i] * 10, 30, ignore_eos=True)
+    done: dict[str, dict] = {}
+    live = dict(s.reqs)
+    while s.has_work():
+        step(s, done)  # check_integrity after every step: queues == statuses
+        for rid, req in live.items():
+            if not seen.get(rid) or seen[rid][-1] is not req.status:
+                seen.setdefault(rid, []).append(req.status)
+    assert s.num_retractions > 0 and not s.reqs
+    assert seen["r0"][:2] == [ReqStatus.PREFILLING, ReqStatus.RUNNING]  # 10 tokens in chunks of 8, then decode
+    assert any(ReqStatus.RETRACTED in v for v in seen.values())
+    assert all(v[-1] is ReqStatus.FINISHED for v in seen.values())
+    assert set(done) == set(live)
+
+
+def test_check_integrity_finds_a_request_in_the_wrong_queue() -> None:
+    s, _ = make()
+    submit(s, "a", [1, 2, 3], 10, ignore_eos=True)
+    step(s)
+    assert s.reqs["a"].status is ReqStatus.RUNNING and s.running == [s.reqs["a"]]
+    s.reqs["a"].status = ReqStatus.WAITING  # corrupt: running, but the status says waiting
+    with pytest.raises(AssertionError, match="in the running batch"):
+        s.check_integrity()
+    s.reqs["a"].status = ReqStatus.RUNNING
+    s.running.clear()  # corrupt: live, but in no queue
+    with pytest.raises(AssertionError, match="live requests and queues differ"):
+        s.check_integrity()

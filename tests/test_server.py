@@ -24,9 +24,11 @@ import server_fixtures
 from prometheus_client.parser import text_string_to_metric_families
 from server_fixtures import STORIES, ServerHandle, start_server
 
-from radixgen.runtime.detokenizer_process import DetokState
+from radixgen.runtime.detokenizer import DetokState
+from radixgen.runtime.errors import InvalidRequestError
 from radixgen.runtime.fast_tokenizer import load_tokenizer
-from radixgen.runtime.io_struct import DetokRegister, ReqOutput
+from radixgen.runtime.io_struct import DetokRegister, FinishReason, ReqOutput
+from radixgen.runtime.sampling_params import SamplingParams
 
 server = server_fixtures.server  # the module-scoped server fixture (metrics on)
 
@@ -449,7 +451,7 @@ def test_detok_state_holds_back_possible_stop_strings() -> None:
     sent = ""
     for i, t in enumerate(ids):
         done = i == len(ids) - 1
-        finish = {"type": "stop", "matched": "girl named"} if done else None
+        finish = FinishReason.stopped("girl named") if done else None
         sent += st.step(ReqOutput("r", [t], finish, 1, i + 1, 0))
         assert "girl" not in sent or done
     assert sent == "there was a little "
@@ -465,7 +467,7 @@ def test_scheduler_loop_rejects_with_error_and_registers_accepted() -> None:
     class FakeScheduler:
         def handle(self, msg: Any) -> None:
             if msg.rid == "bad":
-                raise ValueError("max_new_tokens: too many")
+                raise InvalidRequestError("max_new_tokens", "max_new_tokens: too many")
 
     class FakeSocket:
         def __init__(self) -> None:
@@ -476,9 +478,10 @@ def test_scheduler_loop_rejects_with_error_and_registers_accepted() -> None:
 
     sock = FakeSocket()
     loop = SchedulerLoop(FakeScheduler(), None, sock, os.getpid())  # type: ignore[arg-type]
-    loop.on_generate(TokenizedGenerateReq("bad", [1, 2], {}))
-    loop.on_generate(TokenizedGenerateReq("good", list(range(100)), {"stop": ["x"], "skip_special_tokens": False}))
-    assert sock.sent[0] == ErrorOut("bad", "max_new_tokens: too many", 400)
+    loop.on_generate(TokenizedGenerateReq("bad", [1, 2], SamplingParams()))
+    good = SamplingParams(stop=["x"], skip_special_tokens=False)
+    loop.on_generate(TokenizedGenerateReq("good", list(range(100)), good))
+    assert sock.sent[0] == ErrorOut("bad", "max_new_tokens: too many", 400, "max_new_tokens")
     reg = sock.sent[1]
     assert isinstance(reg, DetokRegister) and reg.rid == "good" and reg.stop == ["x"]
     assert reg.prompt_tail == list(range(36, 100)) and reg.skip_special_tokens is False

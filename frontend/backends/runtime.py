@@ -1,9 +1,12 @@
 """``Runtime``: start a local radixgen server subprocess and use it as a ``RuntimeEndpoint`` (SGLang's
 ``sgl.Runtime``).
 
-The server runs as ``python -m radixgen.runtime.launch_server`` with the same interpreter, from the temporary
+The server runs as ``python -P -m radixgen.runtime.launch_server`` with the same interpreter, from the temporary
 directory (started from the repository root, its top-level folders would shadow installed packages), with its
 output in a log file. ``close()`` (also at interpreter exit and on leaving a ``with`` block) stops it.
+
+This module imports nothing of ``radixgen.runtime``: keyword arguments become CLI flags by a naming rule, and the
+server's own argument parser validates them (a usage error makes it exit at once; ``Runtime`` raises it).
 """
 
 from __future__ import annotations
@@ -16,12 +19,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import MISSING, fields
 from typing import Any
 
 import httpx
 
 from radixgen.backends.runtime_endpoint import RuntimeEndpoint
+
+_USAGE_ERROR = 2  # argparse's exit status for a bad command line
 
 
 def _free_port(host: str) -> int:
@@ -31,30 +35,33 @@ def _free_port(host: str) -> int:
         return int(s.getsockname()[1])
 
 
-def server_cli_args(server_args: Any, explicit: set[str]) -> list[str]:
-    """The ``launch_server`` flags that reproduce ``server_args`` (a ``ServerArgs``) for the ``explicit`` fields.
+def _flag(name: str) -> str:
+    """The server flag for keyword ``name``: ``foo_bar`` -> ``--foo-bar``."""
+    return "--" + name.replace("_", "-")
 
-    Follows ``radixgen.runtime.server_args.add_cli_args``: every field has a ``--field-name`` flag (``--model`` /
-    ``--tokenizer`` also accept ``--model-path`` / ``--tokenizer-path``); bools are ``store_true`` flags (so a False
-    bool that defaults to False is omitted), ``None`` means "default" and is omitted.
+
+def server_cli_args(model_path: str, **server_args: Any) -> list[str]:
+    """The ``launch_server`` flags for ``model_path`` and keyword ``server_args``, spelled generically.
+
+    ``foo_bar=3`` becomes ``--foo-bar 3``, ``foo_bar=True`` becomes ``--foo-bar`` (bools are ``store_true``
+    flags), False and None are omitted (the server's default). ``model_path`` becomes ``--model-path`` (the server
+    accepts it as well as ``--model``; likewise ``--tokenizer-path``). Nothing else is validated here: the server's
+    argument parser rejects unknown flags and invalid values (see ``Runtime``).
 
     Raises:
-        ValueError: a bool field set to False whose default is True (no CLI flag can express it).
+        TypeError: a value that is not a str, int, float or bool (it has no CLI spelling; the keyword is named).
     """
-    argv: list[str] = []
-    for f in fields(server_args):
-        if f.name not in explicit:
+    argv = [_flag("model_path"), model_path]
+    for name, value in server_args.items():
+        if value is None or value is False:
             continue
-        value, flag = getattr(server_args, f.name), "--" + f.name.replace("_", "-")
-        if value is None:
-            continue
-        if isinstance(value, bool):
-            if value:
-                argv.append(flag)
-            elif f.default is not MISSING and f.default is True:
-                raise ValueError(f"{f.name}: the server CLI cannot turn this setting off")
-            continue
-        argv += [flag, str(value)]
+        flag = _flag(name)
+        if value is True:
+            argv.append(flag)
+        elif isinstance(value, str | int | float):
+            argv += [flag, str(value)]
+        else:
+            raise TypeError(f"{name}: a server argument must be a str, int, float or bool, got {value!r}")
     return argv
 
 
@@ -67,13 +74,20 @@ class Runtime(RuntimeEndpoint):
         startup_timeout: seconds to wait for ``/health`` to answer 200.
         chat_template: a built-in name, Jinja file or inline Jinja, passed to the server (``--chat-template``)
             and used by the frontend to render roles.
-        **server_args: any other ``radixgen.runtime.server_args.ServerArgs`` field (e.g. ``max_total_tokens``,
-            ``api_key``, ``enable_metrics``); validated before anything starts.
+        **server_args: any other server setting, as the keyword form of its ``launch_server`` flag (e.g.
+            ``max_total_tokens=4096``, ``api_key="k"``, ``enable_metrics=True``; see ``server_cli_args``). They
+            are validated by the server process's argument parser, which exits at once on a bad one.
+
+    Attributes:
+        model_path: the model directory (made absolute). server_args: every setting passed as a flag (host, port,
+            chat_template and ``**server_args``). log_path: the server log. process: the server process (None once
+            closed).
 
     Raises:
-        TypeError: an unknown keyword (named). ValueError: an invalid value (the field is named).
-        RuntimeError: the server exited or was not ready within ``startup_timeout`` (the log tail is included; the
-            process has been killed).
+        TypeError: an unknown keyword (named; the server reported "unrecognized arguments").
+        ValueError: an invalid value or model path (the server's usage error, which names the flag or field).
+        RuntimeError: the server exited otherwise, or was not ready within ``startup_timeout``.
+        Every error includes the server's log tail, and the process has been stopped.
     """
 
     def __init__(
@@ -87,30 +101,23 @@ class Runtime(RuntimeEndpoint):
         chat_template: str | None = None,
         **server_args: Any,
     ) -> None:
-        from radixgen.runtime.server_args import ServerArgs  # torch-free
-
-        known = {f.name for f in fields(ServerArgs)} - {"model_path", "host", "port", "chat_template"}
-        unknown = sorted(set(server_args) - known)
-        if unknown:
-            raise TypeError(f"Runtime: unknown server argument(s) {', '.join(unknown)}; known: {sorted(known)}")
         port = _free_port(host) if port is None else port
         # the server runs in a temporary directory: paths given relative to ours must be made absolute
-        model_path = _absolute_if_exists(model_path)
-        for key in ("tokenizer_path",):
-            if isinstance(server_args.get(key), str):
-                server_args[key] = _absolute_if_exists(server_args[key])
+        self.model_path = _absolute_if_exists(model_path)
+        if isinstance(server_args.get("tokenizer_path"), str):
+            server_args["tokenizer_path"] = _absolute_if_exists(server_args["tokenizer_path"])
         if chat_template is not None:
             chat_template = _absolute_if_exists(chat_template)
-        extra = {"chat_template": chat_template} if chat_template is not None else {}
-        args = ServerArgs(model_path=model_path, host=host, port=port, **extra, **server_args)
-        argv = server_cli_args(args, {"model_path", "host", "port", *extra, *server_args})
-        super().__init__(f"http://{host}:{port}", api_key=args.api_key, chat_template=chat_template)
-        self.server_args = args
+        self.server_args = {"host": host, "port": port, "chat_template": chat_template, **server_args}
+        argv = server_cli_args(self.model_path, **self.server_args)
+        api_key = server_args.get("api_key")
+        super().__init__(f"http://{host}:{port}", api_key=api_key, chat_template=chat_template)
         self.process: subprocess.Popen[bytes] | None = None
         if log_file is None:
             fd, log_file = tempfile.mkstemp(prefix="radixgen-runtime-", suffix=".log")
             os.close(fd)
         self.log_path = log_file
+        self._log_start = os.path.getsize(log_file) if os.path.exists(log_file) else 0
         self._start([sys.executable, "-P", "-m", "radixgen.runtime.launch_server", *argv], startup_timeout)
 
     @property
@@ -128,7 +135,7 @@ class Runtime(RuntimeEndpoint):
             code = self.process.poll()
             if code is not None:
                 self.close()
-                raise RuntimeError(f"radixgen server exited with status {code} before ready:\n{self.log_tail()}")
+                raise self._exit_error(code)
             try:
                 if httpx.get(self.base_url + "/health", timeout=2.0).status_code == 200:
                     return
@@ -139,12 +146,25 @@ class Runtime(RuntimeEndpoint):
                 raise RuntimeError(f"radixgen server not ready after {timeout} s:\n{self.log_tail()}")
             time.sleep(0.2)
 
+    def _exit_error(self, code: int) -> Exception:
+        """The error for a server that exited with status ``code`` before it was ready (see the class docstring)."""
+        tail = self.log_tail()
+        usage = [line for line in tail.splitlines() if ": error: " in line]
+        if code != _USAGE_ERROR or not usage:
+            return RuntimeError(f"radixgen server exited with status {code} before ready:\n{tail}")
+        message = usage[-1].split(": error: ", 1)[1]
+        if message.startswith("unrecognized arguments:"):
+            flags = set(message.split(":", 1)[1].split())
+            names = [n for n in self.server_args if _flag(n) in flags]
+            return TypeError(f"Runtime: unknown server argument(s) {', '.join(names) or '?'} ({message}):\n{tail}")
+        return ValueError(f"Runtime: the server rejected its arguments: {message}\n{tail}")
+
     def log_tail(self, max_chars: int = 4000) -> str:
-        """The end of the server log (for error messages)."""
+        """The end of what this server wrote to its log (for error messages)."""
         try:
             with open(self.log_path, "rb") as f:
                 f.seek(0, os.SEEK_END)
-                f.seek(max(0, f.tell() - max_chars))
+                f.seek(max(self._log_start, f.tell() - max_chars))
                 return f.read().decode(errors="replace")
         except OSError as e:
             return f"<log unavailable: {e}>"
@@ -168,7 +188,7 @@ class Runtime(RuntimeEndpoint):
 
     def __repr__(self) -> str:
         state = "running" if self.process is not None and self.process.poll() is None else "stopped"
-        return f"Runtime({self.server_args.model_path!r}, url={self.base_url!r}, {state})"
+        return f"Runtime({self.model_path!r}, url={self.base_url!r}, {state})"
 
 
 def _absolute_if_exists(path: str) -> str:

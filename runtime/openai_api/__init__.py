@@ -15,14 +15,14 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
+from radixgen.runtime.http_common import ClientDisconnected, HttpError, bad_request, error_response
 from radixgen.runtime.openai_api.chat import create_chat_completion
 from radixgen.runtime.openai_api.chat_templates import BUILTIN_TEMPLATES, resolve_chat_template
 from radixgen.runtime.openai_api.completions import create_completion
-from radixgen.runtime.openai_api.errors import OpenAIError, bad_request, error_body, openai_error
 from radixgen.runtime.openai_api.protocol import ModelCard, ModelList
-from radixgen.runtime.openai_api.serving import ApiContext, ClientDisconnected
+from radixgen.runtime.openai_api.serving import ApiContext
 
-__all__ = ["BUILTIN_TEMPLATES", "ApiContext", "OpenAIError", "openai_error", "register_openai_routes"]
+__all__ = ["BUILTIN_TEMPLATES", "ApiContext", "register_openai_routes"]
 
 logger = logging.getLogger(__name__)
 
@@ -39,15 +39,10 @@ async def _handle(ctx: ApiContext, request: Request, handler: Handler) -> Respon
         if not isinstance(body, dict):
             raise bad_request("the request body must be a JSON object")
         return await handler(ctx, body, request)
-    except OpenAIError as e:
-        return e.response()
     except ClientDisconnected:
         return Response(status_code=499)
-    except Exception as e:  # the runtime is down (503), a request failed (its status), or a bug (500)
-        status, err = error_body(e)
-        if status >= 500:
-            logger.error("OpenAI endpoint %s failed", request.url.path, exc_info=e)
-        return JSONResponse(err, status_code=status)
+    except Exception as e:  # invalid input (400), the runtime is down (503), a failed request, or a bug (500)
+        return error_response(e)
 
 
 def register_openai_routes(app: FastAPI, tokenizer_manager: Any, server_args: Any) -> ApiContext:
@@ -82,7 +77,7 @@ def register_openai_routes(app: FastAPI, tokenizer_manager: Any, server_args: An
     async def retrieve_model(model_id: str) -> Response:
         try:
             ctx.check_model(model_id)
-        except OpenAIError as e:
+        except HttpError as e:
             return e.response()
         return JSONResponse(card().model_dump(mode="json"))
 

@@ -10,14 +10,8 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
 
+from radixgen.runtime.http_common import bad_request, from_validation_error, http_error, sse_body
 from radixgen.runtime.openai_api.chat_templates import ChatTemplateError, render_chat
-from radixgen.runtime.openai_api.errors import (
-    OpenAIError,
-    bad_request,
-    error_body,
-    from_validation_error,
-    from_value_error,
-)
 from radixgen.runtime.openai_api.protocol import (
     ChatCompletionChoice,
     ChatCompletionRequest,
@@ -30,22 +24,15 @@ from radixgen.runtime.openai_api.protocol import (
 )
 from radixgen.runtime.openai_api.serving import (
     ApiContext,
-    ChoiceJob,
+    OpenAIRun,
     TokenTexts,
-    check_request,
-    expand_choices,
     finish_reason,
-    generate_all,
-    native_sampling_params,
     new_id,
+    openai_renames,
     reject_unsupported,
-    safe_stream_text,
-    sse,
-    stream_all,
+    sampling_params,
     usage_of,
 )
-
-_RENAMES = {"input_ids": "messages"}
 
 
 def chat_logprobs(tt: TokenTexts, prompt_ids: list[int], res: dict[str, Any], out_from: int = 0) -> ChatLogProbs:
@@ -71,7 +58,7 @@ def chat_logprobs(tt: TokenTexts, prompt_ids: list[int], res: dict[str, Any], ou
     return ChatLogProbs(content=content)
 
 
-def _build(ctx: ApiContext, req: ChatCompletionRequest, rid: str) -> list[ChoiceJob]:
+def _build(ctx: ApiContext, req: ChatCompletionRequest, rid: str) -> OpenAIRun:
     tm = ctx.tm
     ctx.check_model(req.model)
     tool_choice = None if req.tool_choice in (None, "none") else req.tool_choice
@@ -105,16 +92,13 @@ def _build(ctx: ApiContext, req: ChatCompletionRequest, rid: str) -> list[Choice
     else:
         field, max_new = "max_tokens", max(tm.context_len - len(ids), 0)
     extra_stop = ctx.chat_template.stop if ctx.chat_template is not None else ()
-    sp = native_sampling_params(req, max_new, extra_stop)
-    check_request(sp, ids, tm, "messages", field, min_tokens_requested=req.min_tokens)
-    return expand_choices(
-        [ids],
-        [sp],
-        req.n,
-        req.rid or rid,
-        return_logprob=req.logprobs,
-        top_logprobs_num=(req.top_logprobs or 0) if req.logprobs else 0,
-    )
+    renames = openai_renames("messages", field)
+    try:
+        params = sampling_params(req, max_new, extra_stop)
+    except ValueError as e:
+        raise http_error(e, renames) from None
+    logprobs = {"return_logprob": req.logprobs, "top_logprobs_num": (req.top_logprobs or 0) if req.logprobs else 0}
+    return OpenAIRun([ids], [params], req.rid or rid, renames, logprobs)
 
 
 async def create_chat_completion(ctx: ApiContext, body: Any, request: Request | None = None) -> Response:
@@ -124,95 +108,76 @@ async def create_chat_completion(ctx: ApiContext, body: Any, request: Request | 
     except ValidationError as e:
         raise from_validation_error(e) from None
     rid = new_id("chatcmpl")
-    jobs = _build(ctx, req, rid)
+    run = _build(ctx, req, rid)
     if req.stream:
-        return await _stream(ctx, req, jobs, rid)
-    try:
-        results = await generate_all(ctx.tm, jobs, request)
-    except ValueError as e:
-        raise from_value_error(e, _RENAMES) from None
+        return await _stream(ctx, req, run, rid)
+    results = await run.results(ctx.tm, request)
     choices = []
-    for job, res in zip(jobs, results, strict=True):
+    for index, res in enumerate(results):
         reason, matched = finish_reason(res["meta_info"])
-        lp = chat_logprobs(ctx.token_texts, job.input_ids, res) if req.logprobs else None
+        lp = chat_logprobs(ctx.token_texts, run.prompts[run.prompt_index(index)], res) if req.logprobs else None
         choices.append(
             ChatCompletionChoice(
-                index=job.index,
+                index=index,
                 message=ChatResponseMessage(content=res["text"]),
                 logprobs=lp,
                 finish_reason=reason,
                 matched_stop=matched,
             )
         )
-    usage = usage_of({job.index: res for job, res in zip(jobs, results, strict=True)}, jobs)
+    usage = usage_of(dict(enumerate(results)), run)
     return JSONResponse(dump(ChatCompletionResponse(id=rid, model=ctx.model_name, choices=choices, usage=usage)))
 
 
-async def _stream(ctx: ApiContext, req: ChatCompletionRequest, jobs: list[ChoiceJob], rid: str) -> StreamingResponse:
-    merged = stream_all(ctx.tm, jobs)
-    try:  # the first update: input errors surface here, before any byte of the response is sent
-        first = await anext(merged, None)
-    except ValueError as e:
-        await merged.aclose()
-        raise from_value_error(e, _RENAMES) from None
-    except BaseException:
-        await merged.aclose()
-        raise
+async def _stream(ctx: ApiContext, req: ChatCompletionRequest, run: OpenAIRun, rid: str) -> StreamingResponse:
+    first, updates = await run.stream(ctx.tm)
     created = int(time.time())
-    stop = jobs[0].sampling_params["stop"] if jobs else []
-    sent_text = {j.index: 0 for j in jobs}
-    sent_lp = {j.index: 0 for j in jobs}
+    num_choices = len(run.prompts) * run.n
+    sent_text = dict.fromkeys(range(num_choices), 0)
+    sent_lp = dict.fromkeys(range(num_choices), 0)
     finals: dict[int, dict[str, Any]] = {}
 
-    def chunk(choices: list[dict[str, Any]], usage: Any = None) -> str:
+    def chunk(choices: list[dict[str, Any]], usage: Any = None) -> dict[str, Any]:
         d: dict[str, Any] = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": ctx.model_name}
         d["choices"] = choices
         if usage is not None:
             d["usage"] = usage.model_dump(mode="json")
-        return sse(d)
+        return d
 
     def choice(index: int, delta: dict[str, Any], lp: Any = None, reason: Any = None, matched: Any = None) -> dict:
         return {"index": index, "delta": delta, "logprobs": lp, "finish_reason": reason, "matched_stop": matched}
 
-    def update(job: ChoiceJob, res: dict[str, Any]) -> list[str]:
+    def update(index: int, res: dict[str, Any]) -> list[dict[str, Any]]:
         meta = res["meta_info"]
-        finished = meta.get("finish_reason") is not None
         reason, matched = finish_reason(meta)
-        safe = safe_stream_text(res["text"], stop, finished)
-        delta = safe[sent_text[job.index] :]
-        sent_text[job.index] = max(sent_text[job.index], len(safe))
+        text = res["text"]  # append-only: the detokenizer holds back text that may become a stop string
+        delta = text[sent_text[index] :]
+        sent_text[index] = len(text)
         lp = None
         if req.logprobs:
-            lp = chat_logprobs(ctx.token_texts, job.input_ids, res, out_from=sent_lp[job.index])
-            sent_lp[job.index] = len(meta.get("output_token_logprobs") or [])
+            lp = chat_logprobs(ctx.token_texts, run.prompts[run.prompt_index(index)], res, out_from=sent_lp[index])
+            sent_lp[index] = len(meta.get("output_token_logprobs") or [])
         out = []
         if delta or (lp is not None and lp.content):
             lp_json = lp.model_dump(mode="json") if lp is not None else None
-            out.append(chunk([choice(job.index, {"content": delta}, lp_json)]))
-        if finished:
-            finals[job.index] = res
-            out.append(chunk([choice(job.index, {}, None, reason, matched)]))
+            out.append(chunk([choice(index, {"content": delta}, lp_json)]))
+        if reason is not None:
+            finals[index] = res
+            out.append(chunk([choice(index, {}, None, reason, matched)]))
         return out
 
-    async def events() -> AsyncIterator[str]:
+    async def events() -> AsyncIterator[dict[str, Any]]:
         try:
-            for job in jobs:
-                yield chunk([choice(job.index, {"role": "assistant", "content": ""})])
+            for index in range(num_choices):
+                yield chunk([choice(index, {"role": "assistant", "content": ""})])
             item = first
             while item is not None:
                 for out in update(*item):
                     yield out
-                item = await anext(merged, None)
+                item = await anext(updates, None)
             if req.stream_options is not None and req.stream_options.include_usage:
-                yield chunk([], usage_of(finals, jobs))
-        except OpenAIError as e:
-            yield sse(e.body())
-        except ValueError as e:
-            yield sse(from_value_error(e, _RENAMES).body())
-        except Exception as e:  # the runtime failed mid-stream (503 server down, ...): an error event
-            yield sse(error_body(e)[1])
+                yield chunk([], usage_of(finals, run))
         finally:
-            await merged.aclose()
-        yield "data: [DONE]\n\n"
+            await updates.aclose()
 
-    return StreamingResponse(events(), media_type="text/event-stream")
+    return StreamingResponse(sse_body(events(), renames=run.renames), media_type="text/event-stream")

@@ -10,13 +10,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
 
-from radixgen.runtime.openai_api.errors import (
-    OpenAIError,
-    bad_request,
-    error_body,
-    from_validation_error,
-    from_value_error,
-)
+from radixgen.runtime.http_common import bad_request, from_validation_error, http_error, sse_body
 from radixgen.runtime.openai_api.protocol import (
     CompletionChoice,
     CompletionLogProbs,
@@ -26,22 +20,15 @@ from radixgen.runtime.openai_api.protocol import (
 )
 from radixgen.runtime.openai_api.serving import (
     ApiContext,
-    ChoiceJob,
+    OpenAIRun,
     TokenTexts,
-    check_request,
-    expand_choices,
     finish_reason,
-    generate_all,
-    native_sampling_params,
     new_id,
+    openai_renames,
     reject_unsupported,
-    safe_stream_text,
-    sse,
-    stream_all,
+    sampling_params,
     usage_of,
 )
-
-_RENAMES = {"input_ids": "prompt"}
 
 
 def _prompts(req: CompletionRequest, tokenizer: Any) -> tuple[list[list[int]], list[str]]:
@@ -108,7 +95,7 @@ def completion_logprobs(
     return lp, offset
 
 
-def _build(ctx: ApiContext, req: CompletionRequest, rid: str) -> tuple[list[ChoiceJob], list[str]]:
+def _build(ctx: ApiContext, req: CompletionRequest, rid: str) -> tuple[OpenAIRun, list[str]]:
     tm = ctx.tm
     ctx.check_model(req.model)
     reject_unsupported(req, {"suffix": req.suffix or None})
@@ -116,23 +103,21 @@ def _build(ctx: ApiContext, req: CompletionRequest, rid: str) -> tuple[list[Choi
         raise bad_request("best_of: only best_of equal to n is supported", "best_of")
     prompts, texts = _prompts(req, tm.tokenizer)
     explicit_null = "max_tokens" in req.model_fields_set and req.max_tokens is None
-    params = []
-    for ids in prompts:
-        max_new = tm.context_len - len(ids) if explicit_null else int(req.max_tokens or 0)
-        sp = native_sampling_params(req, max(max_new, 0))
-        check_request(sp, ids, tm, "prompt", min_tokens_requested=req.min_tokens)
-        params.append(sp)
+    renames = openai_renames("prompt")
+    try:
+        params = [
+            sampling_params(req, max(tm.context_len - len(ids) if explicit_null else int(req.max_tokens or 0), 0))
+            for ids in prompts
+        ]
+    except ValueError as e:
+        raise http_error(e, renames) from None
     want_lp = req.logprobs is not None
-    jobs = expand_choices(
-        prompts,
-        params,
-        req.n,
-        req.rid or rid,
-        return_logprob=want_lp,
-        logprob_start_len=0 if (want_lp and req.echo) else -1,
-        top_logprobs_num=req.logprobs or 0,
-    )
-    return jobs, texts
+    logprobs = {
+        "return_logprob": want_lp,
+        "logprob_start_len": 0 if (want_lp and req.echo) else -1,
+        "top_logprobs_num": req.logprobs or 0,
+    }
+    return OpenAIRun(prompts, params, req.rid or rid, renames, logprobs), texts
 
 
 async def create_completion(ctx: ApiContext, body: Any, request: Request | None = None) -> Response:
@@ -142,85 +127,75 @@ async def create_completion(ctx: ApiContext, body: Any, request: Request | None 
     except ValidationError as e:
         raise from_validation_error(e) from None
     rid = new_id("cmpl")
-    jobs, texts = _build(ctx, req, rid)
+    run, texts = _build(ctx, req, rid)
     if req.stream:
-        return await _stream(ctx, req, jobs, texts, rid)
-    try:
-        results = await generate_all(ctx.tm, jobs, request)
-    except ValueError as e:
-        raise from_value_error(e, _RENAMES) from None
-    by_index = {job.index: res for job, res in zip(jobs, results, strict=True)}
+        return await _stream(ctx, req, run, texts, rid)
+    results = await run.results(ctx.tm, request)
     choices = []
-    for job, res in zip(jobs, results, strict=True):
+    for index, res in enumerate(results):
         reason, matched = finish_reason(res["meta_info"])
-        prompt_text = texts[job.prompt_index] if req.echo else ""
+        p = run.prompt_index(index)
+        prompt_text = texts[p] if req.echo else ""
         lp = None
         if req.logprobs is not None:
-            lp, _ = completion_logprobs(ctx.token_texts, job.input_ids, res, with_input=req.echo)
+            lp, _ = completion_logprobs(ctx.token_texts, run.prompts[p], res, with_input=req.echo)
         choices.append(
             CompletionChoice(
-                index=job.index, text=prompt_text + res["text"], logprobs=lp, finish_reason=reason, matched_stop=matched
+                index=index, text=prompt_text + res["text"], logprobs=lp, finish_reason=reason, matched_stop=matched
             )
         )
-    resp = CompletionResponse(id=rid, model=ctx.model_name, choices=choices, usage=usage_of(by_index, jobs))
+    usage = usage_of(dict(enumerate(results)), run)
+    resp = CompletionResponse(id=rid, model=ctx.model_name, choices=choices, usage=usage)
     return JSONResponse(dump(resp))
 
 
 async def _stream(
-    ctx: ApiContext, req: CompletionRequest, jobs: list[ChoiceJob], texts: list[str], rid: str
+    ctx: ApiContext, req: CompletionRequest, run: OpenAIRun, texts: list[str], rid: str
 ) -> StreamingResponse:
-    merged = stream_all(ctx.tm, jobs)
-    try:  # the first update: input errors surface here, before any byte of the response is sent
-        first = await anext(merged, None)
-    except ValueError as e:
-        await merged.aclose()
-        raise from_value_error(e, _RENAMES) from None
-    except BaseException:
-        await merged.aclose()
-        raise
+    first, updates = await run.stream(ctx.tm)
     created = int(time.time())
-    stop = jobs[0].sampling_params["stop"] if jobs else []
-    sent_text = {j.index: 0 for j in jobs}
-    sent_lp = {j.index: 0 for j in jobs}
-    offsets = {j.index: 0 for j in jobs}
+    num_choices = len(run.prompts) * run.n
+    sent_text = dict.fromkeys(range(num_choices), 0)
+    sent_lp = dict.fromkeys(range(num_choices), 0)
+    offsets = dict.fromkeys(range(num_choices), 0)
     finals: dict[int, dict[str, Any]] = {}
     started: set[int] = set()
 
-    def chunk(choices: list[dict[str, Any]], usage: Any = None) -> str:
+    def chunk(choices: list[dict[str, Any]], usage: Any = None) -> dict[str, Any]:
         d: dict[str, Any] = {"id": rid, "object": "text_completion", "created": created, "model": ctx.model_name}
         d["choices"] = choices
         if usage is not None:
             d["usage"] = usage.model_dump(mode="json")
-        return sse(d)
+        return d
 
-    def update(job: ChoiceJob, res: dict[str, Any]) -> str | None:
+    def update(index: int, res: dict[str, Any]) -> dict[str, Any] | None:
         meta = res["meta_info"]
-        finished = meta.get("finish_reason") is not None
         reason, matched = finish_reason(meta)
-        safe = safe_stream_text(res["text"], stop, finished)
-        first_chunk = job.index not in started
-        delta = safe[sent_text[job.index] :]
-        sent_text[job.index] = max(sent_text[job.index], len(safe))
+        p = run.prompt_index(index)
+        text = res["text"]  # append-only: the detokenizer holds back text that may become a stop string
+        first_chunk = index not in started
+        delta = text[sent_text[index] :]
+        sent_text[index] = len(text)
         if req.echo and first_chunk:
-            delta = texts[job.prompt_index] + delta
+            delta = texts[p] + delta
         lp = None
         if req.logprobs is not None:
-            lp, offsets[job.index] = completion_logprobs(
+            lp, offsets[index] = completion_logprobs(
                 ctx.token_texts,
-                job.input_ids,
+                run.prompts[p],
                 res,
                 with_input=req.echo and first_chunk,
-                out_from=sent_lp[job.index],
-                offset=offsets[job.index],
+                out_from=sent_lp[index],
+                offset=offsets[index],
             )
-            sent_lp[job.index] = len(meta.get("output_token_logprobs") or [])
-        if finished:
-            finals[job.index] = res
+            sent_lp[index] = len(meta.get("output_token_logprobs") or [])
+        if reason is not None:
+            finals[index] = res
         elif not delta and not (lp and lp.tokens):
             return None
-        started.add(job.index)
+        started.add(index)
         choice = {
-            "index": job.index,
+            "index": index,
             "text": delta,
             "logprobs": lp.model_dump(mode="json") if lp is not None else None,
             "finish_reason": reason,
@@ -228,24 +203,17 @@ async def _stream(
         }
         return chunk([choice])
 
-    async def events() -> AsyncIterator[str]:
+    async def events() -> AsyncIterator[dict[str, Any]]:
         try:
             item = first
             while item is not None:
                 out = update(*item)
                 if out is not None:
                     yield out
-                item = await anext(merged, None)
+                item = await anext(updates, None)
             if req.stream_options is not None and req.stream_options.include_usage:
-                yield chunk([], usage_of(finals, jobs))
-        except OpenAIError as e:
-            yield sse(e.body())
-        except ValueError as e:
-            yield sse(from_value_error(e, _RENAMES).body())
-        except Exception as e:  # the runtime failed mid-stream (503 server down, ...): an error event
-            yield sse(error_body(e)[1])
+                yield chunk([], usage_of(finals, run))
         finally:
-            await merged.aclose()
-        yield "data: [DONE]\n\n"
+            await updates.aclose()
 
-    return StreamingResponse(events(), media_type="text/event-stream")
+    return StreamingResponse(sse_body(events(), renames=run.renames), media_type="text/event-stream")

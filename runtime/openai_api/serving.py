@@ -1,59 +1,33 @@
-"""Shared machinery of the OpenAI endpoints: request → native sampling params, running the choices, usage.
+"""Shared machinery of the OpenAI endpoints: request → a native GenerateReqInput, running it, usage.
 
-Every choice (prompt × ``n``) is sent to the TokenizerManager as its own single-prompt request, so that
-non-streaming and streaming, one prompt and many, take the same path; with ``n > 1`` and a ``seed``, choice
-``j`` uses ``seed + j`` as the native API does. The choices of one HTTP request run concurrently (the
-scheduler batches them); when one fails or the client goes away, the others are cancelled, which aborts them.
+A route turns its request into one ``GenerateReqInput`` (typed ``SamplingParams`` per prompt, ``n`` samples each)
+and the TokenizerManager plans it like any native request (``generate_request.plan_requests``: validation, ``n``
+and per-sample seeds, in one place); choice ``i * n + j`` is sample ``j`` of prompt ``i``. The choices run
+concurrently (the scheduler batches them); when one fails or the client goes away, the others are aborted.
+Errors carry the native field (``InvalidRequestError.param``), renamed into the route's terms (``renames``).
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import Request
 
-from radixgen.runtime.detokenizer import StopStringMatcher
 from radixgen.runtime.generate_request import GenerateReqInput
-from radixgen.runtime.openai_api.errors import OpenAIError, bad_request, from_value_error
+from radixgen.runtime.http_common import NATIVE_TO_OPENAI, HttpError, bad_request, http_error, run_unless_disconnected
 from radixgen.runtime.openai_api.protocol import PromptTokensDetails, SamplingRequest, UsageInfo
 from radixgen.runtime.sampling_params import SamplingParams
-
-
-@dataclass
-class ChoiceJob:
-    """One choice of a response: which prompt it answers and the native request that produces it."""
-
-    index: int
-    prompt_index: int
-    input_ids: list[int]
-    sampling_params: dict[str, Any]
-    rid: str
-    return_logprob: bool = False
-    logprob_start_len: int = -1
-    top_logprobs_num: int = 0
-
-    def to_input(self, stream: bool) -> GenerateReqInput:
-        return GenerateReqInput(
-            input_ids=self.input_ids,
-            sampling_params=self.sampling_params,
-            return_logprob=self.return_logprob,
-            logprob_start_len=self.logprob_start_len,
-            top_logprobs_num=self.top_logprobs_num,
-            stream=stream,
-            rid=self.rid,
-        )
 
 
 def reject_unsupported(req: SamplingRequest, extra: dict[str, Any] | None = None) -> None:
     """400 for fields that are known but not supported yet (``extra``: name → value; never silently ignored).
 
     Raises:
-        OpenAIError: naming the first such field.
+        HttpError: naming the first such field.
     """
     for name, value in (extra or {}).items():
         if value is not None and value is not False and value != []:
@@ -69,7 +43,7 @@ def grammar_params(req: SamplingRequest) -> dict[str, Any]:
     one) is checked by SamplingParams and the scheduler, whose errors name the field.
 
     Raises:
-        OpenAIError: 400 for an unknown ``response_format`` type or a ``json_schema`` one without a schema.
+        HttpError: 400 for an unknown ``response_format`` type or a ``json_schema`` one without a schema.
     """
     out: dict[str, Any] = {}
     if req.regex is not None:
@@ -106,186 +80,127 @@ def grammar_params(req: SamplingRequest) -> dict[str, Any]:
     return out
 
 
-def native_sampling_params(req: SamplingRequest, max_new_tokens: int, extra_stop: tuple[str, ...] = ()) -> dict:
-    """The native sampling-params dict (``n`` is expanded by the caller, so it is 1 here), grammar fields
-    included (``grammar_params``)."""
-    stop = list(dict.fromkeys([*(req.stop or []), *extra_stop]))
-    return {
-        **grammar_params(req),
-        "max_new_tokens": max_new_tokens,
-        "min_new_tokens": min(req.min_tokens, max_new_tokens),
-        "stop": stop,
-        "stop_token_ids": list(req.stop_token_ids or []),
-        "temperature": 1.0 if req.temperature is None else req.temperature,
-        "top_p": 1.0 if req.top_p is None else req.top_p,
-        "top_k": req.top_k,
-        "min_p": req.min_p,
-        "frequency_penalty": req.frequency_penalty,
-        "presence_penalty": req.presence_penalty,
-        "repetition_penalty": req.repetition_penalty,
-        "logit_bias": dict(req.logit_bias or {}),
-        "seed": req.seed,
-        "ignore_eos": req.ignore_eos,
-        "skip_special_tokens": req.skip_special_tokens,
-        "spaces_between_special_tokens": req.spaces_between_special_tokens,
-        "no_stop_trim": req.no_stop_trim,
-        "n": 1,
-    }
-
-
-def check_request(
-    params: dict[str, Any],
-    input_ids: list[int],
-    tm: Any,
-    prompt_field: str,
-    max_tokens_field: str = "max_tokens",
-    min_tokens_requested: int = 0,
-) -> None:
-    """Validate one prompt and its params against the model before anything is sent.
+def sampling_params(req: SamplingRequest, max_new_tokens: int, extra_stop: tuple[str, ...] = ()) -> SamplingParams:
+    """The native sampling parameters of an OpenAI request (``n`` samples are expanded by the planner), grammar
+    fields included (``grammar_params``).
 
     Raises:
-        OpenAIError: 400 naming the OpenAI field (``prompt``/``messages``, ``max_tokens``, ``logit_bias`` ...).
+        InvalidRequestError: an invalid value, ``param`` in native terms (``max_new_tokens``, ``min_new_tokens``).
+        HttpError: from ``grammar_params``.
     """
-    if min_tokens_requested > params["max_new_tokens"]:
-        raise bad_request(
-            f"min_tokens ({min_tokens_requested}) must be <= {max_tokens_field} ({params['max_new_tokens']})",
-            "min_tokens",
-        )
-    try:
-        SamplingParams.from_dict(params).check_vocab(tm.vocab_size)
-    except ValueError as e:
-        raise from_value_error(e, {"max_new_tokens": max_tokens_field}) from None
-    n, ctx = len(input_ids), tm.context_len
-    if n == 0:
-        raise bad_request(f"{prompt_field}: the prompt is empty", prompt_field)
-    bad = next((t for t in input_ids if not 0 <= t < tm.vocab_size), None)
-    if bad is not None:
-        raise bad_request(f"{prompt_field}: token id {bad} out of range [0, {tm.vocab_size})", prompt_field)
-    if n >= ctx:
-        raise bad_request(f"{prompt_field}: the prompt has {n} tokens, the context length is {ctx}", prompt_field)
-    if n + params["max_new_tokens"] > ctx:
-        raise bad_request(
-            f"{max_tokens_field}: prompt ({n} tokens) + {max_tokens_field} ({params['max_new_tokens']}) exceeds "
-            f"the context length {ctx}",
-            max_tokens_field,
-        )
+    stop = list(dict.fromkeys([*(req.stop or []), *extra_stop]))
+    return SamplingParams.from_dict(
+        {
+            **grammar_params(req),
+            "max_new_tokens": max_new_tokens,
+            "min_new_tokens": req.min_tokens,
+            "stop": stop,
+            "stop_token_ids": list(req.stop_token_ids or []),
+            "temperature": 1.0 if req.temperature is None else req.temperature,
+            "top_p": 1.0 if req.top_p is None else req.top_p,
+            "top_k": req.top_k,
+            "min_p": req.min_p,
+            "frequency_penalty": req.frequency_penalty,
+            "presence_penalty": req.presence_penalty,
+            "repetition_penalty": req.repetition_penalty,
+            "logit_bias": dict(req.logit_bias or {}),
+            "seed": req.seed,
+            "ignore_eos": req.ignore_eos,
+            "skip_special_tokens": req.skip_special_tokens,
+            "spaces_between_special_tokens": req.spaces_between_special_tokens,
+            "no_stop_trim": req.no_stop_trim,
+            "n": req.n,
+        }
+    )
 
 
-def expand_choices(
-    prompts: list[list[int]],
-    params: list[dict[str, Any]],
-    n: int,
-    id_prefix: str,
-    **logprob_kwargs: Any,
-) -> list[ChoiceJob]:
-    """One job per (prompt, sample): index = prompt_index * n + j; seeds become seed + j when n > 1."""
-    jobs = []
-    for p, (ids, sp) in enumerate(zip(prompts, params, strict=True)):
-        for j in range(n):
-            this = dict(sp)
-            if n > 1 and sp.get("seed") is not None:
-                this["seed"] = sp["seed"] + j
-            rid = f"{id_prefix}-{p * n + j}"
-            jobs.append(ChoiceJob(p * n + j, p, ids, this, rid, **logprob_kwargs))
-    return jobs
+@dataclass
+class OpenAIRun:
+    """One OpenAI request as the native request that produces its choices.
+
+    Args:
+        prompts: the token ids of each prompt. params: the sampling parameters of each prompt (``n`` samples each).
+        rid: the request id (the client's ``rid`` or a new one): prompt ``i`` of several is ``<rid>-<i>``, and its
+            samples ``…-<j>`` when n > 1, so ``/abort_request`` with the rid aborts the whole request.
+        renames: native field → this route's field, for errors.
+        logprobs: ``return_logprob``, ``logprob_start_len``, ``top_logprobs_num`` of GenerateReqInput.
+    """
+
+    prompts: list[list[int]]
+    params: list[SamplingParams]
+    rid: str
+    renames: Mapping[str, str]
+    logprobs: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n(self) -> int:
+        return self.params[0].n if self.params else 1
+
+    def prompt_index(self, choice_index: int) -> int:
+        return choice_index // self.n
+
+    def to_input(self, stream: bool) -> GenerateReqInput:
+        single = len(self.prompts) == 1
+        return GenerateReqInput(
+            input_ids=self.prompts[0] if single else self.prompts,
+            sampling_params=self.params[0] if single else self.params,
+            stream=stream,
+            rid=self.rid if single else [f"{self.rid}-{i}" for i in range(len(self.prompts))],
+            **self.logprobs,
+        )
+
+    async def results(self, tm: Any, request: Request | None) -> list[dict[str, Any]]:
+        """Every choice's final native response, in choice order.
+
+        Raises:
+            HttpError: invalid input (in this route's field names) or a failed request.
+            ClientDisconnected: the client went away first (everything is aborted).
+        """
+        agen = tm.generate_request(self.to_input(stream=False))
+        try:
+            final = await run_unless_disconnected(request, anext(agen))
+        except StopAsyncIteration:
+            raise HttpError(500, "the runtime returned no result", type_="server_error") from None
+        except (ValueError, RuntimeError, TimeoutError) as e:
+            raise http_error(e, self.renames) from None
+        finally:
+            await agen.aclose()
+        return final if isinstance(final, list) else [final]
+
+    async def stream(self, tm: Any) -> tuple[tuple[int, dict[str, Any]] | None, AsyncGenerator[tuple[int, dict]]]:
+        """Start streaming: the first ``(choice index, cumulative native response)`` update and an iterator of the
+        rest. Input errors surface here, before any byte of the response is sent.
+
+        Raises:
+            HttpError: invalid input, in this route's field names.
+        """
+        agen = tm.generate_request(self.to_input(stream=True))
+
+        async def updates() -> AsyncGenerator[tuple[int, dict[str, Any]]]:
+            try:
+                async for item in agen:
+                    yield int(item.get("index", 0)), item
+            finally:
+                await agen.aclose()
+
+        it = updates()
+        try:
+            first = await anext(it, None)
+        except BaseException as e:
+            await it.aclose()
+            if isinstance(e, ValueError | RuntimeError | TimeoutError):
+                raise http_error(e, self.renames) from None
+            raise
+        return first, it
+
+
+def openai_renames(prompt_field: str, max_tokens_field: str = "max_tokens") -> dict[str, str]:
+    """Native → OpenAI field names of a route: the prompt's field and the field that gave max_new_tokens."""
+    return {**NATIVE_TO_OPENAI, "input_ids": prompt_field, "max_new_tokens": max_tokens_field}
 
 
 def new_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex}"
-
-
-async def _final(tm: Any, job: ChoiceJob) -> dict[str, Any]:
-    agen = tm.generate_request(job.to_input(stream=False))
-    last: Any = None
-    try:
-        async for item in agen:
-            last = item
-    finally:
-        await agen.aclose()
-    if isinstance(last, list):  # a batch-shaped answer for a single prompt
-        last = last[0]
-    if last is None:
-        raise OpenAIError(500, "the runtime returned no result", type_="server_error")
-    return last
-
-
-async def generate_all(tm: Any, jobs: list[ChoiceJob], request: Request | None = None) -> list[dict[str, Any]]:
-    """Run every job to completion concurrently; results in job order.
-
-    If one fails, the others are cancelled (aborting them) and the error is raised. If ``request``'s client
-    disconnects first, everything is cancelled and ``ClientDisconnected`` is raised.
-    """
-    tasks = [asyncio.ensure_future(_final(tm, job)) for job in jobs]
-    gathered = asyncio.gather(*tasks)
-    try:
-        return await _watch_disconnect(gathered, request)
-    except BaseException:
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        raise
-
-
-class ClientDisconnected(Exception):
-    """The HTTP client went away before the response was ready."""
-
-
-async def _watch_disconnect(fut: Awaitable[Any], request: Request | None) -> Any:
-    """Await ``fut`` unless the client disconnects first (then it is cancelled and ClientDisconnected raised)."""
-    task = asyncio.ensure_future(fut)
-    if request is None:
-        return await task
-
-    async def wait_disconnect() -> None:
-        while (await request.receive())["type"] != "http.disconnect":
-            pass
-
-    watcher = asyncio.ensure_future(wait_disconnect())
-    try:
-        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        watcher.cancel()
-        if not task.done():
-            task.cancel()
-    if task.cancelled():
-        raise ClientDisconnected()
-    return task.result()
-
-
-async def stream_all(tm: Any, jobs: list[ChoiceJob]) -> AsyncIterator[tuple[ChoiceJob, dict[str, Any]]]:
-    """Merge the streams of every job: yields ``(job, cumulative native response)`` as updates arrive.
-
-    An error in any stream is raised here after the others are cancelled; closing this generator early
-    (client disconnect) cancels all of them, which aborts their requests.
-    """
-    queue: asyncio.Queue[tuple[int, Any, BaseException | None]] = asyncio.Queue()
-    done_marker = object()
-
-    async def pump(i: int, job: ChoiceJob) -> None:
-        agen = tm.generate_request(job.to_input(stream=True))
-        try:
-            async for item in agen:
-                queue.put_nowait((i, item, None))
-        except Exception as e:
-            queue.put_nowait((i, None, e))
-        finally:
-            queue.put_nowait((i, done_marker, None))
-            await agen.aclose()
-
-    tasks = [asyncio.ensure_future(pump(i, job)) for i, job in enumerate(jobs)]
-    remaining = len(jobs)
-    try:
-        while remaining:
-            i, item, err = await queue.get()
-            if err is not None:
-                raise err
-            if item is done_marker:
-                remaining -= 1
-                continue
-            yield jobs[i], item
-    finally:
-        for t in tasks:
-            t.cancel()  # synchronous, so it happens even when this generator is itself being cancelled
 
 
 def finish_reason(meta: dict[str, Any]) -> tuple[str | None, int | str | None]:
@@ -298,16 +213,18 @@ def finish_reason(meta: dict[str, Any]) -> tuple[str | None, int | str | None]:
     return kind, fr.get("matched") if kind == "stop" else None
 
 
-def usage_of(results: dict[int, dict[str, Any]], jobs: list[ChoiceJob]) -> UsageInfo:
-    """Usage over all choices: prompt and cached tokens once per prompt, completion tokens summed."""
+def usage_of(results: dict[int, dict[str, Any]], run: OpenAIRun) -> UsageInfo:
+    """Usage over the choices in ``results`` (choice index → final native response): prompt and cached tokens once
+    per prompt, completion tokens summed."""
     prompt = completion = cached = 0
     seen: set[int] = set()
-    for job in jobs:
-        meta = results[job.index]["meta_info"]
+    for index, res in sorted(results.items()):
+        meta = res["meta_info"]
         completion += int(meta.get("completion_tokens", 0))
-        if job.prompt_index not in seen:
-            seen.add(job.prompt_index)
-            prompt += int(meta.get("prompt_tokens", len(job.input_ids)))
+        p = run.prompt_index(index)
+        if p not in seen:
+            seen.add(p)
+            prompt += int(meta.get("prompt_tokens", len(run.prompts[p])))
             cached += int(meta.get("cached_tokens", 0) or 0)
     return UsageInfo(
         prompt_tokens=prompt,
@@ -315,12 +232,6 @@ def usage_of(results: dict[int, dict[str, Any]], jobs: list[ChoiceJob]) -> Usage
         total_tokens=prompt + completion,
         prompt_tokens_details=PromptTokensDetails(cached_tokens=cached),
     )
-
-
-def sse(data: dict[str, Any] | str) -> str:
-    """One server-sent event line pair."""
-    payload = data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)
-    return f"data: {payload}\n\n"
 
 
 class TokenTexts:
@@ -350,13 +261,6 @@ class TokenTexts:
         return out
 
 
-def safe_stream_text(text: str, stop: list[str], finished: bool) -> str:
-    """The part of a cumulative streamed text that may be sent: hold back a tail that may grow into a stop."""
-    if finished or not stop:
-        return text
-    return text[: StopStringMatcher(stop).safe_prefix_len(text)]
-
-
 @dataclass
 class ApiContext:
     """What the endpoints share: the TokenizerManager, the served model name, the chat template."""
@@ -375,15 +279,14 @@ class ApiContext:
 
         Raises:
             ServerUnavailableError: from the TokenizerManager (HTTP 503).
-            OpenAIError: 404 for an unknown model.
+            HttpError: 404 for an unknown model.
         """
         check_available = getattr(self.tm, "check_available", None)
         if check_available is not None:
             check_available()
         if model is not None and model != self.model_name:
-            raise OpenAIError(
+            raise HttpError(
                 404,
                 f"The model `{model}` does not exist (this server serves `{self.model_name}`).",
                 param="model",
-                type_="not_found_error",
             )

@@ -1,0 +1,234 @@
+"""HTTP plumbing shared by every route, native and /v1: error bodies, JSON bodies, SSE, client disconnects.
+
+Error body (OpenAI's shape, on every route): ``{"error": {"message", "type", "param", "code"}}`` with ``code`` the
+HTTP status. Exceptions map to statuses as: ``HttpError`` → its own; ``InvalidRequestError`` → 400 with ``param``
+taken from the error (renamed into the route's own field names, e.g. ``max_new_tokens`` → ``max_tokens`` on /v1);
+another ValueError → 400; ServerUnavailableError → 503; RequestFailedError → its status; TimeoutError → 504;
+anything else → 500 (logged with its traceback).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+from collections.abc import AsyncIterator, Awaitable, Mapping
+from typing import Any, TypeVar
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from radixgen.runtime.errors import InvalidRequestError, RequestFailedError, ServerUnavailableError
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    413: "invalid_request_error",
+    500: "internal_server_error",
+    503: "service_unavailable_error",
+    504: "timeout_error",
+}
+
+# native field → the field of an OpenAI request that carries it (each /v1 route adds its own, e.g. the prompt)
+NATIVE_TO_OPENAI: dict[str, str] = {
+    "max_new_tokens": "max_tokens",
+    "min_new_tokens": "min_tokens",
+    "top_logprobs_num": "logprobs",
+}
+
+
+class HttpError(Exception):
+    """An error to send as the error body.
+
+    Args:
+        status: HTTP status code.
+        message: human-readable explanation (for invalid input it names the field).
+        param: the request field at fault, if any.
+        type_: error type (``invalid_request_error``, ``not_found_error``, ``server_error`` ...); by default the
+            one of ``status``.
+    """
+
+    def __init__(self, status: int, message: str, param: str | None = None, type_: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.param = param
+        self.type = type_ or _TYPES.get(status, "error")
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.status}}
+
+    def response(self) -> JSONResponse:
+        return JSONResponse(self.body(), status_code=self.status)
+
+
+def bad_request(message: str, param: str | None = None) -> HttpError:
+    """A 400 ``invalid_request_error`` naming ``param``."""
+    return HttpError(400, message, param)
+
+
+def openai_error(status: int, message: str, param: str | None = None, type_: str | None = None) -> JSONResponse:
+    """The error JSONResponse (see ``HttpError``)."""
+    return HttpError(status, message, param, type_).response()
+
+
+def _rename(text: str, renames: Mapping[str, str]) -> str:
+    for native, ours in renames.items():
+        text = re.sub(rf"\b{re.escape(native)}\b", ours, text)
+    return text
+
+
+def http_error(exc: BaseException, renames: Mapping[str, str] | None = None) -> HttpError:
+    """The HttpError for an exception (see the module docstring).
+
+    Args:
+        renames: native field name → the route's field name, applied to an InvalidRequestError's ``param`` and to
+            the field names in its message.
+    """
+    if isinstance(exc, HttpError):
+        return exc
+    if isinstance(exc, InvalidRequestError):
+        table = renames or {}
+        param = table.get(exc.param, exc.param) if exc.param is not None else None
+        return HttpError(400, _rename(exc.message, table) if table else exc.message, param)
+    if isinstance(exc, ValueError):
+        return HttpError(400, str(exc))
+    if isinstance(exc, ServerUnavailableError):
+        return HttpError(503, str(exc))
+    if isinstance(exc, RequestFailedError):
+        return HttpError(exc.status, str(exc))
+    if isinstance(exc, TimeoutError):
+        return HttpError(504, "timed out waiting for the scheduler")
+    return HttpError(500, f"internal server error: {type(exc).__name__}: {exc}")
+
+
+def error_response(exc: BaseException, renames: Mapping[str, str] | None = None) -> JSONResponse:
+    """The error JSONResponse for an exception (500s are logged with their traceback)."""
+    err = http_error(exc, renames)
+    if err.status >= 500:
+        logger.error("internal error", exc_info=exc)
+    return err.response()
+
+
+def _loc_to_param(loc: tuple[Any, ...]) -> str | None:
+    out = ""
+    for part in loc:
+        if part in ("body", "query", "path"):
+            continue
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out or None
+
+
+def from_validation_error(exc: ValidationError | RequestValidationError) -> HttpError:
+    """A 400 whose ``param`` is the path of the first failing field of a pydantic validation."""
+    errors = exc.errors()
+    if not errors:
+        return bad_request(str(exc))
+    first = errors[0]
+    param = _loc_to_param(tuple(first.get("loc", ())))
+    msg = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
+    text = f"{param}: {msg}" if param and not msg.startswith(f"{param}:") else msg
+    if len(errors) > 1:
+        text += f" (and {len(errors) - 1} more error(s))"
+    return bad_request(text, param)
+
+
+async def read_json(request: Request) -> Any:
+    """The decoded JSON body.
+
+    Raises:
+        InvalidRequestError: an empty or malformed body (``param`` ``body``).
+    """
+    raw = await request.body()
+    if not raw.strip():
+        raise InvalidRequestError("body", "body: a JSON body is required")
+    try:
+        return json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InvalidRequestError("body", f"body: malformed JSON: {e}") from None
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Make FastAPI's own errors take the error body: request validation (pydantic) → 400 naming the field, HTTP
+    errors (404 unknown route, 405 wrong method, ...) → their status, uncaught exceptions → 500."""
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        return from_validation_error(exc).response()
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return openai_error(exc.status_code, str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def _internal(_request: Request, exc: Exception) -> JSONResponse:
+        return error_response(exc)
+
+
+# ---------------------------------------------------------------------------------------------------- streaming
+def sse_event(payload: Any) -> bytes:
+    """One server-sent event: ``data: <json>\\n\\n`` (or ``data: [DONE]`` for the string ``"[DONE]"``)."""
+    data = payload if isinstance(payload, str) else json.dumps(payload, ensure_ascii=False)
+    return f"data: {data}\n\n".encode()
+
+
+async def sse_body(
+    events: AsyncIterator[Any], first: Any = None, renames: Mapping[str, str] | None = None
+) -> AsyncIterator[bytes]:
+    """An SSE response body: ``first`` (if not None) and each event as ``data: {...}``, an error event (the error
+    body) if producing them fails, then ``data: [DONE]``. Closing this body (client disconnect) closes ``events``,
+    which aborts their requests."""
+    try:
+        if first is not None:
+            yield sse_event(first)
+        async for item in events:
+            yield sse_event(item)
+    except Exception as e:  # noqa: BLE001 - mid-stream failures become an error event
+        yield sse_event(http_error(e, renames).body())
+    finally:
+        await events.aclose()  # type: ignore[attr-defined]
+    yield sse_event("[DONE]")
+
+
+class ClientDisconnected(Exception):
+    """The client closed the connection before the response was ready (answered 499)."""
+
+
+async def run_unless_disconnected(request: Request | None, aw: Awaitable[T]) -> T:
+    """Await ``aw`` unless the client disconnects first; then it is cancelled (its requests aborted).
+
+    Raises:
+        ClientDisconnected: the client went away first. Whatever ``aw`` raises.
+    """
+    task = asyncio.ensure_future(aw)
+    if request is None:
+        return await task
+
+    async def wait_disconnect() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    watcher = asyncio.ensure_future(wait_disconnect())
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        if not task.done():
+            task.cancel()
+        watcher.cancel()
+    if not task.done() or task.cancelled():
+        await asyncio.gather(task, return_exceptions=True)
+        raise ClientDisconnected
+    return task.result()
