@@ -16,10 +16,11 @@ import json
 import logging
 import os
 from collections.abc import Sequence
-from datetime import datetime
 from typing import Any
 
 from tokenizers import Tokenizer
+
+from radixgen.chat_templates import compile_chat_template
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +72,17 @@ def _token_str(v: Any) -> str | None:
     return v if isinstance(v, str) else None
 
 
+def _special_token_id(key: str) -> property:
+    """A read-only property: the vocabulary id of the tokenizer's special token ``key`` (e.g. ``"bos_token"``), or
+    None when that token is unset or not in the vocabulary; it follows later assignments to the token."""
+
+    def token_id(self: FastTokenizer) -> int | None:
+        token = getattr(self, key)
+        return None if token is None else self._tok.token_to_id(token)
+
+    return property(token_id, doc=f"The id of ``{key}`` (None when unset or unknown).")
+
+
 class FastTokenizer:
     """Hugging Face-compatible tokenizer over ``tokenizers.Tokenizer`` (no torch, no transformers).
 
@@ -111,24 +123,10 @@ class FastTokenizer:
         self.all_special_ids: list[int] = sorted(i for i, t in added.items() if t.special)
 
     # ------------------------------------------------------------------ ids
-    def _id(self, token: str | None) -> int | None:
-        return None if token is None else self._tok.token_to_id(token)
-
-    @property
-    def bos_token_id(self) -> int | None:
-        return self._id(self.bos_token)  # type: ignore[attr-defined]
-
-    @property
-    def eos_token_id(self) -> int | None:
-        return self._id(self.eos_token)  # type: ignore[attr-defined]
-
-    @property
-    def pad_token_id(self) -> int | None:
-        return self._id(self.pad_token)  # type: ignore[attr-defined]
-
-    @property
-    def unk_token_id(self) -> int | None:
-        return self._id(self.unk_token)  # type: ignore[attr-defined]
+    bos_token_id = _special_token_id("bos_token")
+    eos_token_id = _special_token_id("eos_token")
+    pad_token_id = _special_token_id("pad_token")
+    unk_token_id = _special_token_id("unk_token")
 
     @property
     def vocab_size(self) -> int:
@@ -200,8 +198,9 @@ class FastTokenizer:
         return_dict: bool = False,
         **kwargs: Any,
     ) -> str | list[int] | dict[str, Any]:
-        """Render a conversation with the Jinja chat template, as ``transformers`` does (sandboxed Jinja with
-        trim_blocks/lstrip_blocks, ``raise_exception``, ``strftime_now`` and a ``tojson`` filter).
+        """Render a conversation with the Jinja chat template, as ``transformers`` does (compiled by
+        ``radixgen.chat_templates.compile_chat_template``: sandboxed Jinja with trim_blocks/lstrip_blocks,
+        ``raise_exception``, ``strftime_now`` and a ``tojson`` filter).
 
         Returns:
             the prompt string (``tokenize=False``), its token ids (no special tokens added: the template
@@ -215,7 +214,7 @@ class FastTokenizer:
             raise ValueError("chat_template: the tokenizer has no chat template; start the server with --chat-template")
         specials = {k: getattr(self, k) for k in _SPECIAL_KEYS}
         try:
-            rendered = _compile(template).render(
+            rendered = compile_chat_template(template).render(
                 messages=conversation,
                 tools=tools,
                 documents=documents,
@@ -234,32 +233,3 @@ class FastTokenizer:
         ids = self.encode(rendered, add_special_tokens=False)
         return {"input_ids": ids} if return_dict else ids
 
-
-_COMPILED: dict[str, Any] = {}
-
-
-def _compile(template: str) -> Any:
-    """Compile (and cache) a chat template the way transformers does."""
-    if template in _COMPILED:
-        return _COMPILED[template]
-    import jinja2
-    from jinja2.ext import loopcontrols
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-    def raise_exception(message: str) -> None:
-        raise jinja2.exceptions.TemplateError(message)
-
-    def tojson(x: Any, ensure_ascii: bool = False, indent: int | None = None, separators: Any = None,
-               sort_keys: bool = False) -> str:
-        return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
-
-    def strftime_now(fmt: str) -> str:
-        return datetime.now().strftime(fmt)
-
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
-    env.filters["tojson"] = tojson
-    env.globals["raise_exception"] = raise_exception
-    env.globals["strftime_now"] = strftime_now
-    compiled = env.from_string(template)
-    _COMPILED[template] = compiled
-    return compiled

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -161,9 +161,32 @@ async def read_json(request: Request) -> Any:
         raise InvalidRequestError("body", f"body: malformed JSON: {e}") from None
 
 
+async def read_json_object(request: Request) -> dict[str, Any]:
+    """The decoded JSON body, which must be an object.
+
+    Raises:
+        InvalidRequestError: an empty or malformed body, or one that is not an object (``param`` ``body``).
+    """
+    body = await read_json(request)
+    if not isinstance(body, dict):
+        raise InvalidRequestError("body", f"body: must be a JSON object, got {type(body).__name__}")
+    return body
+
+
 def install_error_handlers(app: FastAPI) -> None:
-    """Make FastAPI's own errors take the error body: request validation (pydantic) → 400 naming the field, HTTP
-    errors (404 unknown route, 405 wrong method, ...) → their status, uncaught exceptions → 500."""
+    """Give every error the error body, so routes simply raise: the runtime's errors by the table of the module
+    docstring (InvalidRequestError → 400 naming the field), ClientDisconnected → 499 with no body, request
+    validation (pydantic) → 400 naming the field, HTTP errors (404 unknown route, 405 wrong method, ...) → their
+    status, uncaught exceptions → 500."""
+
+    async def _mapped(_request: Request, exc: Exception) -> Response:
+        if isinstance(exc, ClientDisconnected):
+            return Response(status_code=499)
+        return error_response(exc)
+
+    for exc_class in (InvalidRequestError, HttpError, ServerUnavailableError, RequestFailedError, TimeoutError):
+        app.add_exception_handler(exc_class, _mapped)
+    app.add_exception_handler(ClientDisconnected, _mapped)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -26,10 +26,10 @@ from radixgen.runtime.errors import InvalidRequestError
 from radixgen.runtime.generate_request import GenerateReqInput, parse_generate_body
 from radixgen.runtime.http_common import (
     ClientDisconnected,
-    error_response,
     install_error_handlers,
     openai_error,
     read_json,
+    read_json_object,
     run_unless_disconnected,
     sse_body,
 )
@@ -128,10 +128,7 @@ def create_app(tokenizer_manager: TokenizerManager, server_args: ServerArgs) -> 
 
     @app.get("/get_server_info")
     async def get_server_info() -> Response:
-        try:
-            stats = await tm.get_scheduler_stats()
-        except Exception as e:  # noqa: BLE001 - mapped to its status
-            return error_response(e)
+        stats = await tm.get_scheduler_stats()
         args = asdict(server_args)
         if args.get("api_key"):
             args["api_key"] = "<redacted>"
@@ -147,63 +144,45 @@ def create_app(tokenizer_manager: TokenizerManager, server_args: ServerArgs) -> 
 
     @app.api_route("/flush_cache", methods=["POST", "GET"])
     async def flush_cache() -> Response:
-        try:
-            ok = await tm.flush_cache()
-        except Exception as e:  # noqa: BLE001 - mapped to its status
-            return error_response(e)
-        if not ok:
+        if not await tm.flush_cache():
             return openai_error(400, "flush_cache: refused while requests are queued or running")
         return JSONResponse({"success": True, "message": "Cache flushed."})
 
     @app.post("/abort_request")
     async def abort_request(request: Request) -> Response:
-        try:
-            body = await read_json(request)
-            rid = body.get("rid") if isinstance(body, dict) else None
-            if not isinstance(rid, str) or not rid:
-                raise InvalidRequestError("rid", "rid: must be a non-empty string")
-        except ValueError as e:
-            return error_response(e)
+        rid = (await read_json_object(request)).get("rid")
+        if not isinstance(rid, str) or not rid:
+            raise InvalidRequestError("rid", "rid: must be a non-empty string")
         await tm.abort_request(rid)
         return JSONResponse({"success": True})
 
     @app.post("/tokenize")
     async def tokenize(request: Request) -> Response:
-        try:
-            body = await read_json(request)
-            if not isinstance(body, dict):
-                raise InvalidRequestError("body", "body: must be a JSON object")
-            text, add_special = body.get("text", body.get("prompt")), body.get("add_special_tokens", True)
-            if not isinstance(add_special, bool):
-                raise InvalidRequestError("add_special_tokens", "add_special_tokens: must be a boolean")
-            if isinstance(text, str):
-                ids: Any = tm.tokenizer.encode(text, add_special_tokens=add_special)
-                count: Any = len(ids)
-            elif isinstance(text, list) and text and all(isinstance(t, str) for t in text):
-                ids = [tm.tokenizer.encode(t, add_special_tokens=add_special) for t in text]
-                count = [len(x) for x in ids]
-            else:
-                raise InvalidRequestError("text", "text: must be a string or a non-empty list of strings")
-        except ValueError as e:
-            return error_response(e)
+        body = await read_json_object(request)
+        text, add_special = body.get("text", body.get("prompt")), body.get("add_special_tokens", True)
+        if not isinstance(add_special, bool):
+            raise InvalidRequestError("add_special_tokens", "add_special_tokens: must be a boolean")
+        if isinstance(text, str):
+            ids: Any = tm.tokenizer.encode(text, add_special_tokens=add_special)
+            count: Any = len(ids)
+        elif isinstance(text, list) and text and all(isinstance(t, str) for t in text):
+            ids = [tm.tokenizer.encode(t, add_special_tokens=add_special) for t in text]
+            count = [len(x) for x in ids]
+        else:
+            raise InvalidRequestError("text", "text: must be a string or a non-empty list of strings")
         return JSONResponse({"tokens": ids, "input_ids": ids, "count": count, "max_model_len": tm.context_len})
 
     @app.post("/detokenize")
     async def detokenize(request: Request) -> Response:
-        try:
-            body = await read_json(request)
-            if not isinstance(body, dict):
-                raise InvalidRequestError("body", "body: must be a JSON object")
-            tokens, skip = body.get("tokens"), body.get("skip_special_tokens", False)
-            size = len(tm.tokenizer)
-            if not isinstance(tokens, list) or not all(
-                isinstance(t, int) and not isinstance(t, bool) and 0 <= t < size for t in tokens
-            ):
-                raise InvalidRequestError("tokens", f"tokens: must be a list of token ids in [0, {size})")
-            if not isinstance(skip, bool):
-                raise InvalidRequestError("skip_special_tokens", "skip_special_tokens: must be a boolean")
-        except ValueError as e:
-            return error_response(e)
+        body = await read_json_object(request)
+        tokens, skip = body.get("tokens"), body.get("skip_special_tokens", False)
+        size = len(tm.tokenizer)
+        if not isinstance(tokens, list) or not all(
+            isinstance(t, int) and not isinstance(t, bool) and 0 <= t < size for t in tokens
+        ):
+            raise InvalidRequestError("tokens", f"tokens: must be a list of token ids in [0, {size})")
+        if not isinstance(skip, bool):
+            raise InvalidRequestError("skip_special_tokens", "skip_special_tokens: must be a boolean")
         return JSONResponse({"text": tm.tokenizer.decode(tokens, skip_special_tokens=skip)})
 
     @app.get("/metrics")
@@ -215,27 +194,16 @@ def create_app(tokenizer_manager: TokenizerManager, server_args: ServerArgs) -> 
 
     @app.post("/generate")
     async def generate(request: Request) -> Response:
-        try:
-            obj = parse_generate_body(await read_json(request))
-            tm.check_available()
-        except Exception as e:  # noqa: BLE001 - mapped to its status
-            return error_response(e)
+        obj = parse_generate_body(await read_json(request))
+        tm.check_available()
         gen = tm.generate_request(obj)
         if not obj.stream:
-            try:
-                result = await run_unless_disconnected(request, _first(gen))
-            except ClientDisconnected:
-                return Response(status_code=499)
-            except Exception as e:  # noqa: BLE001 - mapped to its status
-                return error_response(e)
-            return JSONResponse(result)
+            return JSONResponse(await run_unless_disconnected(request, _first(gen)))
         try:  # the first update validates the request: errors before it are plain HTTP errors
             first = await run_unless_disconnected(request, anext(gen, None))
-        except ClientDisconnected:
-            return Response(status_code=499)
-        except Exception as e:  # noqa: BLE001 - mapped to its status
+        except BaseException:
             await gen.aclose()
-            return error_response(e)
+            raise
         return StreamingResponse(sse_body(gen, first), media_type="text/event-stream")
 
     spec = importlib.util.find_spec("radixgen.runtime.openai_api")

@@ -54,19 +54,22 @@ class IpcEndpoints:
 
 def push_socket(ctx: zmq.Context[Any], address: str) -> zmq.Socket[Any]:
     """A PUSH socket connected to ``address`` (no send high-water mark: senders never block or drop)."""
-    sock = ctx.socket(zmq.PUSH)
-    sock.setsockopt(zmq.SNDHWM, 0)
-    sock.setsockopt(zmq.LINGER, 0)
+    sock = _unbounded_socket(ctx, zmq.PUSH, zmq.SNDHWM)
     sock.connect(address)
     return sock
 
 
 def pull_socket(ctx: zmq.Context[Any], address: str) -> zmq.Socket[Any]:
     """A PULL socket bound to ``address`` (no receive high-water mark)."""
-    sock = ctx.socket(zmq.PULL)
-    sock.setsockopt(zmq.RCVHWM, 0)
-    sock.setsockopt(zmq.LINGER, 0)
+    sock = _unbounded_socket(ctx, zmq.PULL, zmq.RCVHWM)
     sock.bind(address)
+    return sock
+
+
+def _unbounded_socket(ctx: zmq.Context[Any], kind: int, hwm_option: int) -> zmq.Socket[Any]:
+    sock = ctx.socket(kind)
+    sock.setsockopt(hwm_option, 0)
+    sock.setsockopt(zmq.LINGER, 0)
     return sock
 
 

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 import psutil
 import torch
 
 from radixgen.radix import ReqToTokenPool, TokenSlotAllocator, TokenToKVPool
 from radixgen.runtime.attention import create_attention_backend
-from radixgen.runtime.forward_batch import ForwardBatch, ForwardMode
+from radixgen.runtime.forward_batch import ForwardBatch
 from radixgen.runtime.models import ModelConfig, load_model
 from radixgen.runtime.server_args import ServerArgs
+
+if TYPE_CHECKING:
+    from radixgen.runtime.schedule_batch import ScheduleBatch
 
 logger = logging.getLogger(__name__)
 
@@ -99,46 +103,28 @@ class ModelRunner:
         )
 
     @torch.inference_mode()
-    def forward(
-        self,
-        mode: ForwardMode,
-        input_ids: list[int],
-        req_pool_indices: list[int],
-        prefix_lens: list[int],
-        extend_lens: list[int],
-        out_cache_loc: torch.Tensor,
-        logits_rows: torch.Tensor,
-    ) -> torch.Tensor:
+    def forward(self, plan: ScheduleBatch, logits_rows: torch.Tensor) -> torch.Tensor:
         """One forward pass; returns float32 logits ``[len(logits_rows), vocab]`` for the selected tokens.
 
-        Equal to ``run(prepare(...), logits_rows)``; the scheduler calls the two halves separately to time them.
+        Equal to ``run(prepare(plan), logits_rows)``; the scheduler calls the two halves separately to time them.
 
         Args:
-            input_ids: the new tokens of every request, concatenated (``sum(extend_lens)``).
-            req_pool_indices / prefix_lens / extend_lens: per request (``[batch]``).
-            out_cache_loc: int64 ``[sum(extend_lens)]`` KV slots for the new tokens.
+            plan: the scheduler's batch: ``mode``; ``input_ids``, the new tokens of every request, concatenated
+                (``sum(extend_lens)``); ``req_pool_indices`` / ``prefix_lens`` / ``extend_lens`` per request
+                (``[batch]``); ``out_cache_loc``, int64 ``[sum(extend_lens)]`` KV slots for the new tokens.
             logits_rows: int64 ``[k]`` indices into the new tokens whose logits are wanted.
         """
-        batch = self.prepare(mode, input_ids, req_pool_indices, prefix_lens, extend_lens, out_cache_loc)
-        return self.run(batch, logits_rows)
+        return self.run(self.prepare(plan), logits_rows)
 
-    def prepare(
-        self,
-        mode: ForwardMode,
-        input_ids: list[int],
-        req_pool_indices: list[int],
-        prefix_lens: list[int],
-        extend_lens: list[int],
-        out_cache_loc: torch.Tensor,
-    ) -> ForwardBatch:
+    def prepare(self, plan: ScheduleBatch) -> ForwardBatch:
         """Batch preparation: the ForwardBatch tensors and the attention backend's metadata (see ``forward``)."""
         batch = ForwardBatch.build(
-            mode,
-            input_ids,
-            req_pool_indices,
-            prefix_lens,
-            extend_lens,
-            out_cache_loc,
+            plan.mode,
+            plan.input_ids,
+            plan.req_pool_indices,
+            plan.prefix_lens,
+            plan.extend_lens,
+            plan.out_cache_loc,
             self.req_to_token_pool,
             self.token_to_kv_pool,
             self.attn_backend,

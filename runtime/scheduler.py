@@ -45,16 +45,9 @@ class ModelRunnerProtocol(Protocol):
     context_len: int
     max_total_tokens: int
 
-    def forward(
-        self,
-        mode: ForwardMode,
-        input_ids: list[int],
-        req_pool_indices: list[int],
-        prefix_lens: list[int],
-        extend_lens: list[int],
-        out_cache_loc: torch.Tensor,
-        logits_rows: torch.Tensor,
-    ) -> torch.Tensor: ...
+    def forward(self, plan: ScheduleBatch, logits_rows: torch.Tensor) -> torch.Tensor:
+        """Float32 logits ``[len(logits_rows), vocab]`` of the batch (see ``ModelRunner.forward``)."""
+        ...
 
 
 class Scheduler:
@@ -223,12 +216,11 @@ class Scheduler:
         """Run the model; float32 logits ``[len(batch.logits_rows), vocab]``."""
         self.num_forward_steps += 1
         self.num_extend_steps += int(batch.mode == ForwardMode.EXTEND)
-        args = (batch.mode, batch.input_ids, batch.req_pool_indices, batch.prefix_lens, batch.extend_lens)
         prepare = getattr(self.runner, "prepare", None)  # optional: split out to time batch preparation
         if prepare is None:
-            logits = self.runner.forward(*args, batch.out_cache_loc, batch.logits_rows_tensor())
+            logits = self.runner.forward(batch, batch.logits_rows_tensor())
         else:
-            forward_batch = prepare(*args, batch.out_cache_loc)
+            forward_batch = prepare(batch)
             rows = batch.logits_rows_tensor()
             self.step_timer.lap("prepare")
             logits = self.runner.run(forward_batch, rows)  # type: ignore[attr-defined]

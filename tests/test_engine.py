@@ -225,3 +225,21 @@ def test_stop_token_ids_text_is_trimmed(engine: Engine) -> None:
     assert out["text"] == engine.tokenizer.decode(base["output_ids"][:5])
     kept = engine.generate(input_ids=[1], sampling_params={**params, "no_stop_trim": True})
     assert kept["text"] == engine.tokenizer.decode(base["output_ids"][:6])
+
+
+def test_one_tokenizer_and_threads_stopped_on_shutdown() -> None:
+    import threading
+
+    from radixgen.runtime.constrained import hf_tokenizer
+
+    with Engine(str(STORIES), max_total_tokens=2048) as eng:
+        tok = eng.tokenizer
+        assert eng.scheduler.stop_checker.tokenizer is tok and eng.detokenizer.tokenizer is tok
+        assert hf_tokenizer(eng.scheduler.grammar._tokenizer, "unused") is tok  # the grammar backend's too
+        out = eng.generate("Once upon", {"regex": "[a-z]{3}", "max_new_tokens": 8})
+        assert out["meta_info"]["finish_reason"]["type"] == "stop"
+        compile_threads = [t for t in threading.enumerate() if t.name.startswith("grammar-compile")]
+        assert compile_threads
+    for t in compile_threads:
+        t.join(timeout=10)
+    assert not any(t.is_alive() for t in compile_threads)

@@ -33,7 +33,9 @@ class FakeRunner:
         self.allocator = TokenSlotAllocator(max_total_tokens)
         self.calls: list[tuple[ForwardMode, list[int]]] = []
 
-    def forward(self, mode, input_ids, req_pool_indices, prefix_lens, extend_lens, out_cache_loc, logits_rows):
+    def forward(self, plan, logits_rows):
+        mode, input_ids, req_pool_indices = plan.mode, plan.input_ids, plan.req_pool_indices
+        prefix_lens, extend_lens, out_cache_loc = plan.prefix_lens, plan.extend_lens, plan.out_cache_loc
         assert out_cache_loc.numel() == len(input_ids) == sum(extend_lens)
         # every new token's slot was written into req_to_token before the forward
         table = self.req_to_token_pool.req_to_token

@@ -7,15 +7,13 @@ error body ``{"error": {"message", "type", "param", "code"}}`` with ``param`` na
 
 from __future__ import annotations
 
-import json
-import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
-from radixgen.runtime.http_common import ClientDisconnected, HttpError, bad_request, error_response
+from radixgen.runtime.http_common import ClientDisconnected, HttpError, error_response, read_json_object
 from radixgen.runtime.openai_api.chat import create_chat_completion
 from radixgen.runtime.openai_api.chat_templates import BUILTIN_TEMPLATES, resolve_chat_template
 from radixgen.runtime.openai_api.completions import create_completion
@@ -24,21 +22,15 @@ from radixgen.runtime.openai_api.serving import ApiContext
 
 __all__ = ["BUILTIN_TEMPLATES", "ApiContext", "register_openai_routes"]
 
-logger = logging.getLogger(__name__)
 
 Handler = Callable[[ApiContext, Any, Request], Awaitable[Response]]
 
 
 async def _handle(ctx: ApiContext, request: Request, handler: Handler) -> Response:
+    """Parse the JSON body and run the route; every error becomes its error response (the routes also work on an
+    app without ``http_common.install_error_handlers``)."""
     try:
-        raw = await request.body()
-        try:
-            body = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise bad_request(f"the request body is not valid JSON: {e}") from None
-        if not isinstance(body, dict):
-            raise bad_request("the request body must be a JSON object")
-        return await handler(ctx, body, request)
+        return await handler(ctx, await read_json_object(request), request)
     except ClientDisconnected:
         return Response(status_code=499)
     except Exception as e:  # invalid input (400), the runtime is down (503), a failed request, or a bug (500)

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
 
-from radixgen.runtime.http_common import bad_request, from_validation_error, http_error, sse_body
+from radixgen.runtime.http_common import bad_request, from_validation_error, http_error
 from radixgen.runtime.openai_api.chat_templates import ChatTemplateError, render_chat
 from radixgen.runtime.openai_api.protocol import (
     ChatCompletionChoice,
@@ -130,24 +128,13 @@ async def create_chat_completion(ctx: ApiContext, body: Any, request: Request | 
 
 
 async def _stream(ctx: ApiContext, req: ChatCompletionRequest, run: OpenAIRun, rid: str) -> StreamingResponse:
-    first, updates = await run.stream(ctx.tm)
-    created = int(time.time())
-    num_choices = len(run.prompts) * run.n
-    sent_text = dict.fromkeys(range(num_choices), 0)
-    sent_lp = dict.fromkeys(range(num_choices), 0)
-    finals: dict[int, dict[str, Any]] = {}
-
-    def chunk(choices: list[dict[str, Any]], usage: Any = None) -> dict[str, Any]:
-        d: dict[str, Any] = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": ctx.model_name}
-        d["choices"] = choices
-        if usage is not None:
-            d["usage"] = usage.model_dump(mode="json")
-        return d
+    sent_text = dict.fromkeys(range(run.num_choices), 0)
+    sent_lp = dict.fromkeys(range(run.num_choices), 0)
 
     def choice(index: int, delta: dict[str, Any], lp: Any = None, reason: Any = None, matched: Any = None) -> dict:
         return {"index": index, "delta": delta, "logprobs": lp, "finish_reason": reason, "matched_stop": matched}
 
-    def update(index: int, res: dict[str, Any]) -> list[dict[str, Any]]:
+    def choices_of(index: int, res: dict[str, Any]) -> list[dict[str, Any]]:
         meta = res["meta_info"]
         reason, matched = finish_reason(meta)
         text = res["text"]  # append-only: the detokenizer holds back text that may become a stop string
@@ -159,25 +146,11 @@ async def _stream(ctx: ApiContext, req: ChatCompletionRequest, run: OpenAIRun, r
             sent_lp[index] = len(meta.get("output_token_logprobs") or [])
         out = []
         if delta or (lp is not None and lp.content):
-            lp_json = lp.model_dump(mode="json") if lp is not None else None
-            out.append(chunk([choice(index, {"content": delta}, lp_json)]))
+            out.append(choice(index, {"content": delta}, lp.model_dump(mode="json") if lp is not None else None))
         if reason is not None:
-            finals[index] = res
-            out.append(chunk([choice(index, {}, None, reason, matched)]))
+            out.append(choice(index, {}, None, reason, matched))
         return out
 
-    async def events() -> AsyncIterator[dict[str, Any]]:
-        try:
-            for index in range(num_choices):
-                yield chunk([choice(index, {"role": "assistant", "content": ""})])
-            item = first
-            while item is not None:
-                for out in update(*item):
-                    yield out
-                item = await anext(updates, None)
-            if req.stream_options is not None and req.stream_options.include_usage:
-                yield chunk([], usage_of(finals, run))
-        finally:
-            await updates.aclose()
-
-    return StreamingResponse(sse_body(events(), renames=run.renames), media_type="text/event-stream")
+    usage = req.stream_options is not None and req.stream_options.include_usage
+    opening = [choice(i, {"role": "assistant", "content": ""}) for i in range(run.num_choices)]
+    return await run.stream_response(ctx.tm, "chat.completion.chunk", ctx.model_name, rid, usage, choices_of, opening)

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
 
-from radixgen.runtime.http_common import bad_request, from_validation_error, http_error, sse_body
+from radixgen.runtime.http_common import bad_request, from_validation_error, http_error
 from radixgen.runtime.openai_api.protocol import (
     CompletionChoice,
     CompletionLogProbs,
@@ -152,23 +150,12 @@ async def create_completion(ctx: ApiContext, body: Any, request: Request | None 
 async def _stream(
     ctx: ApiContext, req: CompletionRequest, run: OpenAIRun, texts: list[str], rid: str
 ) -> StreamingResponse:
-    first, updates = await run.stream(ctx.tm)
-    created = int(time.time())
-    num_choices = len(run.prompts) * run.n
-    sent_text = dict.fromkeys(range(num_choices), 0)
-    sent_lp = dict.fromkeys(range(num_choices), 0)
-    offsets = dict.fromkeys(range(num_choices), 0)
-    finals: dict[int, dict[str, Any]] = {}
+    sent_text = dict.fromkeys(range(run.num_choices), 0)
+    sent_lp = dict.fromkeys(range(run.num_choices), 0)
+    offsets = dict.fromkeys(range(run.num_choices), 0)
     started: set[int] = set()
 
-    def chunk(choices: list[dict[str, Any]], usage: Any = None) -> dict[str, Any]:
-        d: dict[str, Any] = {"id": rid, "object": "text_completion", "created": created, "model": ctx.model_name}
-        d["choices"] = choices
-        if usage is not None:
-            d["usage"] = usage.model_dump(mode="json")
-        return d
-
-    def update(index: int, res: dict[str, Any]) -> dict[str, Any] | None:
+    def choices_of(index: int, res: dict[str, Any]) -> list[dict[str, Any]]:
         meta = res["meta_info"]
         reason, matched = finish_reason(meta)
         p = run.prompt_index(index)
@@ -189,31 +176,11 @@ async def _stream(
                 offset=offsets[index],
             )
             sent_lp[index] = len(meta.get("output_token_logprobs") or [])
-        if reason is not None:
-            finals[index] = res
-        elif not delta and not (lp and lp.tokens):
-            return None
+        if reason is None and not delta and not (lp and lp.tokens):
+            return []
         started.add(index)
-        choice = {
-            "index": index,
-            "text": delta,
-            "logprobs": lp.model_dump(mode="json") if lp is not None else None,
-            "finish_reason": reason,
-            "matched_stop": matched,
-        }
-        return chunk([choice])
+        lp_json = lp.model_dump(mode="json") if lp is not None else None
+        return [{"index": index, "text": delta, "logprobs": lp_json, "finish_reason": reason, "matched_stop": matched}]
 
-    async def events() -> AsyncIterator[dict[str, Any]]:
-        try:
-            item = first
-            while item is not None:
-                out = update(*item)
-                if out is not None:
-                    yield out
-                item = await anext(updates, None)
-            if req.stream_options is not None and req.stream_options.include_usage:
-                yield chunk([], usage_of(finals, run))
-        finally:
-            await updates.aclose()
-
-    return StreamingResponse(sse_body(events(), renames=run.renames), media_type="text/event-stream")
+    usage = req.stream_options is not None and req.stream_options.include_usage
+    return await run.stream_response(ctx.tm, "text_completion", ctx.model_name, rid, usage, choices_of)

@@ -218,21 +218,31 @@ class CompletionLogProbs(BaseModel):
     top_logprobs: list[dict[str, float] | None] = Field(default_factory=list)
 
 
-class CompletionChoice(BaseModel):
+class _Choice(BaseModel):
+    """What every choice carries: its index, why it ended, and SGLang's matched stop string / token id."""
+
     index: int
-    text: str
-    logprobs: CompletionLogProbs | None = None
     finish_reason: str | None = None
     matched_stop: int | str | None = None
 
 
-class CompletionResponse(BaseModel):
+class _Response(BaseModel):
+    """The envelope of every response: id, creation time (unix seconds), model and usage."""
+
     id: str
-    object: Literal["text_completion"] = "text_completion"
     created: int = Field(default_factory=lambda: int(time.time()))
     model: str
-    choices: list[CompletionChoice]
     usage: UsageInfo | None = None
+
+
+class CompletionChoice(_Choice):
+    text: str
+    logprobs: CompletionLogProbs | None = None
+
+
+class CompletionResponse(_Response):
+    object: Literal["text_completion"] = "text_completion"
+    choices: list[CompletionChoice]
 
 
 class TopLogprob(BaseModel):
@@ -254,21 +264,14 @@ class ChatResponseMessage(BaseModel):
     content: str | None = None
 
 
-class ChatCompletionChoice(BaseModel):
-    index: int
+class ChatCompletionChoice(_Choice):
     message: ChatResponseMessage
     logprobs: ChatLogProbs | None = None
-    finish_reason: str | None = None
-    matched_stop: int | str | None = None
 
 
-class ChatCompletionResponse(BaseModel):
-    id: str
+class ChatCompletionResponse(_Response):
     object: Literal["chat.completion"] = "chat.completion"
-    created: int = Field(default_factory=lambda: int(time.time()))
-    model: str
     choices: list[ChatCompletionChoice]
-    usage: UsageInfo | None = None
 
 
 class ModelCard(BaseModel):

@@ -10,15 +10,24 @@ Errors carry the native field (``InvalidRequestError.param``), renamed into the 
 from __future__ import annotations
 
 import json
+import time
 import uuid
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import Request
+from fastapi.responses import StreamingResponse
 
 from radixgen.runtime.generate_request import GenerateReqInput
-from radixgen.runtime.http_common import NATIVE_TO_OPENAI, HttpError, bad_request, http_error, run_unless_disconnected
+from radixgen.runtime.http_common import (
+    NATIVE_TO_OPENAI,
+    HttpError,
+    bad_request,
+    http_error,
+    run_unless_disconnected,
+    sse_body,
+)
 from radixgen.runtime.openai_api.protocol import PromptTokensDetails, SamplingRequest, UsageInfo
 from radixgen.runtime.sampling_params import SamplingParams
 
@@ -136,6 +145,10 @@ class OpenAIRun:
     def n(self) -> int:
         return self.params[0].n if self.params else 1
 
+    @property
+    def num_choices(self) -> int:
+        return len(self.prompts) * self.n
+
     def prompt_index(self, choice_index: int) -> int:
         return choice_index // self.n
 
@@ -192,6 +205,59 @@ class OpenAIRun:
                 raise http_error(e, self.renames) from None
             raise
         return first, it
+
+
+    async def stream_response(
+        self,
+        tm: Any,
+        chunk_object: str,
+        model_name: str,
+        rid: str,
+        include_usage: bool,
+        choices_of: Callable[[int, dict[str, Any]], list[dict[str, Any]]],
+        opening: list[dict[str, Any]] | None = None,
+    ) -> StreamingResponse:
+        """The SSE response of a streamed route: one chunk ``{"id", "object", "created", "model", "choices"}`` per
+        choice dict, then a usage chunk (``include_usage``), an error event if the runtime fails midway, and
+        ``[DONE]``.
+
+        Args:
+            chunk_object: the chunks' ``object`` (``chat.completion.chunk`` / ``text_completion``).
+            choices_of: the route's choice dicts for one update ``(choice index, cumulative native response)``.
+            opening: choice dicts sent before any update (the chat route's role deltas).
+
+        Raises:
+            HttpError: invalid input (before any byte of the response is sent).
+        """
+        first, updates = await self.stream(tm)
+        created = int(time.time())
+        finals: dict[int, dict[str, Any]] = {}
+
+        def chunk(choices: list[dict[str, Any]], usage: UsageInfo | None = None) -> dict[str, Any]:
+            d: dict[str, Any] = {"id": rid, "object": chunk_object, "created": created, "model": model_name}
+            d["choices"] = choices
+            if usage is not None:
+                d["usage"] = usage.model_dump(mode="json")
+            return d
+
+        async def events() -> AsyncGenerator[dict[str, Any]]:
+            try:
+                for choice in opening or []:
+                    yield chunk([choice])
+                item = first
+                while item is not None:
+                    index, res = item
+                    if res["meta_info"].get("finish_reason") is not None:
+                        finals[index] = res
+                    for choice in choices_of(index, res):
+                        yield chunk([choice])
+                    item = await anext(updates, None)
+                if include_usage:
+                    yield chunk([], usage_of(finals, self))
+            finally:
+                await updates.aclose()
+
+        return StreamingResponse(sse_body(events(), renames=self.renames), media_type="text/event-stream")
 
 
 def openai_renames(prompt_field: str, max_tokens_field: str = "max_tokens") -> dict[str, str]:
