@@ -8,19 +8,16 @@ pieces reproduces the Jinja rendering exactly for several other conversations. A
 later turns (a turn count, a "last message" special case, ...) cannot be rendered turn by turn and is rejected
 with ``ValueError``.
 
-Rendering uses a sandboxed Jinja environment set up like ``transformers``' (and like the server's
-``runtime/fast_tokenizer.py``): ``trim_blocks``, ``lstrip_blocks``, ``loopcontrols``, ``raise_exception``, a
-``tojson`` filter and ``strftime_now``.
+Rendering compiles the Jinja like ``transformers`` (and the server) do, with
+``radixgen.chat_templates.compile_chat_template``.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
-from radixgen.chat_templates import resolve_chat_template
+from radixgen.chat_templates import compile_chat_template, resolve_chat_template
 
 ROLES = ("system", "user", "assistant")
 
@@ -163,27 +160,11 @@ class _JinjaRenderer:
 
     def __init__(self, name: str, source: str, bos_token: str, eos_token: str) -> None:
         import jinja2
-        from jinja2.ext import loopcontrols
-        from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-        def raise_exception(message: str) -> None:
-            raise jinja2.exceptions.TemplateError(message)
-
-        def tojson(x: Any, ensure_ascii: bool = False, indent: int | None = None, separators: Any = None,
-                   sort_keys: bool = False) -> str:
-            return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
-
-        def strftime_now(fmt: str) -> str:
-            return datetime.now().strftime(fmt)
-
-        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
-        env.filters["tojson"] = tojson
-        env.globals["raise_exception"] = raise_exception
-        env.globals["strftime_now"] = strftime_now
         self.name = name
         self.error_type = jinja2.exceptions.TemplateError
         try:
-            self.template = env.from_string(source)
+            self.template = compile_chat_template(source)
         except jinja2.exceptions.TemplateError as e:
             raise _cannot(name, f"the Jinja does not compile: {e}") from e
         self.variables = {"bos_token": bos_token, "eos_token": eos_token}

@@ -1,8 +1,9 @@
 """Named chat templates and how a ``chat_template`` setting resolves to Jinja text.
 
 Shared by the DSL client (``radixgen.chat_template`` derives turn-by-turn pieces from the Jinja) and the server
-(``--chat-template``, rendered by ``radixgen.runtime.openai_api.chat_templates``). A leaf module: standard library
-only, so importing it loads neither the runtime nor Jinja.
+(``--chat-template``, rendered by ``radixgen.runtime.openai_api.chat_templates``); ``compile_chat_template`` compiles
+the Jinja for both (on the server, in ``FastTokenizer``). A leaf module: standard library only (jinja2 is imported by
+the first compile), so importing it loads neither the runtime nor Jinja.
 
 Built-ins are Jinja templates in the Hugging Face format; each may add stop strings the model is expected to emit
 at the end of its turn (e.g. ChatML's ``<|im_end|>`` when the tokenizer has no such special token). A setting may
@@ -11,8 +12,12 @@ also be a path to a ``.jinja`` file or an inline Jinja template string.
 
 from __future__ import annotations
 
+import functools
+import json
 import os
 from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
 
 CHATML = (
     "{% for message in messages %}"
@@ -87,3 +92,33 @@ def resolve_chat_template(spec: str | None) -> NamedTemplate | None:
         f"chat_template: {spec!r} is not a built-in template ({', '.join(BUILTIN_TEMPLATES)}), "
         "a file, or a Jinja template"
     )
+
+
+@functools.cache
+def compile_chat_template(source: str) -> Any:
+    """Compile (once per ``source``) a Jinja chat template the way ``transformers`` does: sandboxed, with
+    ``trim_blocks``, ``lstrip_blocks``, ``loopcontrols``, ``raise_exception``, ``strftime_now`` and a ``tojson``
+    filter. Imports jinja2 on first use; returns the ``jinja2.Template``.
+
+    Raises:
+        jinja2.exceptions.TemplateError: ``source`` does not compile.
+    """
+    import jinja2
+    from jinja2.ext import loopcontrols
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def raise_exception(message: str) -> None:
+        raise jinja2.exceptions.TemplateError(message)
+
+    def tojson(x: Any, ensure_ascii: bool = False, indent: int | None = None, separators: Any = None,
+               sort_keys: bool = False) -> str:
+        return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+    def strftime_now(fmt: str) -> str:
+        return datetime.now().strftime(fmt)
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
+    env.filters["tojson"] = tojson
+    env.globals["raise_exception"] = raise_exception
+    env.globals["strftime_now"] = strftime_now
+    return env.from_string(source)

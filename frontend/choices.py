@@ -22,7 +22,8 @@ class ChoicesDecision:
 
 
 class ChoicesMethod:
-    """Base class: ``__call__(logprobs, unconditional, temperature, rng) -> ChoicesDecision``."""
+    """Base class: ``__call__(logprobs, unconditional, temperature, rng) -> ChoicesDecision``; a method defines
+    ``scores`` and may override ``pick`` (how the index is chosen from the scores)."""
 
     name = "base"
     requires_unconditional_logprobs = False
@@ -42,19 +43,21 @@ class ChoicesMethod:
         if self.requires_unconditional_logprobs and (unconditional is None or len(unconditional) != len(logprobs)):
             raise ValueError(f"{self.name}: needs the choices' unconditional logprobs")
         scores = self.scores(logprobs, unconditional)
-        return ChoicesDecision(_pick(scores, temperature, rng), scores, {"choices_method": self.name})
+        return ChoicesDecision(self.pick(logprobs, scores, temperature, rng), scores, {"choices_method": self.name})
+
+    def pick(
+        self, logprobs: list[list[float]], scores: list[float], temperature: float, rng: random.Random | None
+    ) -> int:
+        """The chosen index: argmax of ``scores`` (first on ties) at temperature 0, else a sample from
+        softmax(scores / temperature)."""
+        if temperature <= 0:
+            return max(range(len(scores)), key=lambda i: (scores[i], -i))
+        top = max(scores)
+        weights = [math.exp((s - top) / temperature) for s in scores]
+        return (rng or random.Random()).choices(range(len(scores)), weights=weights)[0]
 
     def __repr__(self) -> str:
         return f"<ChoicesMethod {self.name}>"
-
-
-def _pick(scores: list[float], temperature: float, rng: random.Random | None) -> int:
-    """argmax (first on ties) at temperature 0, else a sample from softmax(scores / temperature)."""
-    if temperature <= 0:
-        return max(range(len(scores)), key=lambda i: (scores[i], -i))
-    top = max(scores)
-    weights = [math.exp((s - top) / temperature) for s in scores]
-    return (rng or random.Random()).choices(range(len(scores)), weights=weights)[0]
 
 
 class TokenLengthNormalized(ChoicesMethod):
@@ -74,30 +77,22 @@ class GreedyTokenSelection(ChoicesMethod):
     """
 
     name = "greedy_token_selection"
+    scores = TokenLengthNormalized.scores
 
-    def scores(self, logprobs: list[list[float]], unconditional: list[list[float]] | None) -> list[float]:
-        return [sum(lp) / len(lp) for lp in logprobs]
-
-    def __call__(
-        self,
-        logprobs: list[list[float]],
-        unconditional: list[list[float]] | None = None,
-        temperature: float = 0.0,
-        rng: random.Random | None = None,
-    ) -> ChoicesDecision:
-        decision = super().__call__(logprobs, unconditional, temperature, rng)
+    def pick(
+        self, logprobs: list[list[float]], scores: list[float], temperature: float, rng: random.Random | None
+    ) -> int:
+        """The greedy survivor at temperature 0 (``scores`` are the means); else a sample, like the other methods."""
         if temperature > 0:
-            return decision
-        means = decision.scores
-        longest = max(len(lp) for lp in logprobs)
+            return super().pick(logprobs, scores, temperature, rng)
         alive = list(range(len(logprobs)))
-        for pos in range(longest):
-            at = {i: (logprobs[i][pos] if pos < len(logprobs[i]) else means[i]) for i in alive}
+        for pos in range(max(len(lp) for lp in logprobs)):
+            at = {i: (logprobs[i][pos] if pos < len(logprobs[i]) else scores[i]) for i in alive}
             best = max(at.values())
             alive = [i for i in alive if at[i] == best]
             if len(alive) == 1:
                 break
-        return ChoicesDecision(alive[0], means, decision.meta)
+        return alive[0]
 
 
 class UnconditionalLikelihoodNormalized(ChoicesMethod):

@@ -1,11 +1,11 @@
 """The interpreter: one executor per program state runs its queued instructions in order.
 
 The instruction semantics (``_execute``) are written once, sans-IO: a generator that yields the backend calls it
-needs (``calls.py``) and receives their results. Two drivers run it — a worker thread per state calling the
-backend's sync methods (``program.run``, ``run_batch``), or an asyncio task calling the async methods
-(``program.run_async``: no thread per program). Variables are ``concurrent.futures.Future`` objects created when
-their producer is submitted, so a reader waits for exactly the latest producer of a name, from a thread or (via
-``asyncio.wrap_future``) from a coroutine. Design after SGLang's ``StreamExecutor``.
+needs (``calls.py``) and receives their results. Two drivers run it with one loop (``sansio.drive``) — a worker
+thread per state calling the backend's sync methods (``program.run``, ``run_batch``), or an asyncio task calling the
+async methods (``program.run_async``: no thread per program). Variables are ``concurrent.futures.Future`` objects
+created when their producer is submitted, so a reader waits for exactly the latest producer of a name, from a
+thread or (via ``asyncio.wrap_future``) from a coroutine. Design after SGLang's ``StreamExecutor``.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import queue
 import threading
-from collections.abc import Callable, Generator
+from collections.abc import Awaitable, Callable, Generator
 from concurrent.futures import Future
 from typing import Any, Literal
 
@@ -35,6 +35,7 @@ from radixgen.instructions import (
     ScopeEnd,
 )
 from radixgen.sampling import SamplingParams
+from radixgen.sansio import drive, run_blocking
 from radixgen.streaming import END, Subscriber
 from radixgen.typed import parse_typed
 
@@ -123,45 +124,32 @@ class Executor:
 
     # ---- drivers -------------------------------------------------------------------------------------------------
     def _thread_main(self) -> None:
+        """The worker thread: ``_run`` with blocking calls, which never suspend, so it needs no event loop."""
         assert self._thread_queue is not None
+
+        async def perform(call: Call) -> Any:
+            return perform_sync(call, self.backend)
+
         while True:
             instr = self._thread_queue.get()
-            try:
-                if self.error is None:
-                    gen = self._execute(instr)
-                    result: Any = None
-                    while True:
-                        try:
-                            call = gen.send(result)
-                        except StopIteration:
-                            break
-                        result = perform_sync(call, self.backend)
-            except BaseException as e:  # noqa: BLE001 - every failure is the program's error
-                self._fail(e, instr)
-            if self._settle(instr):
+            if run_blocking(self._run(instr, perform)):
                 return
 
     async def _async_main(self) -> None:
         assert self._async_queue is not None
         while True:
             instr = await self._async_queue.get()
-            try:
-                if self.error is None:
-                    gen = self._execute(instr)
-                    result: Any = None
-                    while True:
-                        try:
-                            call = gen.send(result)
-                        except StopIteration:
-                            break
-                        result = await perform_async(call, self.backend)
-            except BaseException as e:  # noqa: BLE001 - every failure is the program's error
-                self._fail(e, instr)
-            if self._settle(instr):
+            if await self._run(instr, lambda call: perform_async(call, self.backend)):
                 return
 
-    def _settle(self, instr: Instr) -> bool:
-        """After running (or failing) ``instr``: fail its futures if the program has an error; True at the End."""
+    async def _run(self, instr: Instr, perform: Callable[[Call], Awaitable[Any]]) -> bool:
+        """Run ``instr``, performing the calls it yields; after an error (its own or an earlier one) fail its
+        futures instead. True once it was the End."""
+        try:
+            if self.error is None:
+                await drive(self._execute(instr), perform)
+        except BaseException as e:  # noqa: BLE001 - every failure is the program's error
+            self._fail(e, instr)
         if self.error is not None:
             self._skip(instr)
         if isinstance(instr, End):
@@ -380,9 +368,7 @@ class Executor:
         if failed is not None:
             raise failed
         for branch in instr.branches:
-            for key in USAGE_KEYS:
-                self.usage[key] += branch.usage[key]
-            self.usage["calls"] += branch.usage["calls"]
+            self._add_usage(branch.usage, calls=branch.usage["calls"])
         if instr.mode == "concate_and_append":
             for branch in instr.branches:
                 self._append(branch.text()[branch.fork_length :])

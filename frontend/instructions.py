@@ -6,6 +6,7 @@ submitted, so ``s[name]`` always waits for the latest submitted producer of ``na
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
@@ -87,28 +88,24 @@ class End(Instr):
     """The last instruction: the executor finishes (``Executor.done`` resolves)."""
 
 
-def flatten(expr: Expr) -> list[Instr | Gen | Select]:
-    """An expression as a flat list: str -> AddText, role blocks -> RoleBegin/…/RoleEnd, Gen/Select kept as-is
-    (the state wraps them with their futures)."""
-    out: list[Instr | Gen | Select] = []
-
-    def walk(e: Expr) -> None:
-        if isinstance(e, str):
-            if e:
-                out.append(AddText(e))
-        elif isinstance(e, Concat):
-            for part in e.parts:
-                walk(part)
-        elif isinstance(e, RoleBlock):
-            out.append(RoleBegin(e.role))
-            if e.content is not None:
-                walk(e.content)
-            out.append(RoleEnd(e.role))
-        else:
-            out.append(e)
-
-    walk(expr)
-    return out
+def flatten(expr: Expr, new_future: Callable[[str], Future[Any]]) -> Iterator[Instr]:
+    """An expression as instructions, in order: str -> AddText, role blocks -> RoleBegin/…/RoleEnd, Gen / Select ->
+    RunGen / RunSelect with the future ``new_future(name)`` gives when it is reached (None for an anonymous one)."""
+    if isinstance(expr, str):
+        if expr:
+            yield AddText(expr)
+    elif isinstance(expr, Concat):
+        for part in expr.parts:
+            yield from flatten(part, new_future)
+    elif isinstance(expr, RoleBlock):
+        yield RoleBegin(expr.role)
+        if expr.content is not None:
+            yield from flatten(expr.content, new_future)
+        yield RoleEnd(expr.role)
+    elif isinstance(expr, Gen):
+        yield RunGen(expr, None if expr.name is None else new_future(expr.name))
+    else:
+        yield RunSelect(expr, None if expr.name is None else new_future(expr.name))
 
 
 @dataclass

@@ -8,6 +8,7 @@ or a ``Concat`` (``expr + expr``).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -149,6 +150,16 @@ def select(
     if isinstance(temperature, bool) or not isinstance(temperature, int | float) or temperature < 0:
         raise ValueError("temperature: must be a number >= 0")
     return Select(name, tuple(choices), float(temperature), resolve_choices_method(choices_method))
+
+
+def role_call(block: AbstractContextManager[Any], content: Any) -> Any:
+    """What ``s.user(content)`` returns on a program state (also system/assistant): with no ``content`` the role
+    ``block`` for ``with s.user(): ...``; else None, the block (holding the content) having run at once."""
+    if content is None:
+        return block
+    with block:
+        pass
+    return None
 
 
 def _role(role: Role, content: Any) -> RoleBlock:

@@ -6,8 +6,9 @@ import asyncio
 import functools
 import inspect
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from contextlib import contextmanager
 from typing import Any
 
 from radixgen.backends.base import Backend, PromptView
@@ -81,17 +82,8 @@ class Program:
     def _body(
         self, ex: Executor, state: ProgramState, args: Sequence[Any], kwargs: dict[str, Any], reraise: bool = False
     ) -> None:
-        try:
+        with _ending(ex, reraise):
             self.func(state, *args, **kwargs)
-        except BaseException as e:
-            ex.fail_from_user(e)
-            if not ex.closed:
-                ex.submit(End())
-            if reraise:
-                raise
-            return
-        if not ex.closed:
-            ex.submit(End())
 
     def run_batch(
         self,
@@ -164,18 +156,11 @@ class Program:
         defaults, prog_kwargs = self._split(kwargs)
         ex = self._executor(backend, defaults, "async", False)
         state = ProgramState(ex)
-        try:
+        with _ending(ex):
             result = self.func(state, *args, **prog_kwargs)
             if inspect.isawaitable(result):
                 await result
-        except BaseException as e:
-            ex.fail_from_user(e)
-            if not ex.closed:
-                ex.submit(End())
-            raise
-        if not ex.closed:
-            ex.submit(End())
-        await _wait_done(ex)
+        await asyncio.wrap_future(ex.done)
         if ex.error is not None:
             raise ex.error
         return state
@@ -191,8 +176,19 @@ class Program:
         return f"<radixgen program {self.name}>"
 
 
-async def _wait_done(ex: Executor) -> None:
-    await asyncio.wrap_future(ex.done)
+@contextmanager
+def _ending(ex: Executor, reraise: bool = True) -> Iterator[None]:
+    """Around a program's own code: an exception it raises fails the program (and is re-raised when ``reraise``);
+    then the state ends."""
+    try:
+        yield
+    except BaseException as e:
+        ex.fail_from_user(e)
+        if reraise:
+            raise
+    finally:
+        if not ex.closed:
+            ex.submit(End())
 
 
 def function(func: Callable[..., Any]) -> Program:

@@ -157,6 +157,10 @@ class SamplingParams:
             return json.dumps(schema)
         return json.dumps(schema.model_json_schema())
 
+    def _set_fields(self, *names: str) -> dict[str, Any]:
+        """The fields among ``names`` that are set (not None), in that order."""
+        return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
+
     def to_native(self) -> dict[str, Any]:
         """The ``sampling_params`` dict of the native ``/generate`` API (unset fields omitted).
 
@@ -170,15 +174,10 @@ class SamplingParams:
             out["stop"] = [self.stop] if isinstance(self.stop, str) else list(self.stop)
         if self.stop_token_ids is not None:
             out["stop_token_ids"] = list(self.stop_token_ids)
-        for name in ("temperature", "top_p", "top_k", "min_p", "frequency_penalty", "presence_penalty"):
-            if getattr(self, name) is not None:
-                out[name] = getattr(self, name)
-        if self.ignore_eos is not None:
-            out["ignore_eos"] = self.ignore_eos
-        if self.regex is not None:
-            out["regex"] = self.regex
-        if self.ebnf is not None:
-            out["ebnf"] = self.ebnf
+        out |= self._set_fields(
+            "temperature", "top_p", "top_k", "min_p", "frequency_penalty", "presence_penalty", "ignore_eos", "regex",
+            "ebnf",
+        )
         schema = self.json_schema_str()
         if schema is not None:
             out["json_schema"] = schema
@@ -192,15 +191,10 @@ class SamplingParams:
         ``json_schema`` becomes ``response_format``.
         """
         out: dict[str, Any] = {"max_tokens": DEFAULT_MAX_TOKENS if self.max_tokens is None else self.max_tokens}
-        extra: dict[str, Any] = {}
         if self.stop is not None:
             out["stop"] = [self.stop] if isinstance(self.stop, str) else list(self.stop)
-        for name in ("temperature", "top_p", "frequency_penalty", "presence_penalty"):
-            if getattr(self, name) is not None:
-                out[name] = getattr(self, name)
-        for name in ("top_k", "min_p", "ignore_eos", "regex", "ebnf"):
-            if getattr(self, name) is not None:
-                extra[name] = getattr(self, name)
+        out |= self._set_fields("temperature", "top_p", "frequency_penalty", "presence_penalty")
+        extra = self._set_fields("top_k", "min_p", "ignore_eos", "regex", "ebnf")
         if self.min_tokens is not None:
             extra["min_tokens"] = self.min_tokens
         if self.stop_token_ids is not None:

@@ -15,20 +15,8 @@ from contextlib import contextmanager
 from typing import Any
 
 from radixgen.executor import Executor
-from radixgen.instructions import (
-    End,
-    ForkPoint,
-    Inherit,
-    JoinPoint,
-    RoleBegin,
-    RoleEnd,
-    RunGen,
-    RunSelect,
-    ScopeBegin,
-    ScopeEnd,
-    flatten,
-)
-from radixgen.ir import Gen, Role, Select, check_expr
+from radixgen.instructions import End, ForkPoint, Inherit, JoinPoint, RoleBegin, RoleEnd, ScopeBegin, ScopeEnd, flatten
+from radixgen.ir import Role, check_expr, role_call
 from radixgen.streaming import iterate_async, iterate_sync
 
 
@@ -49,16 +37,9 @@ class ProgramState:
         return self
 
     def _submit(self, expr: Any, site: str) -> None:
-        for item in flatten(check_expr(expr)):
-            if isinstance(item, Gen):
-                fut = self._ex.new_future(item.name) if item.name is not None else None
-                self._ex.submit(RunGen(item, fut, site=site))
-            elif isinstance(item, Select):
-                fut = self._ex.new_future(item.name) if item.name is not None else None
-                self._ex.submit(RunSelect(item, fut, site=site))
-            else:
-                item.site = site
-                self._ex.submit(item)
+        for instr in flatten(check_expr(expr), self._ex.new_future):
+            instr.site = site
+            self._ex.submit(instr)
 
     @contextmanager
     def _role(self, role: Role, content: Any, site: str) -> Iterator[None]:
@@ -70,23 +51,15 @@ class ProgramState:
 
     def system(self, content: Any = None) -> Any:
         """``with s.system(): s += "..."`` — or ``s.system("...")`` to add a whole system turn at once."""
-        return self._role_call("system", content, _site())
+        return role_call(self._role("system", content, _site()), content)
 
     def user(self, content: Any = None) -> Any:
         """``with s.user(): s += "..."`` — or ``s.user("...")`` to add a whole user turn."""
-        return self._role_call("user", content, _site())
+        return role_call(self._role("user", content, _site()), content)
 
     def assistant(self, content: Any = None) -> Any:
         """``with s.assistant(): s += rg.gen("reply")`` — or ``s.assistant(rg.gen("reply"))``."""
-        return self._role_call("assistant", content, _site())
-
-    def _role_call(self, role: Role, content: Any, site: str) -> Any:
-        block = self._role(role, content, site)
-        if content is None:
-            return block
-        with block:
-            pass
-        return None
+        return role_call(self._role("assistant", content, _site()), content)
 
     @contextmanager
     def var_scope(self, name: str) -> Iterator[None]:

@@ -15,11 +15,16 @@ from contextlib import contextmanager
 from typing import Any
 
 from radixgen.chat_template import ChatTemplate
-from radixgen.ir import Concat, RoleBlock, check_expr
+from radixgen.instructions import AddText, RoleBegin, RoleEnd, flatten
+from radixgen.ir import Expr, check_expr, role_call
 
 
 class StopTracing(Exception):
     """Raised where the constant prefix ends."""
+
+
+def _stop(*args: Any, **kwargs: Any) -> Any:
+    raise StopTracing
 
 
 class Partial:
@@ -44,9 +49,6 @@ class Unknown:
         raise StopTracing
 
     def __getattr__(self, name: str) -> Any:
-        raise StopTracing
-
-    def _stop(self, *args: Any, **kwargs: Any) -> Any:
         raise StopTracing
 
     __add__ = __str__ = __format__ = __repr__ = __iter__ = __len__ = __bool__ = __getitem__ = _stop
@@ -75,19 +77,16 @@ class TracerState:
         self._walk(expr)
         return self
 
-    def _walk(self, expr: Any) -> None:
-        if isinstance(expr, str):
-            self.parts.append(expr)
-        elif isinstance(expr, Concat):
-            for part in expr.parts:
-                self._walk(part)
-        elif isinstance(expr, RoleBlock):
-            self._begin(expr.role)
-            if expr.content is not None:
-                self._walk(expr.content)
-            self._end(expr.role)
-        else:
-            raise StopTracing
+    def _walk(self, expr: Expr) -> None:
+        for instr in flatten(expr, _stop):  # a gen/select ends the prefix (a named one at its new_future call)
+            if isinstance(instr, AddText):
+                self.parts.append(instr.text)
+            elif isinstance(instr, RoleBegin):
+                self._begin(instr.role)
+            elif isinstance(instr, RoleEnd):
+                self._end(instr.role)
+            else:
+                raise StopTracing
 
     def _begin(self, role: str) -> None:
         if self.template is None or self.open_role is not None:
@@ -109,21 +108,13 @@ class TracerState:
         self._end(role)
 
     def system(self, content: Any = None) -> Any:
-        return self._role("system", content)
+        return role_call(self._block("system", content), content)
 
     def user(self, content: Any = None) -> Any:
-        return self._role("user", content)
+        return role_call(self._block("user", content), content)
 
     def assistant(self, content: Any = None) -> Any:
-        return self._role("assistant", content)
-
-    def _role(self, role: str, content: Any) -> Any:
-        block = self._block(role, content)
-        if content is None:
-            return block
-        with block:
-            pass
-        return None
+        return role_call(self._block("assistant", content), content)
 
     def __getattr__(self, name: str) -> Any:
         raise StopTracing

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from radixgen.choices import ChoicesMethod
+from radixgen.choices import ChoicesDecision, ChoicesMethod
 from radixgen.sampling import SamplingParams
 
 if TYPE_CHECKING:
@@ -75,6 +75,19 @@ class SelectOutput:
     index: int
     scores: list[float]
     meta: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def decided(
+        cls, choices: tuple[str, ...], method: ChoicesMethod, decision: ChoicesDecision, logprobs: list[list[float]],
+        unconditional: list[list[float]] | None, **meta: Any,
+    ) -> SelectOutput:
+        """``method``'s ``decision`` from the choices' token ``logprobs`` (and ``unconditional`` ones); its meta: the
+        decision's, the keys above, ``normalized_prompt_logprobs``, ``meta``, ``unconditional_token_logprobs``."""
+        out = {**decision.meta, "scores": decision.scores, "choices": list(choices), "choices_method": method.name}
+        out |= {"input_token_logprobs": logprobs, "normalized_prompt_logprobs": [sum(lp) / len(lp) for lp in logprobs]}
+        if unconditional is not None:
+            meta["unconditional_token_logprobs"] = unconditional
+        return cls(choices[decision.index], decision.index, decision.scores, out | meta)
 
 
 class Backend(ABC):

@@ -14,7 +14,7 @@ import contextlib
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from itertools import accumulate
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +29,7 @@ from radixgen.backends.base import (
 )
 from radixgen.choices import ChoicesMethod
 from radixgen.sampling import SamplingParams
+from radixgen.sansio import drive, run_blocking
 
 if TYPE_CHECKING:
     from radixgen.chat_template import ChatTemplate
@@ -193,8 +194,13 @@ class OpenAI(Backend):
                         acc.absorb(chunk, on_delta)
         return acc.output()
 
-    def _select_kwargs(self, prompt: PromptView, choices: tuple[str, ...], method: ChoicesMethod) -> dict[str, Any]:
-        """One echo request scoring every choice: prompts ``[prompt + choice ...] (+ [choice ...] unconditional)``."""
+    def _select_steps(
+        self, prompt: PromptView, choices: tuple[str, ...], method: ChoicesMethod, temperature: float
+    ) -> Generator[dict[str, Any], Any, SelectOutput]:
+        """One echo completions request scoring every choice: yields its ``create(...)`` keyword arguments (prompts
+        ``[prompt + choice ...] (+ [choice ...] unconditional)``), receives the response (or has the error thrown
+        in) and decides. Sent again with ``max_tokens=1`` when the server refuses 0 (vLLM)."""
+        start = time.perf_counter()
         if self.is_chat_model:
             raise BackendRequestError(_CHAT_SELECT + "rg.gen(..., regex=...)")
         if not choices or any(not c for c in choices):
@@ -202,7 +208,16 @@ class OpenAI(Backend):
         prompts = [prompt.text + c for c in choices]
         if method.requires_unconditional_logprobs:
             prompts += list(choices)
-        return dict(model=self.model, prompt=prompts, echo=True, logprobs=1, max_tokens=self._echo_max_tokens)
+        kw = dict(model=self.model, prompt=prompts, echo=True, logprobs=1)
+        for retry in (False, True):
+            try:
+                resp = yield {**kw, "max_tokens": self._echo_max_tokens}
+                return _decide(resp, prompt.text, choices, method, temperature, start)
+            except BackendRequestError as e:  # max_tokens=0 refused (vLLM): use 1, ignore the generated token
+                if retry or self._echo_max_tokens or "max_tokens" not in str(e):
+                    raise
+                self._echo_max_tokens = 1
+        raise AssertionError("unreachable")
 
     def select(
         self, prompt: PromptView, choices: tuple[str, ...], method: ChoicesMethod, temperature: float = 0.0
@@ -214,33 +229,23 @@ class OpenAI(Backend):
         scores each choice alone after the server's BOS. Raises BackendRequestError in chat mode, for empty choices,
         an unconditional score the API cannot give (no BOS, or a choice tokenized differently alone) or a 4xx;
         BackendError for other failures."""
-        start = time.perf_counter()
-        for retry in (False, True):
-            try:
-                with self._errors():
-                    resp = self._client.completions.create(**self._select_kwargs(prompt, choices, method))
-                return _decide(resp, prompt.text, choices, method, temperature, start)
-            except BackendRequestError as e:  # max_tokens=0 refused (vLLM): use 1, ignore the generated token
-                if retry or self._echo_max_tokens or "max_tokens" not in str(e):
-                    raise
-                self._echo_max_tokens = 1
-        raise AssertionError("unreachable")
+
+        async def create(kw: dict[str, Any]) -> Any:
+            with self._errors():
+                return self._client.completions.create(**kw)
+
+        return run_blocking(drive(self._select_steps(prompt, choices, method, temperature), create, (BackendError,)))
 
     async def aselect(
         self, prompt: PromptView, choices: tuple[str, ...], method: ChoicesMethod, temperature: float = 0.0
     ) -> SelectOutput:
         """Async ``select`` (same errors)."""
-        start = time.perf_counter()
-        for retry in (False, True):
-            try:
-                with self._errors():
-                    resp = await self._aclient().completions.create(**self._select_kwargs(prompt, choices, method))
-                return _decide(resp, prompt.text, choices, method, temperature, start)
-            except BackendRequestError as e:  # max_tokens=0 refused (vLLM): use 1, ignore the generated token
-                if retry or self._echo_max_tokens or "max_tokens" not in str(e):
-                    raise
-                self._echo_max_tokens = 1
-        raise AssertionError("unreachable")
+
+        async def create(kw: dict[str, Any]) -> Any:
+            with self._errors():
+                return await self._aclient().completions.create(**kw)
+
+        return await drive(self._select_steps(prompt, choices, method, temperature), create, (BackendError,))
 
     def cache_prefix(self, prompt: PromptView) -> dict[str, Any]:
         """No-op returning {}: the OpenAI API has no explicit prefill; servers cache prefixes on their own."""
@@ -389,10 +394,7 @@ def _decide(
     except ValueError as e:
         raise BackendRequestError(f"select: {e}") from e
     usage = _usage(resp.usage)
-    meta = {**decision.meta, "scores": decision.scores, "choices": list(choices), "choices_method": method.name}
-    meta |= {"input_token_logprobs": cond, "normalized_prompt_logprobs": [sum(lp) / len(lp) for lp in cond]}
-    meta |= {"prompt_tokens": usage["prompt_tokens"], "cached_tokens": usage["cached_tokens"]}
-    meta["e2e_latency"] = time.perf_counter() - t0
-    if uncond is not None:
-        meta["unconditional_token_logprobs"] = uncond
-    return SelectOutput(choices[decision.index], decision.index, decision.scores, meta)
+    return SelectOutput.decided(
+        choices, method, decision, cond, uncond, prompt_tokens=usage["prompt_tokens"],
+        cached_tokens=usage["cached_tokens"], e2e_latency=time.perf_counter() - t0,
+    )

@@ -2,8 +2,9 @@
 when streaming, ``/tokenize``, ``/get_chat_template``). ``select`` follows SGLang's ``RuntimeEndpoint.select``.
 
 Request sequences are written once, as generators that yield ``(method, path, body)`` and receive the decoded JSON
-(or have the ``BackendError`` thrown in), and are driven either by the sync ``httpx.Client`` or by an
-``httpx.AsyncClient`` of the running event loop (one per loop: an AsyncClient must not cross loops).
+(or have the ``BackendError`` thrown in), and are driven (``radixgen.sansio.drive``) either by the sync
+``httpx.Client`` or by an ``httpx.AsyncClient`` of the running event loop (one per loop: an AsyncClient must not
+cross loops).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from radixgen.backends.base import (
 from radixgen.chat_template import ChatTemplate, get_chat_template
 from radixgen.choices import ChoicesMethod
 from radixgen.sampling import SamplingParams
+from radixgen.sansio import drive, run_blocking
 
 Request = tuple[str, str, dict[str, Any] | None]
 Steps = Generator[Request, Any, Any]
@@ -233,16 +235,11 @@ class RuntimeEndpoint(Backend):
                 uouts = yield ("POST", "/generate", _score_body([bos + choice_ids[i] for i in rows], len(bos) or 1))
                 for i, o in zip(rows, uouts, strict=True):
                     unconditional[i] += _slice_logprobs(o, 0)
-        decision = method(logprobs, unconditional, temperature)
-        meta: dict[str, Any] = {
-            **decision.meta, "scores": decision.scores, "choices": list(choices), "choices_method": method.name,
-            "input_token_logprobs": logprobs, "normalized_prompt_logprobs": [sum(lp) / len(lp) for lp in logprobs],
-            "prompt_tokens": sum(o["meta_info"]["prompt_tokens"] for o in outs),
-            "cached_tokens": sum(o["meta_info"]["cached_tokens"] for o in outs),
-        }
-        if unconditional is not None:
-            meta["unconditional_token_logprobs"] = unconditional
-        return SelectOutput(choices[decision.index], decision.index, decision.scores, meta)
+        return SelectOutput.decided(
+            choices, method, method(logprobs, unconditional, temperature), logprobs, unconditional,
+            prompt_tokens=sum(o["meta_info"]["prompt_tokens"] for o in outs),
+            cached_tokens=sum(o["meta_info"]["cached_tokens"] for o in outs),
+        )
 
     def _sync_client(self) -> httpx.Client:
         with self._lock:
@@ -300,31 +297,19 @@ class RuntimeEndpoint(Backend):
 
     def _run(self, steps: Steps, on_delta: DeltaCallback | None = None) -> Any:
         """Drive a request-step generator with the sync client (errors are thrown into it); its return value."""
-        try:
-            req = next(steps)
-            while True:
-                try:
-                    result = self._request(*req, on_delta)
-                except BackendError as e:
-                    req = steps.throw(e)
-                else:
-                    req = steps.send(result)
-        except StopIteration as stop:
-            return stop.value
+
+        async def request(req: Request) -> Any:
+            return self._request(*req, on_delta)
+
+        return run_blocking(drive(steps, request, (BackendError,)))
 
     async def _arun(self, steps: Steps, on_delta: DeltaCallback | None = None) -> Any:
         """Drive a request-step generator with this event loop's async client."""
-        try:
-            req = next(steps)
-            while True:
-                try:
-                    result = await self._arequest(*req, on_delta)
-                except BackendError as e:
-                    req = steps.throw(e)
-                else:
-                    req = steps.send(result)
-        except StopIteration as stop:
-            return stop.value
+
+        async def request(req: Request) -> Any:
+            return await self._arequest(*req, on_delta)
+
+        return await drive(steps, request, (BackendError,))
 
 
 def _common_prefix_len(a: list[int], b: list[int]) -> int:
