@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 import numpy as np
 import torch
@@ -129,6 +129,46 @@ class GrammarBackend(ABC):
     @abstractmethod
     def encode(self, text: str) -> list[int]:
         """Tokenize ``text`` as a continuation (no special tokens, no dummy-prefix space)."""
+
+
+class TokenizerBackend(GrammarBackend):
+    """A backend for one Hugging Face tokenizer: every backend is constructed with these arguments (the runtime
+    builds whichever one is configured the same way); a backend builds its own state in :meth:`_setup`.
+
+    Args:
+        tokenizer: a ``transformers`` tokenizer.
+        vocab_size: the model's vocabulary size (>= the tokenizer's).
+        stop_token_ids: every eos id of the model.
+        any_whitespace: let JSON constraints allow any whitespace between tokens (default: fixed separators;
+            see the backend's module docstring).
+    """
+
+    def __init__(
+        self, tokenizer: Any, vocab_size: int, stop_token_ids: list[int], any_whitespace: bool = False
+    ) -> None:
+        self.tokenizer = tokenizer
+        self.vocab_size = vocab_size
+        self.stop_ids = tuple(stop_token_ids)
+        self.any_whitespace = any_whitespace
+        self._setup()
+
+    @abstractmethod
+    def _setup(self) -> None:
+        """Build the backend's tokenizer description from the attributes above (the end of ``__init__``)."""
+
+    def encode(self, text: str) -> list[int]:
+        return encode_continuation(self.tokenizer, text)
+
+
+def encode_continuation(tokenizer: Any, text: str) -> list[int]:
+    """Token ids of ``text`` as it would continue a sequence: no special tokens and no sentencepiece dummy
+    prefix. Encodes ``"\\n" + text`` and drops the ids of ``"\\n"`` (a newline never merges with the next
+    character in sentencepiece vocabularies); falls back to a plain encode when that prefix does not match."""
+    anchor = tokenizer.encode("\n", add_special_tokens=False)
+    ids = tokenizer.encode("\n" + text, add_special_tokens=False)
+    if anchor and ids[: len(anchor)] == anchor:
+        return list(ids[len(anchor) :])
+    return list(tokenizer.encode(text, add_special_tokens=False))
 
 
 def apply_token_bitmask_cpu(logits: torch.Tensor, bitmask: torch.Tensor, rows: list[int], vocab_size: int) -> None:

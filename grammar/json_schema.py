@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, TypeGuard
 
 # keywords whose value is a map of name -> subschema
 MAP_KEYWORDS = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas")
@@ -115,8 +115,21 @@ def resolve_ref(root: Any, ref: str) -> Any:
     return node
 
 
-def is_local_ref(ref: Any) -> bool:
+def is_local_ref(ref: Any) -> TypeGuard[str]:
     return isinstance(ref, str) and (ref == "#" or ref.startswith("#/"))
+
+
+def dangling_ref(schema: Any) -> tuple[str, str] | None:
+    """The first local ``$ref`` of ``schema`` (depth first) that points to nothing, as ``(json_pointer, ref)``;
+    None when every local ``$ref`` resolves."""
+    for path, sub in walk(schema):
+        ref = sub.get("$ref")
+        if is_local_ref(ref):
+            try:
+                resolve_ref(schema, ref)
+            except KeyError:
+                return path, ref
+    return None
 
 
 def json_key(value: Any) -> str:

@@ -24,10 +24,10 @@ import outlines_core as oc
 import torch
 from outlines_core.json_schema import build_regex_from_schema
 
-from radixgen.grammar.base import CompiledGrammar, GrammarBackend, GrammarError, GrammarMatcher
+from radixgen.grammar.base import CompiledGrammar, GrammarError, GrammarMatcher, TokenizerBackend
 from radixgen.grammar.schema_support import OUTLINES_SUPPORT
 from radixgen.grammar.validation import regex_stats
-from radixgen.grammar.xgrammar_backend import XGrammarBackend, encode_continuation
+from radixgen.grammar.xgrammar_backend import XGrammarBackend
 
 #: largest regex, with bounded repetitions unrolled, that is indexed
 MAX_EXPANDED_REGEX = 20_000
@@ -126,20 +126,16 @@ class OutlinesCompiled(CompiledGrammar):
         return OutlinesMatcher(self)
 
 
-class OutlinesBackend(GrammarBackend):
-    """outlines-core for one Hugging Face tokenizer (same arguments as :class:`XGrammarBackend`)."""
+class OutlinesBackend(TokenizerBackend):
+    """outlines-core for one Hugging Face tokenizer (arguments: :class:`~radixgen.grammar.base.TokenizerBackend`;
+    ``any_whitespace`` is ignored: outlines' JSON regex allows at most one space around separators)."""
 
     name = "outlines"
     support = OUTLINES_SUPPORT
 
-    def __init__(
-        self, tokenizer: Any, vocab_size: int, stop_token_ids: list[int], any_whitespace: bool = False
-    ) -> None:
-        self.tokenizer = tokenizer
-        self.vocab_size = vocab_size
-        self.stop_ids = tuple(stop_token_ids)
+    def _setup(self) -> None:
         # the token bytes come from xgrammar's tokenizer description (one implementation of byte decoding)
-        self._tb = XGrammarBackend(tokenizer, vocab_size, list(stop_token_ids)).token_bytes
+        self._tb = XGrammarBackend(self.tokenizer, self.vocab_size, list(self.stop_ids)).token_bytes
         by_bytes: dict[bytes, list[int]] = {}
         for i, b in enumerate(self._tb):
             if b:
@@ -181,9 +177,6 @@ class OutlinesBackend(GrammarBackend):
     @property
     def token_bytes(self) -> list[bytes]:
         return self._tb
-
-    def encode(self, text: str) -> list[int]:
-        return encode_continuation(self.tokenizer, text)
 
 
 _ASCII = {"d": "0-9", "w": "0-9A-Za-z_", "s": " \\t\\n\\r\\f\\v"}

@@ -45,11 +45,11 @@ from radixgen.grammar.json_schema import (
     LIST_KEYWORDS,
     MAP_KEYWORDS,
     ONE_KEYWORDS,
+    dangling_ref,
     is_local_ref,
     json_key,
     resolve_ref,
     types_of,
-    walk,
 )
 from radixgen.grammar.schema_rewrites import Unsatisfiable, local_rewrites, numbers, upgrade_drafts
 
@@ -78,14 +78,7 @@ def normalize_schema(root: Any) -> Any:
     except (_OverBudget, RecursionError):
         return root
     out.pop("$schema", None)  # the rewritten schema uses 2020-12 forms whatever draft it declared
-    for _, sub in walk(out):
-        ref = sub.get("$ref")
-        if is_local_ref(ref):
-            try:
-                resolve_ref(out, ref)
-            except KeyError:
-                return root
-    return out
+    return root if dangling_ref(out) is not None else out
 
 
 class _Normalizer:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from radixgen.grammar.base import GrammarError, GrammarLimits
+from radixgen.grammar.json_schema import dangling_ref
 from radixgen.grammar.schema_normalize import Unsatisfiable, normalize_schema
 from radixgen.grammar.schema_support import Issue, SchemaSupport, find_unenforced
 
@@ -142,53 +143,45 @@ def check_meta_schema(schema: dict[str, Any]) -> None:
 
 
 def _check_refs(schema: Any) -> None:
-    from radixgen.grammar.json_schema import is_local_ref, resolve_ref, walk
-
-    for path, sub in walk(schema):
-        ref = sub.get("$ref")
-        if is_local_ref(ref):
-            try:
-                resolve_ref(schema, ref)
-            except KeyError:
-                raise GrammarError(f"json_schema: $ref {ref!r} at {path} points to nothing") from None
+    dangling = dangling_ref(schema)
+    if dangling is not None:
+        path, ref = dangling
+        raise GrammarError(f"json_schema: $ref {ref!r} at {path} points to nothing")
 
 
 def json_depth(text: str) -> int:
     """Deepest ``[``/``{`` nesting of a JSON text (brackets inside strings ignored), without parsing it."""
-    depth = best = 0
-    in_str = escaped = False
-    for ch in text:
-        if in_str:
-            if escaped:
-                escaped = False
-            elif ch == "\\":
-                escaped = True
-            elif ch == '"':
-                in_str = False
-        elif ch == '"':
-            in_str = True
-        elif ch in "[{":
-            depth += 1
-            best = max(best, depth)
-        elif ch in "]}":
-            depth -= 1
-    return best
+    return _nesting_depth(text, "[{", "]}", json_strings=True)
 
 
 def bracket_depth(text: str) -> int:
     """Deepest ``(``/``[``/``{`` nesting of a regex or EBNF text (escaped characters ignored)."""
+    return _nesting_depth(text, "([{", ")]}", json_strings=False)
+
+
+def _nesting_depth(text: str, opens: str, closes: str, *, json_strings: bool) -> int:
+    """Deepest nesting of the ``opens``/``closes`` brackets in ``text``, in one scan without a parser.
+
+    ``json_strings``: JSON text: brackets inside ``"..."`` strings are ignored, a backslash escapes only inside
+    a string, and an unmatched closer counts (the depth may go below 0). Otherwise (regex, EBNF): a backslash
+    escapes the next character anywhere, and an unmatched closer is ignored (the depth never goes below 0).
+    """
     depth = best = 0
-    escaped = False
+    in_str = escaped = False
     for ch in text:
         if escaped:
             escaped = False
-        elif ch == "\\":
+        elif ch == "\\" and (in_str or not json_strings):
             escaped = True
-        elif ch in "([{":
+        elif in_str:
+            in_str = ch != '"'
+        elif ch == '"' and json_strings:
+            in_str = True
+        elif ch in opens:
             depth += 1
             best = max(best, depth)
-        elif ch in ")]}":
-            depth = max(depth - 1, 0)
+        elif ch in closes:
+            depth = depth - 1 if json_strings else max(depth - 1, 0)
     return best
 
 

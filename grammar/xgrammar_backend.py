@@ -29,7 +29,7 @@ from typing import Any
 import torch
 import xgrammar as xgr
 
-from radixgen.grammar.base import CompiledGrammar, GrammarBackend, GrammarError, GrammarMatcher, bitmask_width
+from radixgen.grammar.base import CompiledGrammar, GrammarError, GrammarMatcher, TokenizerBackend, bitmask_width
 from radixgen.grammar.ebnf_rewrite import unroll_bounded_repeats
 from radixgen.grammar.schema_support import XGRAMMAR_SUPPORT
 
@@ -94,26 +94,16 @@ class XGrammarCompiled(CompiledGrammar):
         return XGrammarMatcher(self.compiled, self.allowed)
 
 
-class XGrammarBackend(GrammarBackend):
-    """xgrammar for one Hugging Face tokenizer.
-
-    Args:
-        tokenizer: a ``transformers`` tokenizer.
-        vocab_size: the model's vocabulary size (>= the tokenizer's).
-        stop_token_ids: every eos id of the model.
-        any_whitespace: see the module docstring.
-    """
+class XGrammarBackend(TokenizerBackend):
+    """xgrammar for one Hugging Face tokenizer (arguments: :class:`~radixgen.grammar.base.TokenizerBackend`)."""
 
     name = "xgrammar"
     support = XGRAMMAR_SUPPORT
 
-    def __init__(
-        self, tokenizer: Any, vocab_size: int, stop_token_ids: list[int], any_whitespace: bool = False
-    ) -> None:
-        self.tokenizer = tokenizer
-        self.vocab_size = vocab_size
-        self.any_whitespace = any_whitespace
-        self.info = xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab_size, stop_token_ids=stop_token_ids)
+    def _setup(self) -> None:
+        self.info = xgr.TokenizerInfo.from_huggingface(
+            self.tokenizer, vocab_size=self.vocab_size, stop_token_ids=list(self.stop_ids)
+        )
         # our own LRU (cache.py) sits in front; xgrammar's cache would hold a second copy
         self.compiler = xgr.GrammarCompiler(self.info, max_threads=1, cache_enabled=False)
         self._token_bytes: list[bytes] | None = None
@@ -181,17 +171,3 @@ class XGrammarBackend(GrammarBackend):
             decoded += [b""] * (self.vocab_size - len(decoded))
             self._token_bytes = [b"" if i in special else bytes(b) for i, b in enumerate(decoded[: self.vocab_size])]
         return self._token_bytes
-
-    def encode(self, text: str) -> list[int]:
-        return encode_continuation(self.tokenizer, text)
-
-
-def encode_continuation(tokenizer: Any, text: str) -> list[int]:
-    """Token ids of ``text`` as it would continue a sequence: no special tokens and no sentencepiece dummy
-    prefix. Encodes ``"\\n" + text`` and drops the ids of ``"\\n"`` (a newline never merges with the next
-    character in sentencepiece vocabularies); falls back to a plain encode when that prefix does not match."""
-    anchor = tokenizer.encode("\n", add_special_tokens=False)
-    ids = tokenizer.encode("\n" + text, add_special_tokens=False)
-    if anchor and ids[: len(anchor)] == anchor:
-        return list(ids[len(anchor) :])
-    return list(tokenizer.encode(text, add_special_tokens=False))

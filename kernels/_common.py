@@ -1,12 +1,11 @@
-"""Helpers shared by the kernel wrappers: argument checks (every problem is a ValueError naming the argument)
-and the dtype the attention kernels feed to ``tl.dot``."""
+"""Helpers shared by the kernel wrappers: argument checks (every problem is a ValueError naming the argument).
+What only the two attention kernels share is in ``_attention``."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
-import triton.language as tl
 
 from radixgen.kernels import INTERPRET
 
@@ -61,22 +60,12 @@ def check_devices(fn: str, tensors: dict[str, torch.Tensor | None]) -> torch.dev
     return device
 
 
+def check_index_tensors(fn: str, tensors: Mapping[str, object], batch: int) -> None:
+    """Each of ``tensors`` is a contiguous int32 / int64 ``[batch]`` tensor."""
+    for name, t in tensors.items():
+        check_shape(fn, name, check_tensor(fn, name, t, ndim=1, dtypes=INDEX_DTYPES, contiguous=True), (batch,))
+
+
 def next_power_of_2(n: int) -> int:
     """Smallest power of two >= max(n, 1)."""
     return 1 << max(n - 1, 0).bit_length()
-
-
-_TL_DTYPES = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
-
-
-def dot_dtype(dtype: torch.dtype, interpret: bool = INTERPRET) -> tl.dtype:
-    """Operand dtype of the attention kernels' ``tl.dot``: q's dtype, except bfloat16 in the interpreter.
-
-    Triton's interpreter stores bfloat16 as raw uint16 bits and its ``tl.dot`` multiplies those bits
-    (triton 3.x), so under the interpreter bfloat16 operands are first rounded to bfloat16 and then widened
-    exactly to float32 — the same products a GPU's bfloat16 MMA with float32 accumulation computes.
-    ``interpret=False`` gives the plain triton dtype of ``dtype``.
-    """
-    if interpret and dtype == torch.bfloat16:
-        return tl.float32
-    return _TL_DTYPES[dtype]

@@ -18,18 +18,14 @@ import triton
 import triton.language as tl
 
 from radixgen.kernels import INTERPRET
-from radixgen.kernels._common import (
-    FLOAT_DTYPES,
-    INDEX_DTYPES,
-    check_devices,
-    check_shape,
-    check_tensor,
-    dot_dtype,
-    next_power_of_2,
+from radixgen.kernels._attention import (
+    attend_pooled_keys,
+    attention_launch_args,
+    attention_output,
+    check_attention_tensors,
 )
+from radixgen.kernels._common import check_devices, check_index_tensors, check_shape, next_power_of_2
 
-_LOG2E = 1.4426950408889634
-MAX_HEAD_DIM = 256
 MAX_KV_SPLITS = 64
 
 
@@ -63,29 +59,11 @@ def _decode_stage1_kernel(
     offs_n = tl.arange(0, BLOCK_N)
 
     q_ptrs = Q + pid_b * stride_qb + heads[:, None] * stride_qh + offs_d[None, :]
-    q = tl.load(q_ptrs, mask=mask_h[:, None] & mask_d[None, :], other=0.0)  # [BLOCK_H, BLOCK_D]
-    q = q.to(DOT_DTYPE)  # no-op except bfloat16 in the interpreter (see _common.dot_dtype)
-    m_i = tl.full([BLOCK_H], float("-inf"), tl.float32)
-    l_i = tl.full([BLOCK_H], 0.0, tl.float32)
-    acc = tl.full([BLOCK_H, BLOCK_D], 0.0, tl.float32)
-    for n0 in range(start, end, BLOCK_N):
-        cols = n0 + offs_n
-        mask_n = cols < end
-        slot = tl.load(Req_to_token + req * stride_req + cols, mask=mask_n, other=0).to(tl.int64)
-        k_ptrs = K_buf + slot[None, :] * stride_kbt + kv_head * stride_kbh + offs_d[:, None]
-        k = tl.load(k_ptrs, mask=mask_n[None, :] & mask_d[:, None], other=0.0)  # [BLOCK_D, BLOCK_N]
-        kt = k.to(IN_DTYPE).to(DOT_DTYPE)
-        qk = tl.dot(q, kt, input_precision=DOT_PRECISION) * qk_scale  # [BLOCK_H, BLOCK_N]
-        qk = tl.where(mask_n[None, :], qk, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(qk, 1))  # finite: column n0 is always valid
-        alpha = tl.exp2(m_i - m_new)
-        p = tl.exp2(qk - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
-        v_ptrs = V_buf + slot[:, None] * stride_vbt + kv_head * stride_vbh + offs_d[None, :]
-        v = tl.load(v_ptrs, mask=mask_n[:, None] & mask_d[None, :], other=0.0)  # [BLOCK_N, BLOCK_D]
-        pv = tl.dot(p.to(IN_DTYPE).to(DOT_DTYPE), v.to(IN_DTYPE).to(DOT_DTYPE), input_precision=DOT_PRECISION)
-        acc = acc * alpha[:, None] + pv
-        m_i = m_new
+    _, m_i, l_i, acc = attend_pooled_keys(
+        q_ptrs, mask_h[:, None] & mask_d[None, :], K_buf, V_buf, Req_to_token, req, kv_head, start, end, qk_scale,
+        stride_kbt, stride_kbh, stride_vbt, stride_vbh, stride_req, offs_n, offs_d, mask_d,
+        BLOCK_H, BLOCK_N, BLOCK_D, IN_DTYPE, DOT_DTYPE, DOT_PRECISION,
+    )  # fmt: skip
 
     mo_ptrs = Mid_o + pid_b * stride_mob + heads[:, None] * stride_moh + split * stride_mos + offs_d[None, :]
     tl.store(mo_ptrs, acc / l_i[:, None], mask=mask_h[:, None] & mask_d[None, :])
@@ -192,32 +170,16 @@ def decode_attention_fwd(
         ValueError: a shape, dtype, stride, device or argument is invalid.
     """
     fn = "decode_attention_fwd"
-    check_tensor(fn, "q", q, ndim=3, dtypes=FLOAT_DTYPES)
-    check_tensor(fn, "k_buffer", k_buffer, ndim=3, dtypes=FLOAT_DTYPES)
-    check_tensor(fn, "v_buffer", v_buffer, ndim=3, dtypes=FLOAT_DTYPES)
-    check_tensor(fn, "req_to_token", req_to_token, ndim=2, dtypes=(torch.int32,))
-    batch, num_heads, head_dim = q.shape
-    num_kv_heads = k_buffer.shape[1]
-    if num_kv_heads == 0 or num_heads % num_kv_heads != 0:
-        raise ValueError(f"{fn}: q heads ({num_heads}) must be a multiple of KV heads ({num_kv_heads}) > 0")
-    if not 0 < head_dim <= MAX_HEAD_DIM:
-        raise ValueError(f"{fn}: head_dim must be in 1..{MAX_HEAD_DIM}, got {head_dim}")
+    tensors = {"q": q, "k_buffer": k_buffer, "v_buffer": v_buffer}
+    num_heads, num_kv_heads, head_dim = check_attention_tensors(fn, tensors, req_to_token, "k_buffer", "KV")
+    batch = q.shape[0]
     if k_buffer.shape[2] != head_dim:
         raise ValueError(f"{fn}: k_buffer head_dim {k_buffer.shape[2]} != q head_dim {head_dim}")
     check_shape(fn, "v_buffer", v_buffer, k_buffer.shape)
-    for name, t in (("req_pool_indices", req_pool_indices), ("seq_lens", seq_lens)):
-        check_tensor(fn, name, t, ndim=1, dtypes=INDEX_DTYPES, contiguous=True)
-        check_shape(fn, name, t, (batch,))
-    if out is None:
-        out = torch.empty_like(q, memory_format=torch.contiguous_format)
-    else:
-        check_tensor(fn, "out", out, ndim=3, dtypes=FLOAT_DTYPES)
-        check_shape(fn, "out", out, q.shape)
-    device = check_devices(
-        fn,
-        {"q": q, "k_buffer": k_buffer, "v_buffer": v_buffer, "req_to_token": req_to_token,
-         "req_pool_indices": req_pool_indices, "seq_lens": seq_lens, "out": out},
-    )  # fmt: skip
+    index_args = {"req_pool_indices": req_pool_indices, "seq_lens": seq_lens}
+    check_index_tensors(fn, index_args, batch)
+    out = attention_output(fn, out, q)
+    device = check_devices(fn, {**tensors, "req_to_token": req_to_token, **index_args, "out": out})
     group = num_heads // num_kv_heads
     block_h = decode_block_h(group) if block_h is None else block_h
     if block_h < 1 or block_h & (block_h - 1):
@@ -235,26 +197,23 @@ def decode_attention_fwd(
 
     mid_o = torch.empty((batch, num_heads, num_kv_splits, head_dim), dtype=torch.float32, device=device)
     mid_lse = torch.empty((batch, num_heads, num_kv_splits), dtype=torch.float32, device=device)
-    scale = head_dim**-0.5 if sm_scale is None else float(sm_scale)
-    block_d = max(next_power_of_2(head_dim), 16)
+    qk_scale, consts = attention_launch_args(q.dtype, head_dim, sm_scale)
     block_n = decode_block_n()
     head_blocks = triton.cdiv(group, block_h)
     _decode_stage1_kernel[(batch, num_kv_heads * head_blocks, num_kv_splits)](
         q, k_buffer, v_buffer, req_to_token, req_pool_indices, seq_lens, mid_o, mid_lse,
-        scale * _LOG2E, num_kv_splits,
+        qk_scale, num_kv_splits,
         q.stride(0), q.stride(1), k_buffer.stride(0), k_buffer.stride(1), v_buffer.stride(0),
         v_buffer.stride(1), req_to_token.stride(0),
         mid_o.stride(0), mid_o.stride(1), mid_o.stride(2), mid_lse.stride(0), mid_lse.stride(1),
-        GROUP=group, HEAD_BLOCKS=head_blocks, HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_H=block_h,
-        BLOCK_N=block_n, IN_DTYPE=dot_dtype(q.dtype, interpret=False), DOT_DTYPE=dot_dtype(q.dtype),
-        DOT_PRECISION="ieee" if dot_dtype(q.dtype) == tl.float32 else "tf32",
+        GROUP=group, HEAD_BLOCKS=head_blocks, HEAD_DIM=head_dim, BLOCK_H=block_h, BLOCK_N=block_n, **consts,
         num_warps=4, num_stages=2,
     )  # fmt: skip
     _decode_stage2_kernel[(batch, num_heads)](
         mid_o, mid_lse, out, seq_lens, num_kv_splits,
         mid_o.stride(0), mid_o.stride(1), mid_o.stride(2), mid_lse.stride(0), mid_lse.stride(1),
         out.stride(0), out.stride(1),
-        HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_N=block_n, BLOCK_S=next_power_of_2(num_kv_splits),
+        HEAD_DIM=head_dim, BLOCK_D=consts["BLOCK_D"], BLOCK_N=block_n, BLOCK_S=next_power_of_2(num_kv_splits),
         num_warps=4 if head_dim <= 128 else 8,
     )  # fmt: skip
     return out

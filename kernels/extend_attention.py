@@ -15,18 +15,14 @@ import triton
 import triton.language as tl
 
 from radixgen.kernels import INTERPRET
-from radixgen.kernels._common import (
-    FLOAT_DTYPES,
-    INDEX_DTYPES,
-    check_devices,
-    check_shape,
-    check_tensor,
-    dot_dtype,
-    next_power_of_2,
+from radixgen.kernels._attention import (
+    attend_pooled_keys,
+    attend_tile,
+    attention_launch_args,
+    attention_output,
+    check_attention_tensors,
 )
-
-_LOG2E = 1.4426950408889634
-MAX_HEAD_DIM = 256
+from radixgen.kernels._common import check_devices, check_index_tensors, check_shape
 
 
 @triton.jit
@@ -56,32 +52,13 @@ def _extend_attention_kernel(
     mask_m = offs_m < ext_len
     mask_d = offs_d < HEAD_DIM
 
-    q_ptrs = Q + (tok0 + offs_m)[:, None] * stride_qt + head * stride_qh + offs_d[None, :]
-    q = tl.load(q_ptrs, mask=mask_m[:, None] & mask_d[None, :], other=0.0)  # [BLOCK_M, BLOCK_D]
-    q = q.to(DOT_DTYPE)  # no-op except bfloat16 in the interpreter (see _common.dot_dtype)
-    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
-    l_i = tl.full([BLOCK_M], 0.0, tl.float32)
-    acc = tl.full([BLOCK_M, BLOCK_D], 0.0, tl.float32)
-
     # Phase 1: the cached prefix, gathered through req_to_token; every query sees all of it.
-    for n0 in range(0, prefix_len, BLOCK_N):
-        cols = n0 + offs_n
-        mask_n = cols < prefix_len
-        slot = tl.load(Req_to_token + req * stride_req + cols, mask=mask_n, other=0).to(tl.int64)
-        k_ptrs = K_buf + slot[None, :] * stride_kbt + kv_head * stride_kbh + offs_d[:, None]
-        k = tl.load(k_ptrs, mask=mask_n[None, :] & mask_d[:, None], other=0.0)  # [BLOCK_D, BLOCK_N]
-        kt = k.to(IN_DTYPE).to(DOT_DTYPE)
-        qk = tl.dot(q, kt, input_precision=DOT_PRECISION) * qk_scale  # [BLOCK_M, BLOCK_N]
-        qk = tl.where(mask_n[None, :], qk, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(qk, 1))  # finite: column n0 is always valid
-        alpha = tl.exp2(m_i - m_new)
-        p = tl.exp2(qk - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
-        v_ptrs = V_buf + slot[:, None] * stride_vbt + kv_head * stride_vbh + offs_d[None, :]
-        v = tl.load(v_ptrs, mask=mask_n[:, None] & mask_d[None, :], other=0.0)  # [BLOCK_N, BLOCK_D]
-        pv = tl.dot(p.to(IN_DTYPE).to(DOT_DTYPE), v.to(IN_DTYPE).to(DOT_DTYPE), input_precision=DOT_PRECISION)
-        acc = acc * alpha[:, None] + pv
-        m_i = m_new
+    q_ptrs = Q + (tok0 + offs_m)[:, None] * stride_qt + head * stride_qh + offs_d[None, :]
+    q, m_i, l_i, acc = attend_pooled_keys(
+        q_ptrs, mask_m[:, None] & mask_d[None, :], K_buf, V_buf, Req_to_token, req, kv_head, 0, prefix_len, qk_scale,
+        stride_kbt, stride_kbh, stride_vbt, stride_vbh, stride_req, offs_n, offs_d, mask_d,
+        BLOCK_M, BLOCK_N, BLOCK_D, IN_DTYPE, DOT_DTYPE, DOT_PRECISION,
+    )  # fmt: skip
 
     # Phase 2: the new tokens themselves, contiguous in K_ext/V_ext, causal (query j sees new keys 0..j).
     # Key 0 is visible to every row, so each row's running max is finite after the first block.
@@ -89,21 +66,11 @@ def _extend_attention_kernel(
     for n0 in range(0, n_end, BLOCK_N):
         cols = n0 + offs_n
         mask_n = cols < ext_len
-        k_ptrs = K_ext + (tok0 + cols)[None, :] * stride_kt + kv_head * stride_kh + offs_d[:, None]
-        k = tl.load(k_ptrs, mask=mask_n[None, :] & mask_d[:, None], other=0.0)  # [BLOCK_D, BLOCK_N]
-        kt = k.to(IN_DTYPE).to(DOT_DTYPE)
-        qk = tl.dot(q, kt, input_precision=DOT_PRECISION) * qk_scale  # [BLOCK_M, BLOCK_N]
         visible = (offs_m[:, None] >= cols[None, :]) & mask_n[None, :]
-        qk = tl.where(visible, qk, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(qk, 1))
-        alpha = tl.exp2(m_i - m_new)
-        p = tl.exp2(qk - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
-        v_ptrs = V_ext + (tok0 + cols)[:, None] * stride_vt + kv_head * stride_vh + offs_d[None, :]
-        v = tl.load(v_ptrs, mask=mask_n[:, None] & mask_d[None, :], other=0.0)  # [BLOCK_N, BLOCK_D]
-        pv = tl.dot(p.to(IN_DTYPE).to(DOT_DTYPE), v.to(IN_DTYPE).to(DOT_DTYPE), input_precision=DOT_PRECISION)
-        acc = acc * alpha[:, None] + pv
-        m_i = m_new
+        m_i, l_i, acc = attend_tile(
+            q, K_ext, V_ext, tok0 + cols, kv_head, stride_kt, stride_kh, stride_vt, stride_vh, offs_d, mask_n, mask_d,
+            visible, qk_scale, m_i, l_i, acc, IN_DTYPE, DOT_DTYPE, DOT_PRECISION,
+        )  # fmt: skip
 
     out = acc / l_i[:, None]
     o_ptrs = O + (tok0 + offs_m)[:, None] * stride_ot + head * stride_oh + offs_d[None, :]
@@ -173,18 +140,9 @@ def extend_attention_fwd(
         ValueError: a shape, dtype, stride, device or argument is invalid.
     """
     fn = "extend_attention_fwd"
-    check_tensor(fn, "q", q, ndim=3, dtypes=FLOAT_DTYPES)
-    check_tensor(fn, "k", k, ndim=3, dtypes=FLOAT_DTYPES)
-    check_tensor(fn, "v", v, ndim=3, dtypes=FLOAT_DTYPES)
-    check_tensor(fn, "k_buffer", k_buffer, ndim=3, dtypes=FLOAT_DTYPES)
-    check_tensor(fn, "v_buffer", v_buffer, ndim=3, dtypes=FLOAT_DTYPES)
-    check_tensor(fn, "req_to_token", req_to_token, ndim=2, dtypes=(torch.int32,))
-    num_tokens, num_heads, head_dim = q.shape
-    num_kv_heads = k.shape[1]
-    if num_kv_heads == 0 or num_heads % num_kv_heads != 0:
-        raise ValueError(f"{fn}: q heads ({num_heads}) must be a multiple of k heads ({num_kv_heads}) > 0")
-    if not 0 < head_dim <= MAX_HEAD_DIM:
-        raise ValueError(f"{fn}: head_dim must be in 1..{MAX_HEAD_DIM}, got {head_dim}")
+    tensors = {"q": q, "k": k, "v": v, "k_buffer": k_buffer, "v_buffer": v_buffer}
+    num_heads, num_kv_heads, head_dim = check_attention_tensors(fn, tensors, req_to_token, "k", "k")
+    num_tokens = q.shape[0]
     check_shape(fn, "k", k, (num_tokens, num_kv_heads, head_dim))
     check_shape(fn, "v", v, (num_tokens, num_kv_heads, head_dim))
     check_shape(fn, "v_buffer", v_buffer, k_buffer.shape)
@@ -198,19 +156,9 @@ def extend_attention_fwd(
         "extend_lens": extend_lens,
         "extend_start_loc": extend_start_loc,
     }
-    for name, t in index_args.items():
-        check_tensor(fn, name, t, ndim=1, dtypes=INDEX_DTYPES, contiguous=True)
-        check_shape(fn, name, t, (batch,))
-    if out is None:
-        out = torch.empty_like(q, memory_format=torch.contiguous_format)
-    else:
-        check_tensor(fn, "out", out, ndim=3, dtypes=FLOAT_DTYPES)
-        check_shape(fn, "out", out, q.shape)
-    device = check_devices(
-        fn,
-        {"q": q, "k": k, "v": v, "k_buffer": k_buffer, "v_buffer": v_buffer, "req_to_token": req_to_token,
-         "out": out, **index_args},
-    )  # fmt: skip
+    check_index_tensors(fn, index_args, batch)
+    out = attention_output(fn, out, q)
+    device = check_devices(fn, {**tensors, "req_to_token": req_to_token, "out": out, **index_args})
     if not isinstance(max_extend_len, int) or max_extend_len < 0:
         raise ValueError(f"{fn}: max_extend_len must be an int >= 0, got {max_extend_len!r}")
     capability = None if INTERPRET else torch.cuda.get_device_capability(device)
@@ -222,22 +170,20 @@ def extend_attention_fwd(
             raise ValueError(f"{fn}: {name} must be a power of two >= 16, got {b}")
     if num_tokens == 0 or batch == 0 or max_extend_len == 0:
         return out
-    scale = head_dim**-0.5 if sm_scale is None else float(sm_scale)
+    qk_scale, consts = attention_launch_args(q.dtype, head_dim, sm_scale)
     grid = (batch, num_heads, triton.cdiv(max_extend_len, block_m))
     _extend_attention_kernel[grid](
         q, k, v, out, k_buffer, v_buffer, req_to_token, req_pool_indices, prefix_lens, extend_lens,
         extend_start_loc,
-        scale * _LOG2E,
+        qk_scale,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), out.stride(0),
         out.stride(1), k_buffer.stride(0), k_buffer.stride(1), v_buffer.stride(0), v_buffer.stride(1),
         req_to_token.stride(0),
         GROUP=num_heads // num_kv_heads,
         HEAD_DIM=head_dim,
-        BLOCK_D=max(next_power_of_2(head_dim), 16),
         BLOCK_M=block_m,
         BLOCK_N=block_n,
-        IN_DTYPE=dot_dtype(q.dtype, interpret=False), DOT_DTYPE=dot_dtype(q.dtype),
-        DOT_PRECISION="ieee" if dot_dtype(q.dtype) == tl.float32 else "tf32",
+        **consts,
         num_warps=num_warps,
         num_stages=num_stages,
     )  # fmt: skip
