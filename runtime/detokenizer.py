@@ -16,6 +16,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import regex
+
 from radixgen.runtime.io_struct import BatchStrOut, BatchTokenOut, DetokRegister, FinishReason, ReqOutput
 
 __all__ = ["Detokenizer", "IncrementalDetokenizer", "StopStringMatcher", "trim_stop"]
@@ -146,16 +148,21 @@ class IncrementalDetokenizer:
 
 
 class StopStringMatcher:
-    """Finds stop strings in generated text.
+    """Finds stop strings and stop regexes in generated text.
 
     Args:
         stop: the stop strings (a single ``str`` is accepted too); empty strings are ignored.
+        stop_regex: stop patterns (``regex`` module syntax, a superset of Python's ``re``): the earliest match in the
+            text counts; a partial match at the end of the text (``regex``'s ``partial=True``) is text that may
+            still become a match.
 
     Raises:
-        TypeError: if a stop string is not a ``str``.
+        TypeError: if a stop string is not a ``str``. regex.error: an invalid pattern (validated before, by
+        SamplingParams).
     """
 
-    def __init__(self, stop: Sequence[str] | str | None) -> None:
+    def __init__(self, stop: Sequence[str] | str | None, stop_regex: Sequence[str] = ()) -> None:
+        self.patterns = [regex.compile(p) for p in dict.fromkeys(stop_regex)]
         if stop is None:
             stop = []
         elif isinstance(stop, str):
@@ -168,7 +175,25 @@ class StopStringMatcher:
         self.max_len = max((len(s) for s in self.stop), default=0)
 
     def __bool__(self) -> bool:
-        return bool(self.stop)
+        return bool(self.stop or self.patterns)
+
+    def find_regex(self, text: str) -> tuple[str, int, int] | None:
+        """``(pattern, start, end)`` of the earliest stop-regex match in ``text`` (the whole text is searched: a
+        match may start anywhere), or None."""
+        best: tuple[str, int, int] | None = None
+        for pat in self.patterns:
+            m = pat.search(text)
+            if m is not None and (best is None or m.start() < best[1]):
+                best = (pat.pattern, m.start(), m.end())
+        return best
+
+    def trim_regex(self, text: str, pattern: str, no_stop_trim: bool) -> str:
+        """Cut ``text`` where ``pattern`` first matches (after the match with ``no_stop_trim``); unchanged if it
+        does not match."""
+        m = regex.search(pattern, text)
+        if m is None:
+            return text
+        return text[: m.end()] if no_stop_trim else text[: m.start()]
 
     def find(self, text: str) -> tuple[str, int] | None:
         """Return ``(stop_string, start_index)`` of the earliest stop string in ``text``, or ``None``.
@@ -193,15 +218,20 @@ class StopStringMatcher:
         and, if a stop string already occurs, everything from its start on.
         """
         match = self.find(text)
+        safe = len(text) if match is None else match[1]
+        for pat in self.patterns:  # a full or partial match: its start is the earliest text that may be cut
+            m = pat.search(text, partial=True)
+            if m is not None:
+                safe = min(safe, m.start())
         if match is not None:
-            return match[1]
+            return safe
         hold = 0
         for s in self.stop:
             for k in range(min(len(s) - 1, len(text)), hold, -1):
                 if text.endswith(s[:k]):
                     hold = k
                     break
-        return len(text) - hold
+        return min(safe, len(text) - hold)
 
 
 def trim_stop(text: str, matched: str, no_stop_trim: bool) -> str:
@@ -246,7 +276,7 @@ class DetokState:
             skip_special_tokens=reg.skip_special_tokens,
             spaces_between_special_tokens=reg.spaces_between_special_tokens,
         )
-        self.matcher = StopStringMatcher(reg.stop) if reg.stop else None
+        self.matcher = StopStringMatcher(reg.stop, reg.stop_regex) if reg.stop or reg.stop_regex else None
         self.no_stop_trim = reg.no_stop_trim
         self.pending = ""  # decoded text not sent yet (it may still turn into a stop string)
 
@@ -259,8 +289,12 @@ class DetokState:
             text += self.detok.finish()
             self.pending = ""
             matched = out.finish_reason.matched
-            # nothing sent so far contains a stop string, so the first one is in this final text
-            return trim_stop(text, matched, self.no_stop_trim) if isinstance(matched, str) and matched else text
+            # nothing sent so far contains (the start of) a stop string or regex match, so it is in this final text
+            if not isinstance(matched, str) or not matched or self.matcher is None:
+                return text
+            if matched in self.matcher.stop:
+                return trim_stop(text, matched, self.no_stop_trim)
+            return self.matcher.trim_regex(text, matched, self.no_stop_trim)
         if self.matcher is None:
             return text
         safe = self.matcher.safe_prefix_len(text)

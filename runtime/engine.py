@@ -142,7 +142,8 @@ class Engine:
         """Queue a planned request and start accumulating its output."""
         self.scheduler.add_request(planned.req)
         self.detokenizer.register(DetokRegister.for_request(planned.req))
-        state = self._states[planned.rid] = RequestState(planned, self.tokenizer)
+        state = RequestState(planned, self.tokenizer, None, self.server_args.stream_interval)
+        self._states[planned.rid] = state
         return state
 
     def _dispatch(self) -> None:
@@ -164,11 +165,9 @@ class Engine:
 
     def _stream(self, state: RequestState) -> Iterator[dict[str, Any]]:
         try:
-            sent = -1
             while not state.finished:
                 self._dispatch()
-                if len(state.output_ids) != sent or state.finished:
-                    sent = len(state.output_ids)
+                if state.updated:
                     yield state.response()
         finally:
             if not state.finished:

@@ -17,27 +17,21 @@ from radixgen.runtime.errors import InvalidRequestError
 from radixgen.runtime.io_struct import TokenizedGenerateReq
 from radixgen.runtime.sampling_params import SamplingParams
 
-# SGLang request fields this server does not implement; accepted (so SGLang clients work unchanged) only while
-# they carry no value (None, False, empty)
-_IGNORED_SGLANG_FIELDS = frozenset(
+# SGLang GenerateReqInput fields this server does not implement (multimodal inputs, LoRA, sessions, disaggregation,
+# routing, hidden states, ...): accepted while they carry SGLang's default (null, false, 0, empty) so SGLang clients
+# work unchanged, refused with a 400 naming them otherwise — never silently ignored
+_UNSUPPORTED_SGLANG_FIELDS = frozenset(
     {
-        "image_data",
-        "audio_data",
-        "video_data",
-        "modalities",
-        "lora_path",
-        "lora_id",
-        "session_params",
-        "custom_logit_processor",
-        "return_hidden_states",
-        "log_metrics",
-        "input_embeds",
-        "token_ids_logprob",
-        "bootstrap_host",
-        "bootstrap_port",
-        "bootstrap_room",
-        "data_parallel_rank",
-        "background",
+        "image_data", "audio_data", "video_data", "modalities", "mm_hashes", "mm_content_hashes",
+        "use_audio_in_video", "video_config", "input_embeds", "positional_embed_overrides",
+        "lora_path", "lora_id", "session_params", "custom_logit_processor", "watermark",
+        "return_hidden_states", "return_routed_experts", "routed_experts_start_len", "return_indexer_topk",
+        "return_sampling_mask", "sampling_logprobs_mode", "return_flat_raw_top_logprobs",
+        "return_flat_raw_output_top_logprobs", "return_flat_raw_top_logprobs_b64", "token_ids_logprob",
+        "bootstrap_host", "bootstrap_port", "bootstrap_room", "bootstrap_pair_key", "decode_tp_size",
+        "data_parallel_rank", "routed_dp_rank", "disagg_prefill_dp_rank", "routing_key", "http_worker_ipc",
+        "background", "require_reasoning", "max_thinking_tokens", "priority", "extra_key", "no_logs",
+        "custom_labels", "conversation_id",
     }
 )
 
@@ -57,6 +51,10 @@ class GenerateReqInput:
         stream: yield an update per scheduler step instead of one final response.
         rid: request id (a list for a batch); generated when absent. With ``n > 1`` the samples get
             ``<rid>-<j>``.
+        session_id: SGLang's stable identity of the requests of one session (tracking only: it is written to the
+            request's log line; it does not change the prompt).
+        log_metrics: False keeps the request out of the metrics and the request log (SGLang uses it for health
+            checks).
     """
 
     text: str | list[str] | None = None
@@ -68,6 +66,8 @@ class GenerateReqInput:
     return_text_in_logprobs: bool = False
     stream: bool = False
     rid: str | list[str] | None = None
+    session_id: str | None = None
+    log_metrics: bool = True
 
 
 @dataclass
@@ -84,10 +84,16 @@ class PlannedReq:
     prompt_index: int
     base_rid: str
     return_text_in_logprobs: bool = False
+    session_id: str | None = None
+    log_metrics: bool = True
 
     @property
     def rid(self) -> str:
         return self.req.rid
+
+
+# fields whose null means the default in SGLang's GenerateReqInput
+_NULL_MEANS_DEFAULT = frozenset({"return_logprob", "logprob_start_len", "top_logprobs_num", "stream"})
 
 
 def parse_generate_body(body: Any) -> GenerateReqInput:
@@ -102,12 +108,19 @@ def parse_generate_body(body: Any) -> GenerateReqInput:
     known = {f.name for f in fields(GenerateReqInput)}
     kwargs: dict[str, Any] = {}
     for key, value in body.items():
+        if key in _NULL_MEANS_DEFAULT and value is None:
+            continue  # SGLang clients send null for "the default"
         if key in known:
             kwargs[key] = value
-        elif key in _IGNORED_SGLANG_FIELDS and not value:
-            continue
+        elif key in _UNSUPPORTED_SGLANG_FIELDS:
+            if value:
+                raise InvalidRequestError(key, f"{key}: not supported by this server (only its default is accepted)")
+        elif key == "log_metrics":
+            if not isinstance(value, bool):
+                raise InvalidRequestError(key, f"log_metrics: must be a boolean, got {value!r}")
+            kwargs[key] = value
         else:
-            raise InvalidRequestError(key, f"{key}: unknown or unsupported field")
+            raise InvalidRequestError(key, f"{key}: unknown field")
     return GenerateReqInput(**kwargs)
 
 
@@ -213,6 +226,8 @@ def plan_requests(
         raise InvalidRequestError("top_logprobs_num", f"top_logprobs_num: must be <= the vocabulary size {vocab_size}")
     _check_bool("return_text_in_logprobs", obj.return_text_in_logprobs)
     _check_bool("stream", obj.stream)
+    if obj.session_id is not None and not isinstance(obj.session_id, str):
+        raise InvalidRequestError("session_id", f"session_id: must be a string, got {obj.session_id!r}")
     rids = [obj.rid] if isinstance(obj.rid, str) else obj.rid
     if rids is not None:
         if not isinstance(rids, list) or len(rids) != len(id_lists):
@@ -234,5 +249,7 @@ def plan_requests(
                 top_logprobs_num=obj.top_logprobs_num,
                 stream=obj.stream,
             )
-            planned.append(PlannedReq(req, len(planned), i, base, obj.return_text_in_logprobs))
+            planned.append(
+                PlannedReq(req, len(planned), i, base, obj.return_text_in_logprobs, obj.session_id, obj.log_metrics)
+            )
     return planned, single and len(planned) == 1

@@ -18,6 +18,7 @@ from contextlib import asynccontextmanager
 from dataclasses import asdict
 from typing import Any, TypeVar
 
+import msgspec
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -33,6 +34,7 @@ from radixgen.runtime.http_common import (
     run_unless_disconnected,
     sse_body,
 )
+from radixgen.runtime.io_struct import ProfileOut, ProfileReq
 from radixgen.runtime.metrics import CONTENT_TYPE
 from radixgen.runtime.server_args import ServerArgs
 from radixgen.runtime.tokenizer_manager import TokenizerManager
@@ -101,6 +103,12 @@ def create_app(tokenizer_manager: TokenizerManager, server_args: ServerArgs) -> 
         reason = tm.dead_reason or "the model is still loading"
         return openai_error(503, f"server not ready: {reason}")
 
+    @app.get("/ready")
+    @app.get("/ping")
+    async def ready() -> Response:
+        """SGLang's readiness (and SageMaker's /ping) check: 200 once the model is loaded, 503 otherwise."""
+        return Response(status_code=200 if tm.is_ready else 503)
+
     @app.get("/health_generate")
     async def health_generate(request: Request) -> Response:
         bos = getattr(tm.tokenizer, "bos_token_id", None)
@@ -108,6 +116,7 @@ def create_app(tokenizer_manager: TokenizerManager, server_args: ServerArgs) -> 
             input_ids=[bos if bos is not None else 0],
             sampling_params={"max_new_tokens": 1, "temperature": 0.0},
             rid=f"HEALTH_CHECK_{uuid.uuid4().hex}",
+            log_metrics=False,
         )
         try:
             await run_unless_disconnected(request, _first(tm.generate_request(obj)))
@@ -117,6 +126,7 @@ def create_app(tokenizer_manager: TokenizerManager, server_args: ServerArgs) -> 
             return openai_error(503, f"health generation failed: {e}")
         return Response(status_code=200)
 
+    @app.get("/model_info")
     @app.get("/get_model_info")
     async def get_model_info() -> dict[str, Any]:
         return {
@@ -126,6 +136,7 @@ def create_app(tokenizer_manager: TokenizerManager, server_args: ServerArgs) -> 
             "served_model_name": server_args.resolved_served_model_name,
         }
 
+    @app.get("/server_info")
     @app.get("/get_server_info")
     async def get_server_info() -> Response:
         stats = await tm.get_scheduler_stats()
@@ -137,7 +148,9 @@ def create_app(tokenizer_manager: TokenizerManager, server_args: ServerArgs) -> 
             "context_len": tm.context_len,
             "vocab_size": tm.vocab_size,
             "eos_token_ids": tm.eos_token_ids,
-            **{k: getattr(stats, k) for k in stats.__struct_fields__},
+            **(state := {k: getattr(stats, k) for k in stats.__struct_fields__}),
+            "internal_states": [state],  # SGLang's shape: one entry per data-parallel scheduler
+            "version": radixgen_version(),
             "pids": tm.child_pids,
         }
         return JSONResponse(info)
@@ -150,11 +163,26 @@ def create_app(tokenizer_manager: TokenizerManager, server_args: ServerArgs) -> 
 
     @app.post("/abort_request")
     async def abort_request(request: Request) -> Response:
-        rid = (await read_json_object(request)).get("rid")
-        if not isinstance(rid, str) or not rid:
-            raise InvalidRequestError("rid", "rid: must be a non-empty string")
-        await tm.abort_request(rid)
+        body = await read_json_object(request)
+        rid, abort_all = body.get("rid"), body.get("abort_all", False)
+        if not isinstance(abort_all, bool):
+            raise InvalidRequestError("abort_all", "abort_all: must be a boolean")
+        if not abort_all and (not isinstance(rid, str) or not rid):
+            raise InvalidRequestError("rid", "rid: must be a non-empty string (or give abort_all: true)")
+        await tm.abort_request(rid or "", abort_all=abort_all)
         return JSONResponse({"success": True})
+
+    @app.api_route("/start_profile", methods=["GET", "POST"])
+    async def start_profile(request: Request) -> Response:
+        """Start the scheduler's torch profiler (optional JSON body: SGLang's ProfileReq options)."""
+        raw = await request.body()
+        body = await read_json_object(request) if raw.strip() else {}
+        return _profile_response(await tm.profile(profile_request(body)))
+
+    @app.api_route("/stop_profile", methods=["GET", "POST"])
+    async def stop_profile() -> Response:
+        """Stop the profiler and write its Chrome trace."""
+        return _profile_response(await tm.profile(ProfileReq(action="stop")))
 
     @app.post("/tokenize")
     async def tokenize(request: Request) -> Response:
@@ -212,3 +240,43 @@ def create_app(tokenizer_manager: TokenizerManager, server_args: ServerArgs) -> 
 
         register_openai_routes(app, tm, server_args)
     return app
+
+
+# SGLang ProfileReq options this server implements; the others are refused when set (never ignored)
+_PROFILE_FIELDS = ("output_dir", "num_steps", "activities", "with_stack", "record_shapes", "profile_prefix")
+_PROFILE_DEFAULTS: dict[str, Any] = {
+    "start_step": None, "profile_by_stage": False, "profile_id": None, "merge_profiles": False,
+    "profile_stages": None, "detailed_annotations": False,
+}
+
+
+def profile_request(body: dict[str, Any]) -> ProfileReq:
+    """A start ProfileReq from SGLang's /start_profile body.
+
+    Raises:
+        InvalidRequestError: an unknown option, one this server does not implement set to a non-default value,
+            or a value of the wrong type — naming it.
+    """
+    for key, value in body.items():
+        if key in _PROFILE_DEFAULTS:
+            if value != _PROFILE_DEFAULTS[key]:
+                raise InvalidRequestError(key, f"{key}: not supported by this server")
+        elif key not in _PROFILE_FIELDS:
+            raise InvalidRequestError(key, f"{key}: unknown field")
+    try:
+        return msgspec.convert({k: body[k] for k in _PROFILE_FIELDS if k in body}, ProfileReq)
+    except msgspec.ValidationError as e:
+        raise InvalidRequestError(None, f"start_profile: {e}") from None
+
+
+def _profile_response(out: ProfileOut) -> Response:
+    if not out.success:
+        return openai_error(400, out.message)
+    return Response(content=out.message + "\n", media_type="text/plain")
+
+
+def radixgen_version() -> str:
+    """The installed radixgen's version."""
+    from importlib.metadata import version
+
+    return version("radixgen")

@@ -66,9 +66,10 @@ class TokenizedGenerateReq(msgspec.Struct, tag=True):
 
 
 class AbortReq(msgspec.Struct, tag=True):
-    """Abort a queued or running request; everything it holds is freed."""
+    """Abort a queued or running request (or, with ``abort_all``, every one); everything it holds is freed."""
 
     rid: str
+    abort_all: bool = False
 
 
 class FlushCacheReq(msgspec.Struct, tag=True):
@@ -167,6 +168,7 @@ class DetokRegister(msgspec.Struct, tag=True):
     spaces_between_special_tokens: bool = True
     stop: list[str] = []
     no_stop_trim: bool = False
+    stop_regex: list[str] = []
 
     @classmethod
     def for_request(cls, req: TokenizedGenerateReq) -> DetokRegister:
@@ -179,6 +181,7 @@ class DetokRegister(msgspec.Struct, tag=True):
             spaces_between_special_tokens=sp.spaces_between_special_tokens,
             stop=list(sp.stop),
             no_stop_trim=sp.no_stop_trim,
+            stop_regex=list(sp.stop_regex),
         )
 
 
@@ -190,6 +193,25 @@ class ErrorOut(msgspec.Struct, tag=True):
     message: str
     status: int = 400
     param: str | None = None
+
+
+class ProfileReq(msgspec.Struct, tag=True):
+    """Start or stop the scheduler's torch profiler (SGLang's ProfileReq options; see runtime/profiler.py)."""
+
+    action: Literal["start", "stop"] = "start"
+    output_dir: str | None = None
+    num_steps: int | None = None
+    activities: list[str] | None = None
+    with_stack: bool | None = None
+    record_shapes: bool | None = None
+    profile_prefix: str | None = None
+
+
+class ProfileOut(msgspec.Struct, tag=True):
+    """Reply to ProfileReq: whether it was done, and what (or why not)."""
+
+    success: bool
+    message: str
 
 
 class FlushCacheOut(msgspec.Struct, tag=True):
@@ -217,6 +239,6 @@ class BatchStrOut(msgspec.Struct, tag=True):
     stats: SchedulerStats | None = None
 
 
-ServerSchedulerInput = TokenizedGenerateReq | AbortReq | FlushCacheReq | GetInfoReq
-SchedulerOutput = SchedulerReady | DetokRegister | BatchTokenOut | ErrorOut | FlushCacheOut | InfoOut
-DetokenizerOutput = SchedulerReady | BatchStrOut | ErrorOut | FlushCacheOut | InfoOut
+ServerSchedulerInput = TokenizedGenerateReq | AbortReq | FlushCacheReq | GetInfoReq | ProfileReq
+SchedulerOutput = SchedulerReady | DetokRegister | BatchTokenOut | ErrorOut | FlushCacheOut | InfoOut | ProfileOut
+DetokenizerOutput = SchedulerReady | BatchStrOut | ErrorOut | FlushCacheOut | InfoOut | ProfileOut

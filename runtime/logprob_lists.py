@@ -1,6 +1,6 @@
 """Accumulates a request's logprob deltas and renders them in the native API's meta_info shape (torch-free).
 
-Shared by the offline Engine's RequestState and the server's ServerReqState.
+Used by the one output accumulator, ``request_state.RequestState``.
 """
 
 from __future__ import annotations
@@ -10,13 +10,16 @@ from typing import Any
 from radixgen.runtime.io_struct import ReqOutput
 
 LOGPROB_KEYS = ("input_token_logprobs", "input_top_logprobs", "output_token_logprobs", "output_top_logprobs")
+#: the per-output-position lists (sliced to the new positions in incremental streaming, as SGLang does)
+OUTPUT_LOGPROB_KEYS = ("output_token_logprobs", "output_top_logprobs")
 
 
 class LogprobAccumulator:
     """Per-position ``[logprob, token_id]`` entries (and top-k lists of them) gathered from ``ReqOutput`` deltas.
 
-    ``meta()`` renders each entry as ``[logprob, token_id, text or None]`` — the token's text (decoded alone) when
-    ``return_text_in_logprobs``, as SGLang's native API does.
+    Entries are rendered once, as they arrive, as ``[logprob, token_id, text or None]`` — the token's text (decoded
+    alone) when ``return_text_in_logprobs``, as SGLang's native API does — so a streamed request costs O(new
+    positions) per update.
     """
 
     def __init__(self, tokenizer: Any, return_text_in_logprobs: bool) -> None:
@@ -29,18 +32,19 @@ class LogprobAccumulator:
         for key in LOGPROB_KEYS:
             delta = getattr(out, key)
             if delta:
-                self.lists[key].extend(delta)
+                top = key.endswith("top_logprobs")
+                self.lists[key].extend([self._entries(t) for t in delta] if top else self._entries(delta))
 
     def _entries(self, entries: list[list[Any]]) -> list[list[Any]]:
         if not self.with_text:
             return [[lp, tid, None] for lp, tid in entries]
         return [[lp, tid, self.tokenizer.decode([tid])] for lp, tid in entries]
 
-    def meta(self) -> dict[str, list[Any]]:
-        """The four meta_info logprob lists."""
-        return {
-            "input_token_logprobs": self._entries(self.lists["input_token_logprobs"]),
-            "output_token_logprobs": self._entries(self.lists["output_token_logprobs"]),
-            "input_top_logprobs": [self._entries(t) for t in self.lists["input_top_logprobs"]],
-            "output_top_logprobs": [self._entries(t) for t in self.lists["output_top_logprobs"]],
+    def meta(self, output_from: int = 0) -> dict[str, Any]:
+        """The meta_info logprob lists (copies), the output ones from position ``output_from`` on, and
+        ``output_token_logprobs_length`` (how many output positions have logprobs in all)."""
+        out: dict[str, Any] = {
+            k: v[output_from:] if k in OUTPUT_LOGPROB_KEYS else list(v) for k, v in self.lists.items()
         }
+        out["output_token_logprobs_length"] = len(self.lists["output_token_logprobs"])
+        return out

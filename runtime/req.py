@@ -97,6 +97,7 @@ class Req:
         self.jump_forward_tokens = 0
         self.jump_requeues = 0
         self.stop_tail = ""  # detokenized tail used for stop-string matching
+        self.stop_text = ""  # the whole detokenized output, for stop regexes (kept only when there are some)
         self.stop_detok: Any = None
 
         # per-step deltas, emitted and cleared by the scheduler

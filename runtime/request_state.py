@@ -23,17 +23,25 @@ class RequestState:
         planned: the planned request (rid, index in its batch / n>1 list, the rid the client gave, options).
         tokenizer: decodes single tokens for ``return_text_in_logprobs``.
         event: set whenever this request gets an update (the server's waiter; None in the offline Engine).
+        stream_interval: a streamed request is ``updated`` every this many new tokens (and when it ends); the
+            request's own ``sampling_params.stream_interval`` takes precedence (SGLang's ``--stream-interval``).
 
     Attributes:
         text / output_ids: cumulative output (``text`` never contains a text that may still become a stop string).
         finish_reason: None while running. error: ``(http_status, message, param)`` if the request failed.
-        updated: True since the last ``response()`` when new output arrived.
+        updated: True when an update is due: ``stream_interval`` new tokens since the last ``response()``, or the
+            end.
         created / first_token_time / finished_time: ``time.perf_counter()`` seconds.
     """
 
-    def __init__(self, planned: PlannedReq, tokenizer: Any, event: asyncio.Event | None = None) -> None:
+    def __init__(
+        self, planned: PlannedReq, tokenizer: Any, event: asyncio.Event | None = None, stream_interval: int = 1
+    ) -> None:
         self.rid = planned.rid
+        self.stream_interval = planned.req.sampling_params.stream_interval or stream_interval
         self.group = planned.base_rid
+        self.session_id = planned.session_id
+        self.log_metrics = planned.log_metrics
         self.index = planned.index
         self.event = event
         self.return_logprob = planned.req.return_logprob
@@ -46,6 +54,7 @@ class RequestState:
         self.jump_forward_tokens = 0
         self.error: tuple[int, str, str | None] | None = None
         self.updated = False
+        self._sent_ids = self._sent_text = 0  # what the last response() covered (for intervals and deltas)
         self.created = time.perf_counter()
         self.first_token_time: float | None = None
         self.finished_time: float | None = None
@@ -72,7 +81,8 @@ class RequestState:
         if out.finish_reason is not None:
             self.finish_reason = out.finish_reason
             self.finished_time = now
-        self._updated()
+        if self.finished or len(self.output_ids) - self._sent_ids >= self.stream_interval:
+            self._updated()
 
     def fail(self, status: int, message: str, param: str | None = None) -> None:
         """Mark the request failed (rejected by the scheduler: ``param`` names the field; or the server is going
@@ -91,14 +101,18 @@ class RequestState:
         """Seconds from arrival to finish (or to now while running)."""
         return (self.finished_time or time.perf_counter()) - self.created
 
-    def response(self, with_index: bool = False) -> dict[str, Any]:
+    def response(self, with_index: bool = False, incremental: bool = False) -> dict[str, Any]:
         """The native response ``{"text", "output_ids", "meta_info"}`` (plus ``"index"`` if asked).
 
         meta_info: ``id``, ``finish_reason`` (``FinishReason.to_json()`` or None), ``prompt_tokens``,
         ``completion_tokens``, ``cached_tokens``, ``jump_forward_tokens`` (outputs appended by grammar
         jump-forward without a forward each), ``e2e_latency`` (seconds), and the logprob lists (entries
-        ``[logprob, token_id, text or None]``) when logprobs were asked for.
+        ``[logprob, token_id, text or None]``) with ``output_token_logprobs_length`` when logprobs were asked for.
+        With ``incremental`` (SGLang's ``--incremental-streaming-output``) ``text``, ``output_ids`` and the output
+        logprob lists hold only what is new since the previous response.
         """
+        ids_from, text_from = (self._sent_ids, self._sent_text) if incremental else (0, 0)
+        self._sent_ids, self._sent_text = len(self.output_ids), len(self.text)
         self.updated = False
         meta: dict[str, Any] = {
             "id": self.rid,
@@ -110,8 +124,12 @@ class RequestState:
             "e2e_latency": self.e2e_latency(),
         }
         if self.return_logprob:
-            meta.update(self.logprobs.meta())
-        out: dict[str, Any] = {"text": self.text, "output_ids": list(self.output_ids), "meta_info": meta}
+            meta.update(self.logprobs.meta(ids_from))
+        out: dict[str, Any] = {
+            "text": self.text[text_from:],
+            "output_ids": self.output_ids[ids_from:],
+            "meta_info": meta,
+        }
         if with_index:
             out["index"] = self.index
         return out

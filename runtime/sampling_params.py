@@ -12,6 +12,8 @@ import math
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+import regex
+
 from radixgen.runtime.errors import InvalidRequestError
 
 _MAX_STOP_STRINGS = 32
@@ -26,6 +28,10 @@ class SamplingParams:
         max_new_tokens: upper bound on generated tokens (0 = only prefill the prompt).
         min_new_tokens: eos / stop tokens / stop strings are suppressed until this many tokens exist.
         stop: stop strings (matched on the detokenized output, trimmed unless ``no_stop_trim``).
+        stop_regex: regular expressions (Python / ``regex`` syntax) that end the request when one matches the
+            detokenized output; the text is cut where the first match starts (unless ``no_stop_trim``), and
+            ``finish_reason.matched`` is the pattern (SGLang's meaning). A pattern that matches the empty string is
+            refused.
         stop_token_ids: extra token ids that end the request (like eos).
         temperature: 0 = greedy; otherwise logits are divided by it.
         top_p: nucleus mass in (0, 1]. top_k: -1 or 0 = all tokens, else keep the k best.
@@ -33,11 +39,15 @@ class SamplingParams:
         frequency_penalty / presence_penalty: OpenAI semantics over generated tokens, in [-2, 2].
         repetition_penalty: CTRL/HF semantics over prompt + generated tokens, > 0 (1 = off).
         logit_bias: token id → additive bias, each in [-100, 100].
-        seed: per-request RNG seed; the same seed gives the same tokens whatever else is in the batch.
+        seed: per-request RNG seed; the same seed gives the same tokens whatever else is in the batch (SGLang's
+            ``sampling_seed`` is accepted as its name too).
         ignore_eos: keep generating past eos ids.
         skip_special_tokens / spaces_between_special_tokens: detokenizer options.
         no_stop_trim: keep the matched stop string in the text.
         n: number of samples for this prompt (expanded into n requests by the frontends).
+        stream_interval: when streaming, send an update every this many new tokens (and at the end); None is 1.
+        custom_params: parameters of a custom logit processor; this server runs none, so only null / ``{}`` is
+            accepted (anything else is refused naming the field, never ignored).
         json_schema / regex / ebnf / json_object: a grammar constraint, at most one per request, enforced in the
             decode loop (DESIGN.md, "Grammar-constrained decoding"; radixgen.grammar): ``json_schema`` a JSON-schema
             document (a string; a dict is serialised), ``regex`` a regular expression the whole output must match,
@@ -55,6 +65,7 @@ class SamplingParams:
     max_new_tokens: int = 128
     min_new_tokens: int = 0
     stop: list[str] = field(default_factory=list)
+    stop_regex: list[str] = field(default_factory=list)
     stop_token_ids: list[int] = field(default_factory=list)
     temperature: float = 1.0
     top_p: float = 1.0
@@ -70,6 +81,8 @@ class SamplingParams:
     spaces_between_special_tokens: bool = True
     no_stop_trim: bool = False
     n: int = 1
+    stream_interval: int | None = None
+    custom_params: dict[str, Any] | None = None
     json_schema: str | None = None
     regex: str | None = None
     ebnf: str | None = None
@@ -80,6 +93,9 @@ class SamplingParams:
         normalise = {
             "json_schema": json.dumps(self.json_schema) if isinstance(self.json_schema, dict | bool) else None,
             "stop": [self.stop] if isinstance(self.stop, str) else ([] if self.stop is None else None),
+            "stop_regex": [self.stop_regex] if isinstance(self.stop_regex, str) else (
+                [] if self.stop_regex is None else None
+            ),
             "stop_token_ids": [] if self.stop_token_ids is None else None,
             "logit_bias": {} if self.logit_bias is None else None,
         }
@@ -107,11 +123,17 @@ class SamplingParams:
             return cls()
         if not isinstance(d, dict):
             raise InvalidRequestError("sampling_params", f"sampling_params must be an object, got {type(d).__name__}")
-        known = {f.name for f in fields(cls)}
+        known = {f.name for f in fields(cls)} | {"sampling_seed"}
         unknown = sorted(set(d) - known)
         if unknown:
             raise InvalidRequestError("sampling_params", f"sampling_params: unknown field(s) {', '.join(unknown)}")
         kwargs = dict(d)
+        if "sampling_seed" in kwargs:  # SGLang's name of ``seed``
+            alias = kwargs.pop("sampling_seed")
+            if alias is not None and kwargs.get("seed") is not None and kwargs["seed"] != alias:
+                raise InvalidRequestError("sampling_seed", "sampling_seed: differs from seed (give one of them)")
+            if alias is not None:
+                kwargs["seed"] = alias
         if "logit_bias" in kwargs and isinstance(kwargs["logit_bias"], dict):
             try:
                 kwargs["logit_bias"] = {int(k): v for k, v in kwargs["logit_bias"].items()}
@@ -154,6 +176,7 @@ class SamplingParams:
             raise InvalidRequestError("stop", "stop: must be a non-empty string or a list of non-empty strings")
         if len(self.stop) > _MAX_STOP_STRINGS:
             raise InvalidRequestError("stop", f"stop: at most {_MAX_STOP_STRINGS} stop strings")
+        _check_stop_regex(self.stop_regex)
         if not isinstance(self.stop_token_ids, list):
             raise InvalidRequestError("stop_token_ids", "stop_token_ids: must be a list of token ids")
         for t in self.stop_token_ids:
@@ -176,6 +199,12 @@ class SamplingParams:
             if not isinstance(getattr(self, name), bool):
                 raise InvalidRequestError(name, f"{name}: must be a boolean")
         _check_int("n", self.n, lo=1, hi=128)
+        if self.stream_interval is not None:
+            _check_int("stream_interval", self.stream_interval, lo=1)
+        if self.custom_params:
+            raise InvalidRequestError(
+                "custom_params", "custom_params: this server runs no custom logit processor (give null or {})"
+            )
         for name in ("json_schema", "regex", "ebnf"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, str):
@@ -203,6 +232,20 @@ class SamplingParams:
         for t in self.logit_bias:
             if t >= vocab_size:
                 raise InvalidRequestError("logit_bias", f"logit_bias: token id {t} out of range [0, {vocab_size})")
+
+
+def _check_stop_regex(patterns: object) -> None:
+    if not isinstance(patterns, list) or not all(isinstance(p, str) and p for p in patterns):
+        raise InvalidRequestError("stop_regex", "stop_regex: must be a non-empty string or a list of them")
+    if len(patterns) > _MAX_STOP_STRINGS:
+        raise InvalidRequestError("stop_regex", f"stop_regex: at most {_MAX_STOP_STRINGS} patterns")
+    for p in patterns:
+        try:
+            compiled = regex.compile(p)
+        except (regex.error, RecursionError, OverflowError) as e:
+            raise InvalidRequestError("stop_regex", f"stop_regex: invalid pattern {p!r}: {e}") from None
+        if compiled.fullmatch("") is not None:
+            raise InvalidRequestError("stop_regex", f"stop_regex: {p!r} matches the empty string")
 
 
 def _check_int(name: str, v: object, lo: int | None = None, hi: int | None = None) -> None:

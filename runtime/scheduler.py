@@ -151,12 +151,21 @@ class Scheduler:
             self.waiting.append(req)
 
     def abort_request(self, msg: AbortReq) -> bool:
-        """Abort a queued or running request; its KV (and row) is released. False if the rid is unknown."""
-        req = self.reqs.get(msg.rid)
+        """Abort a queued or running request — or every one with ``abort_all`` —; its KV (and row) is released.
+        False if the rid is unknown (or, with ``abort_all``, nothing was live)."""
+        if msg.abort_all:
+            rids = list(self.reqs)
+            for rid in rids:
+                self._abort(rid)
+            return bool(rids)
+        return self._abort(msg.rid)
+
+    def _abort(self, rid: str) -> bool:
+        req = self.reqs.get(rid)
         if req is None:
             return False
         if req.status in (ReqStatus.WAITING, ReqStatus.RETRACTED):
-            if self.grammar.remove(msg.rid) is None:
+            if self.grammar.remove(rid) is None:
                 self.waiting.remove(req)
         elif req.status is ReqStatus.PREFILLING:
             self.chunked_req = None

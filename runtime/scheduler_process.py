@@ -28,6 +28,7 @@ from radixgen.runtime.io_struct import (
     FlushCacheReq,
     GetInfoReq,
     InfoOut,
+    ProfileReq,
     SchedulerReady,
     SchedulerStats,
     ServerSchedulerInput,
@@ -55,16 +56,20 @@ class SchedulerLoop:
     def __init__(self, scheduler: Any, recv: zmq.Socket[Any], send: zmq.Socket[Any], parent_pid: int) -> None:
         import msgspec
 
+        from radixgen.runtime.profiler import SchedulerProfiler  # torch: only in the scheduler process
+
         self.scheduler = scheduler
         self.recv = recv
         self.send_sock = send
         self.parent_pid = parent_pid
         self.decoder = msgspec.msgpack.Decoder(ServerSchedulerInput)
+        self.profiler = SchedulerProfiler()
         self.handlers: dict[type, Any] = {
             TokenizedGenerateReq: self.on_generate,
             AbortReq: self.scheduler.handle,
             FlushCacheReq: self.on_flush,
             GetInfoReq: self.on_info,
+            ProfileReq: self.on_profile,
         }
 
     def send(self, msg: Any) -> None:
@@ -102,6 +107,9 @@ class SchedulerLoop:
         logger.info("flush_cache: %s", "done" if ok else "refused (requests in flight)")
         self.send(FlushCacheOut(ok))
 
+    def on_profile(self, msg: ProfileReq) -> None:
+        self.send(self.profiler.handle(msg))
+
     def on_info(self, msg: GetInfoReq) -> None:
         self.send(InfoOut(msg.req_id, self.stats()))
 
@@ -126,6 +134,7 @@ class SchedulerLoop:
             self.drain()
             if self.scheduler.has_work():
                 outputs = self.scheduler.step()
+                self.profiler.step()
                 if outputs:
                     self.send(BatchTokenOut(outputs, self.stats()))
         logger.info("scheduler: the HTTP process is gone; exiting")

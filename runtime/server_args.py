@@ -64,6 +64,8 @@ class ServerArgs:
     api_key: str | None = None
     log_level: str = "info"
     enable_metrics: bool = False
+    stream_interval: int = 1
+    incremental_streaming_output: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.model_path, str) or not self.model_path:
@@ -81,7 +83,7 @@ class ServerArgs:
             v = getattr(self, name)
             if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v <= 0):
                 raise ValueError(f"{name}: must be a positive integer or None, got {v!r}")
-        for name in ("max_running_requests", "max_prefill_tokens", "chunked_prefill_size"):
+        for name in ("max_running_requests", "max_prefill_tokens", "chunked_prefill_size", "stream_interval"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
                 raise ValueError(f"{name}: must be a positive integer, got {v!r}")
@@ -172,6 +174,10 @@ _HELP: dict[str, str] = {
     "api_key": "Require 'Authorization: Bearer <key>' on every route except /health.",
     "log_level": "Logging level of all server processes.",
     "enable_metrics": "Serve Prometheus metrics at GET /metrics (404 otherwise).",
+    "stream_interval": "Streamed requests get an update every this many new tokens (a request's own "
+    "sampling_params.stream_interval takes precedence).",
+    "incremental_streaming_output": "Native /generate streams carry deltas (new text, output_ids and output "
+    "logprobs) instead of the cumulative output, as SGLang's flag of the same name.",
 }
 # flag names that differ from --field-name (SGLang's spelling)
 _FLAG_NAMES = {"model_path": "--model", "tokenizer_path": "--tokenizer"}

@@ -14,7 +14,8 @@ class StopChecker:
 
     finish_reason: ``{"type": "stop", "matched": token_id}`` for eos / stop_token_ids,
     ``{"type": "stop", "matched": "<stop string>"}`` for a stop string (matched on the incrementally detokenized
-    output text, so strings spanning several tokens are found), ``{"type": "length", "length": n}`` at
+    output text, so strings spanning several tokens are found), ``{"type": "stop", "matched": "<pattern>"}`` for a
+    stop regex (searched over the whole detokenized output), ``{"type": "length", "length": n}`` at
     max_new_tokens. Before min_new_tokens outputs exist nothing but length can stop a request (eos and stop
     tokens are also suppressed in the sampler then).
 
@@ -27,7 +28,7 @@ class StopChecker:
         self.eos_token_ids = frozenset(eos_token_ids)
 
     def init_req(self, req: Req) -> None:
-        if req.sampling_params.stop:
+        if req.sampling_params.stop or req.sampling_params.stop_regex:
             if self.tokenizer is None:
                 raise ValueError("stop: stop strings need a tokenizer")
             req.stop_detok = (
@@ -37,7 +38,7 @@ class StopChecker:
                     skip_special_tokens=req.sampling_params.skip_special_tokens,
                     spaces_between_special_tokens=req.sampling_params.spaces_between_special_tokens,
                 ),
-                StopStringMatcher(req.sampling_params.stop),
+                StopStringMatcher(req.sampling_params.stop, req.sampling_params.stop_regex),
             )
 
     def check(self, req: Req, token: int) -> None:
@@ -50,11 +51,16 @@ class StopChecker:
         if req.stop_detok is not None:
             detok, matcher = req.stop_detok
             delta = detok.append([token])
-            longest = max(len(s) for s in params.stop)
-            # search only the tail that can contain a match ending in the new text
-            req.stop_tail = (req.stop_tail + delta)[-(longest + len(delta)) :]
+            if params.stop:
+                # search only the tail that can contain a match ending in the new text
+                req.stop_tail = (req.stop_tail + delta)[-(matcher.max_len + len(delta)) :]
+            if params.stop_regex:
+                req.stop_text += delta  # a regex match may start anywhere in the output
             if n_out >= params.min_new_tokens:
-                found = matcher.find(req.stop_tail)
+                found = matcher.find(req.stop_tail) if params.stop else None
+                if found is None and params.stop_regex and delta:
+                    hit = matcher.find_regex(req.stop_text)
+                    found = None if hit is None else (hit[0], hit[1])
                 if found is not None:
                     req.finished_reason = FinishReason.stopped(found[0])
                     return

@@ -30,6 +30,8 @@ from radixgen.runtime.io_struct import (
     FlushCacheReq,
     GetInfoReq,
     InfoOut,
+    ProfileOut,
+    ProfileReq,
     SchedulerReady,
     SchedulerStats,
 )
@@ -80,8 +82,9 @@ class TokenizerManager:
         self._recv_sock = pull_socket(self._async_ctx, ipc.tokenizer)
         self._decoder = msgspec.msgpack.Decoder(DetokenizerOutput)
         self._ready_event = asyncio.Event()
-        self._flush_lock = asyncio.Lock()
-        self._flush_future: asyncio.Future[bool] | None = None
+        # one control request of each reply type at a time: FlushCacheOut, ProfileOut
+        self._control_locks: dict[type, asyncio.Lock] = {FlushCacheOut: asyncio.Lock(), ProfileOut: asyncio.Lock()}
+        self._control_futures: dict[type, asyncio.Future[Any]] = {}
         self._info_futures: dict[str, asyncio.Future[SchedulerStats]] = {}
         self._recv_task: asyncio.Task[None] | None = None
         self.loop: asyncio.AbstractEventLoop | None = None  # the server's event loop, once started
@@ -89,7 +92,8 @@ class TokenizerManager:
             SchedulerReady: self._on_ready,
             BatchStrOut: self._on_batch,
             ErrorOut: self._on_error,
-            FlushCacheOut: self._on_flush,
+            FlushCacheOut: self._on_control_reply,
+            ProfileOut: self._on_control_reply,
             InfoOut: self._on_info,
         }
 
@@ -124,7 +128,7 @@ class TokenizerManager:
         for st in list(self._states.values()):
             st.fail(503, f"server unavailable: {reason}")
         self._states.clear()
-        for fut in [self._flush_future, *self._info_futures.values()]:
+        for fut in [*self._control_futures.values(), *self._info_futures.values()]:
             if fut is not None and not fut.done():
                 fut.set_exception(ServerUnavailableError(reason))
 
@@ -136,11 +140,14 @@ class TokenizerManager:
             raise ServerUnavailableError("server not ready: the model is still loading")
 
     # ------------------------------------------------------------------ requests
-    async def generate_request(self, obj: GenerateReqInput) -> AsyncIterator[dict[str, Any] | list[dict[str, Any]]]:
+    async def generate_request(
+        self, obj: GenerateReqInput, incremental: bool | None = None
+    ) -> AsyncIterator[dict[str, Any] | list[dict[str, Any]]]:
         """Run a native generate request.
 
         Validates first (nothing is sent if any item is invalid). With ``obj.stream`` it yields one dict per
-        update (cumulative ``text`` and ``output_ids``; the last one of each request has
+        update (cumulative ``text`` and ``output_ids``, or only the new ones when ``incremental`` — by default
+        ``--incremental-streaming-output``; the last one of each request has
         ``meta_info.finish_reason``; batch / n>1 items carry ``"index"``); otherwise one final item: a dict, or
         a list for a batch or n>1. Closing the iterator early (client disconnect) aborts the unfinished
         requests, whose KV then returns to the pool.
@@ -151,6 +158,8 @@ class TokenizerManager:
             RequestFailedError: any other failure, with its HTTP status.
         """
         self.check_available()
+        if incremental is None:
+            incremental = self.server_args.incremental_streaming_output
         planned, single = plan_requests(obj, self.tokenizer, self.context_len, self.vocab_size)
         for p in planned:
             if p.rid in self._states:
@@ -169,7 +178,7 @@ class TokenizerManager:
                     for st in states:
                         self._raise_if_failed(st)
                         if st.updated:
-                            yield st.response(with_index=multi)
+                            yield st.response(with_index=multi, incremental=incremental)
                     if done:
                         return
             else:
@@ -190,9 +199,13 @@ class TokenizerManager:
                     # the state stays registered until the scheduler's abort output arrives (logged, counted)
                     self._send(AbortReq(rid))  # synchronous: safe inside a cancelled task
 
-    async def abort_request(self, rid: str) -> None:
-        """Abort a running request by its rid (or every sample of an n>1 request by the rid it was given).
-        Unknown rids are ignored; the request itself finishes with ``finish_reason.type == "abort"``."""
+    async def abort_request(self, rid: str, abort_all: bool = False) -> None:
+        """Abort a running request by its rid (or every sample of an n>1 request by the rid it was given), or with
+        ``abort_all`` every request. Unknown rids are ignored; an aborted request finishes with
+        ``finish_reason.type == "abort"``."""
+        if abort_all:
+            self._send(AbortReq("", abort_all=True))
+            return
         targets = [st for st in self._states.values() if st.rid == rid or st.group == rid]
         for st in targets:
             self._send(AbortReq(st.rid))
@@ -203,11 +216,26 @@ class TokenizerManager:
         Raises:
             ServerUnavailableError: not ready / a process died. TimeoutError: no answer in 30 s.
         """
+        reply = await self._control(FlushCacheReq(), FlushCacheOut)
+        return bool(reply.success)
+
+    async def profile(self, req: ProfileReq) -> ProfileOut:
+        """Start or stop the scheduler's torch profiler (``/start_profile``, ``/stop_profile``).
+
+        Raises:
+            ServerUnavailableError: not ready / a process died. TimeoutError: no answer in 30 s.
+        """
+        reply = await self._control(req, ProfileOut)
+        assert isinstance(reply, ProfileOut)
+        return reply
+
+    async def _control(self, msg: msgspec.Struct, reply_type: type) -> Any:
+        """Send a control request and wait for the scheduler's reply of ``reply_type`` (one at a time per type)."""
         self.check_available()
-        async with self._flush_lock:
-            fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-            self._flush_future = fut
-            self._send(FlushCacheReq())
+        async with self._control_locks[reply_type]:
+            fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            self._control_futures[reply_type] = fut
+            self._send(msg)
             return await asyncio.wait_for(fut, _CONTROL_TIMEOUT)
 
     async def get_scheduler_stats(self) -> SchedulerStats:
@@ -228,7 +256,7 @@ class TokenizerManager:
 
     # ------------------------------------------------------------------ internals
     def _new_state(self, p: PlannedReq, event: asyncio.Event) -> RequestState:
-        st = self._states[p.rid] = RequestState(p, self.tokenizer, event)
+        st = self._states[p.rid] = RequestState(p, self.tokenizer, event, self.server_args.stream_interval)
         return st
 
     @staticmethod
@@ -286,9 +314,10 @@ class TokenizerManager:
             st.fail(msg.status, msg.message, msg.param)
             self._log_finished(st)
 
-    def _on_flush(self, msg: FlushCacheOut) -> None:
-        if self._flush_future is not None and not self._flush_future.done():
-            self._flush_future.set_result(msg.success)
+    def _on_control_reply(self, msg: FlushCacheOut | ProfileOut) -> None:
+        fut = self._control_futures.get(type(msg))
+        if fut is not None and not fut.done():
+            fut.set_result(msg)
 
     def _on_info(self, msg: InfoOut) -> None:
         self._on_stats(msg.stats)
@@ -301,12 +330,15 @@ class TokenizerManager:
             self.metrics.observe_stats(stats)
 
     def _log_finished(self, st: RequestState) -> None:
-        """One structured (JSON) log line per finished request, and its metrics."""
+        """One structured (JSON) log line per finished request, and its metrics (unless ``log_metrics`` is off)."""
+        if not st.log_metrics:
+            return
         ttft = None if st.first_token_time is None else st.first_token_time - st.created
         e2e = st.e2e_latency()
         finish = "error" if st.error is not None or st.finish_reason is None else st.finish_reason.type
         record = {
             "rid": st.rid,
+            **({"session_id": st.session_id} if st.session_id is not None else {}),
             "finish_reason": finish,
             "prompt_tokens": st.prompt_tokens,
             "completion_tokens": st.completion_tokens,

@@ -8,6 +8,7 @@ log file (``handle.logs()``), so a full pipe never blocks it.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -18,6 +19,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -125,6 +127,16 @@ def start_server(
     if wait:
         handle.wait_ready(timeout)
     return handle
+
+
+def sse_events(resp: httpx.Response) -> list[Any]:
+    """The decoded ``data:`` payloads of an SSE response (``"[DONE]"`` kept as the string)."""
+    events: list[Any] = []
+    for line in resp.iter_lines():
+        if line.startswith("data: "):
+            data = line[len("data: ") :]
+            events.append(data if data == "[DONE]" else json.loads(data))
+    return events
 
 
 @pytest.fixture(scope="module")

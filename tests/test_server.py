@@ -22,7 +22,7 @@ import psutil
 import pytest
 import server_fixtures
 from prometheus_client.parser import text_string_to_metric_families
-from server_fixtures import STORIES, ServerHandle, start_server
+from server_fixtures import STORIES, ServerHandle, sse_events, start_server
 
 from radixgen.runtime.detokenizer import DetokState
 from radixgen.runtime.errors import InvalidRequestError
@@ -44,16 +44,6 @@ PROMPTS = [
     "The sun was hot and",
     "Sam liked to play with his",
 ]
-
-
-def sse_events(resp: httpx.Response) -> list[Any]:
-    """The decoded ``data:`` payloads of an SSE response (``"[DONE]"`` kept as the string)."""
-    events = []
-    for line in resp.iter_lines():
-        if line.startswith("data: "):
-            data = line[len("data: ") :]
-            events.append(data if data == "[DONE]" else json.loads(data))
-    return events
 
 
 def metric_samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -187,7 +187,7 @@ class OpenAIRun:
         Raises:
             HttpError: invalid input, in this route's field names.
         """
-        agen = tm.generate_request(self.to_input(stream=True))
+        agen = tm.generate_request(self.to_input(stream=True), incremental=False)
 
         async def updates() -> AsyncGenerator[tuple[int, dict[str, Any]]]:
             try:
