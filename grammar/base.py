@@ -24,7 +24,7 @@ from typing import Any, Literal, get_args
 import numpy as np
 import torch
 
-Kind = Literal["json_schema", "json_object", "regex", "ebnf"]
+Kind = Literal["json_schema", "json_object", "regex", "ebnf", "structural_tag"]
 KINDS: tuple[str, ...] = get_args(Kind)
 
 

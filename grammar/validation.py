@@ -50,7 +50,9 @@ def prepare_spec(
     """Validate ``spec`` of ``kind`` for a backend and return what it should compile.
 
     Args:
-        kind: json_schema | json_object | regex | ebnf.
+        kind: json_schema | json_object | regex | ebnf | structural_tag (xgrammar's structural tag, as SGLang takes
+            it: ``{"type": "structural_tag", "structures": [{"begin", "schema", "end"}], "triggers": [...]}`` or
+            ``{"type": "structural_tag", "format": {...}}``).
         spec: the constraint text (a JSON-schema document as a string; json_object ignores it).
         support: the backend's keyword-support table.
         syntax_check: the backend's own parser, ``(kind, spec) -> None``, raising GrammarError.
@@ -62,7 +64,7 @@ def prepare_spec(
     """
     if kind == "json_object":
         return PreparedSpec(kind, JSON_OBJECT_SPEC)
-    if kind not in ("json_schema", "regex", "ebnf"):
+    if kind not in ("json_schema", "regex", "ebnf", "structural_tag"):
         raise GrammarError(f"grammar: unknown constraint kind {kind!r}")
     if not isinstance(spec, str) or not spec.strip():
         raise GrammarError(f"{kind}: must be a non-empty string")
@@ -71,7 +73,7 @@ def prepare_spec(
         raise GrammarError(
             f"{kind}: {size} bytes exceeds the limit of {limits.max_spec_bytes} (grammar_max_spec_bytes)"
         )
-    depth = json_depth(spec) if kind == "json_schema" else bracket_depth(spec)
+    depth = json_depth(spec) if kind in ("json_schema", "structural_tag") else bracket_depth(spec)
     if depth > limits.max_nesting_depth:
         raise GrammarError(
             f"{kind}: nesting depth {depth} exceeds the limit of {limits.max_nesting_depth} (grammar_max_nesting_depth)"
@@ -86,7 +88,37 @@ def prepare_spec(
     if kind == "ebnf":
         syntax_check(kind, spec)
         return PreparedSpec(kind, spec)
+    if kind == "structural_tag":
+        _check_structural_tag(spec)
+        syntax_check(kind, spec)
+        return PreparedSpec(kind, spec)
     return _prepare_json_schema(spec, support, syntax_check, best_effort)
+
+
+def _check_structural_tag(spec: str) -> None:
+    """The shape of a structural tag (the backend's own parser checks the rest); schemas against the meta-schema."""
+    try:
+        tag = json.loads(spec)
+    except (ValueError, RecursionError) as e:
+        raise GrammarError(f"structural_tag: not valid JSON: {e}") from None
+    if not isinstance(tag, dict) or tag.get("type") != "structural_tag":
+        raise GrammarError('structural_tag: must be a JSON object with "type": "structural_tag"')
+    if "format" in tag:
+        return
+    structures, triggers = tag.get("structures"), tag.get("triggers")
+    if not isinstance(structures, list) or not structures:
+        raise GrammarError('structural_tag: needs "format", or a non-empty "structures" list with "triggers"')
+    if not isinstance(triggers, list) or not triggers or not all(isinstance(t, str) and t for t in triggers):
+        raise GrammarError("structural_tag.triggers: must be a non-empty list of non-empty strings")
+    for i, s in enumerate(structures):
+        if not isinstance(s, dict) or not isinstance(s.get("begin"), str) or not isinstance(s.get("end"), str):
+            raise GrammarError(f"structural_tag.structures[{i}]: needs string begin and end")
+        schema = s.get("schema", s.get("parameters"))
+        if not isinstance(schema, dict):
+            raise GrammarError(f"structural_tag.structures[{i}].schema: must be a JSON-schema object")
+        check_meta_schema(schema)
+        if not any(s["begin"].startswith(t) for t in triggers):
+            raise GrammarError(f"structural_tag.structures[{i}].begin: starts with none of the triggers")
 
 
 def _prepare_json_schema(

@@ -24,6 +24,7 @@ size, so padding ids are never allowed, and every eos id as a stop token).
 from __future__ import annotations
 
 import json
+import warnings
 from typing import Any
 
 import torch
@@ -123,6 +124,8 @@ class XGrammarBackend(TokenizerBackend):
                 xgr.Grammar.from_ebnf(spec)
             elif kind == "json_schema":
                 xgr.Grammar.from_json_schema(spec, any_whitespace=False, strict_mode=True)
+            elif kind == "structural_tag":
+                _structural_tag_grammar(spec)
         except Exception as e:  # noqa: BLE001 - xgrammar raises RuntimeError / InvalidJSONError / ValueError
             raise GrammarError(f"{kind}: {_message(e)}") from None
 
@@ -139,6 +142,8 @@ class XGrammarBackend(TokenizerBackend):
                 grammar = xgr.Grammar.from_regex(spec)
             elif kind == "ebnf":
                 grammar = xgr.Grammar.from_ebnf(spec)
+            elif kind == "structural_tag":
+                grammar = _structural_tag_grammar(spec)
             else:
                 raise GrammarError(f"grammar: unknown constraint kind {kind!r}")
             out = self.compiler.compile_grammar(_unrolled(grammar))
@@ -171,3 +176,22 @@ class XGrammarBackend(TokenizerBackend):
             decoded += [b""] * (self.vocab_size - len(decoded))
             self._token_bytes = [b"" if i in special else bytes(b) for i, b in enumerate(decoded[: self.vocab_size])]
         return self._token_bytes
+
+
+def _structural_tag_grammar(spec: str) -> Any:
+    """xgrammar's grammar of a structural tag in SGLang's two forms: the legacy ``structures`` + ``triggers`` (each
+    structure ``begin`` + a JSON-schema ``schema`` + ``end``; free text outside them) or xgrammar's ``format``.
+
+    Raises:
+        Whatever xgrammar raises for an invalid tag (the caller names the field).
+    """
+    tag = json.loads(spec)
+    if "format" in tag:
+        return xgr.Grammar.from_structural_tag(spec)
+    items = [
+        xgr.StructuralTagItem(begin=s["begin"], schema=json.dumps(s.get("schema", s.get("parameters"))), end=s["end"])
+        for s in tag["structures"]
+    ]
+    with warnings.catch_warnings():  # the legacy call form is deprecated in xgrammar, not in SGLang's API
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return xgr.Grammar.from_structural_tag(items, tag["triggers"])

@@ -58,6 +58,7 @@ class Engine:
         top_logprobs_num: int = 0,
         return_text_in_logprobs: bool = False,
         rid: str | list[str] | None = None,
+        token_ids_logprob: list[int] | list[list[int]] | None = None,
         stream: bool = False,
     ) -> dict[str, Any] | list[dict[str, Any]] | Iterator[dict[str, Any]]:
         """Generate for one prompt (→ a dict) or a batch (a list of prompts or of token-id lists → a list).
@@ -79,6 +80,7 @@ class Engine:
             logprob_start_len=logprob_start_len,
             top_logprobs_num=top_logprobs_num,
             return_text_in_logprobs=return_text_in_logprobs,
+            token_ids_logprob=token_ids_logprob,
             stream=stream,
             rid=rid,
         )

@@ -27,7 +27,7 @@ _UNSUPPORTED_SGLANG_FIELDS = frozenset(
         "lora_path", "lora_id", "session_params", "custom_logit_processor", "watermark",
         "return_hidden_states", "return_routed_experts", "routed_experts_start_len", "return_indexer_topk",
         "return_sampling_mask", "sampling_logprobs_mode", "return_flat_raw_top_logprobs",
-        "return_flat_raw_output_top_logprobs", "return_flat_raw_top_logprobs_b64", "token_ids_logprob",
+        "return_flat_raw_output_top_logprobs", "return_flat_raw_top_logprobs_b64",
         "bootstrap_host", "bootstrap_port", "bootstrap_room", "bootstrap_pair_key", "decode_tp_size",
         "data_parallel_rank", "routed_dp_rank", "disagg_prefill_dp_rank", "routing_key", "http_worker_ipc",
         "background", "require_reasoning", "max_thinking_tokens", "priority", "extra_key", "no_logs",
@@ -47,7 +47,9 @@ class GenerateReqInput:
             Engine), or one per prompt.
         return_logprob: include logprobs in meta_info; ``logprob_start_len`` (-1 = none) selects the first
             prompt position with an input logprob; ``top_logprobs_num`` the number of alternatives per position;
-            ``return_text_in_logprobs`` adds each token's text to the logprob entries.
+            ``return_text_in_logprobs`` adds each token's text to the logprob entries; ``token_ids_logprob`` (a list
+            of token ids, or one list per prompt) asks for those ids' logprobs at every position
+            (``input_token_ids_logprobs`` / ``output_token_ids_logprobs``, SGLang's meaning).
         stream: yield an update per scheduler step instead of one final response.
         rid: request id (a list for a batch); generated when absent. With ``n > 1`` the samples get
             ``<rid>-<j>``.
@@ -64,6 +66,7 @@ class GenerateReqInput:
     logprob_start_len: int = -1
     top_logprobs_num: int = 0
     return_text_in_logprobs: bool = False
+    token_ids_logprob: list[int] | list[list[int]] | None = None
     stream: bool = False
     rid: str | list[str] | None = None
     session_id: str | None = None
@@ -189,6 +192,24 @@ def _prompt_ids(obj: GenerateReqInput, tokenizer: Any, text_field: str) -> tuple
     return [list(lst) for lst in id_lists], single  # type: ignore[arg-type]
 
 
+def _token_ids_logprob(value: Any, num_prompts: int, vocab_size: int) -> list[list[int] | None]:
+    """Per prompt, the token ids whose logprobs are asked for (None: none)."""
+    if value is None or value == []:
+        return [None] * num_prompts
+    per_prompt = value if isinstance(value, list) and all(isinstance(v, list) for v in value) else None
+    lists = per_prompt if per_prompt is not None else [value] * num_prompts
+    if len(lists) != num_prompts:
+        raise InvalidRequestError("token_ids_logprob", f"token_ids_logprob: give one list per prompt ({num_prompts})")
+    for ids in lists:
+        if not isinstance(ids, list) or not all(
+            isinstance(t, int) and not isinstance(t, bool) and 0 <= t < vocab_size for t in ids
+        ):
+            raise InvalidRequestError(
+                "token_ids_logprob", f"token_ids_logprob: must be token ids in [0, {vocab_size}) (or a list per prompt)"
+            )
+    return [list(ids) or None for ids in lists]
+
+
 def _sampling_params(value: Any) -> SamplingParams:
     return value if isinstance(value, SamplingParams) else SamplingParams.from_dict(value)
 
@@ -225,6 +246,9 @@ def plan_requests(
     if obj.top_logprobs_num > vocab_size:
         raise InvalidRequestError("top_logprobs_num", f"top_logprobs_num: must be <= the vocabulary size {vocab_size}")
     _check_bool("return_text_in_logprobs", obj.return_text_in_logprobs)
+    asked = _token_ids_logprob(obj.token_ids_logprob, len(id_lists), vocab_size)
+    if any(asked) and not obj.return_logprob:
+        raise InvalidRequestError("token_ids_logprob", "token_ids_logprob: requires return_logprob")
     _check_bool("stream", obj.stream)
     if obj.session_id is not None and not isinstance(obj.session_id, str):
         raise InvalidRequestError("session_id", f"session_id: must be a string, got {obj.session_id!r}")
@@ -248,6 +272,7 @@ def plan_requests(
                 logprob_start_len=obj.logprob_start_len,
                 top_logprobs_num=obj.top_logprobs_num,
                 stream=obj.stream,
+                token_ids_logprob=asked[i],
             )
             planned.append(
                 PlannedReq(req, len(planned), i, base, obj.return_text_in_logprobs, obj.session_id, obj.log_metrics)

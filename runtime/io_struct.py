@@ -63,6 +63,7 @@ class TokenizedGenerateReq(msgspec.Struct, tag=True):
     logprob_start_len: int = -1
     top_logprobs_num: int = 0
     stream: bool = False
+    token_ids_logprob: list[int] | None = None
 
 
 class AbortReq(msgspec.Struct, tag=True):
@@ -94,6 +95,8 @@ class ReqOutput(msgspec.Struct):
     input_top_logprobs: list[list[list[Any]]] | None = None
     output_token_logprobs: list[list[Any]] | None = None
     output_top_logprobs: list[list[list[Any]]] | None = None
+    input_token_ids_logprobs: list[list[list[Any]]] | None = None  # per position: [logprob, id] of the asked ids
+    output_token_ids_logprobs: list[list[list[Any]]] | None = None
     jump_forward_tokens: int = 0  # cumulative: outputs appended by grammar jump-forward (no forward each)
 
 

@@ -10,8 +10,10 @@ from typing import Any
 from radixgen.runtime.io_struct import ReqOutput
 
 LOGPROB_KEYS = ("input_token_logprobs", "input_top_logprobs", "output_token_logprobs", "output_top_logprobs")
+#: SGLang's ``token_ids_logprob`` lists: per position, ``[logprob, id]`` of each asked id
+IDS_LOGPROB_KEYS = ("input_token_ids_logprobs", "output_token_ids_logprobs")
 #: the per-output-position lists (sliced to the new positions in incremental streaming, as SGLang does)
-OUTPUT_LOGPROB_KEYS = ("output_token_logprobs", "output_top_logprobs")
+OUTPUT_LOGPROB_KEYS = ("output_token_logprobs", "output_top_logprobs", "output_token_ids_logprobs")
 
 
 class LogprobAccumulator:
@@ -22,17 +24,18 @@ class LogprobAccumulator:
     positions) per update.
     """
 
-    def __init__(self, tokenizer: Any, return_text_in_logprobs: bool) -> None:
+    def __init__(self, tokenizer: Any, return_text_in_logprobs: bool, token_ids_logprob: bool = False) -> None:
         self.tokenizer = tokenizer
         self.with_text = return_text_in_logprobs
-        self.lists: dict[str, list[Any]] = {k: [] for k in LOGPROB_KEYS}
+        keys = LOGPROB_KEYS + (IDS_LOGPROB_KEYS if token_ids_logprob else ())
+        self.lists: dict[str, list[Any]] = {k: [] for k in keys}
 
     def extend(self, out: ReqOutput) -> None:
         """Fold in one output's logprob deltas."""
-        for key in LOGPROB_KEYS:
+        for key in self.lists:
             delta = getattr(out, key)
             if delta:
-                top = key.endswith("top_logprobs")
+                top = not key.endswith("token_logprobs")  # a list of entries per position
                 self.lists[key].extend([self._entries(t) for t in delta] if top else self._entries(delta))
 
     def _entries(self, entries: list[list[Any]]) -> list[list[Any]]:

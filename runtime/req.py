@@ -67,6 +67,7 @@ class Req:
         logprob_start_len: int = -1,
         top_logprobs_num: int = 0,
         arrival: int = 0,
+        token_ids_logprob: list[int] | None = None,
     ) -> None:
         self.rid = rid
         self.origin_input_ids = list(input_ids)
@@ -74,6 +75,7 @@ class Req:
         self.sampling_params = sampling_params
         self.return_logprob = return_logprob
         self.top_logprobs_num = top_logprobs_num if return_logprob else 0
+        self.token_ids_logprob = list(token_ids_logprob or []) if return_logprob else []
         n = len(self.origin_input_ids)
         # -1 = no input logprobs; otherwise positions logprob_start_len .. n-1 get one each
         self.logprob_start_len = n if (not return_logprob or logprob_start_len < 0) else min(logprob_start_len, n)
@@ -106,6 +108,8 @@ class Req:
         self.delta_input_top: list[list[list[Any]]] = []
         self.delta_output_logprobs: list[list[Any]] = []
         self.delta_output_top: list[list[list[Any]]] = []
+        self.delta_input_ids_lp: list[list[list[Any]]] = []  # [logprob, id] of token_ids_logprob per position
+        self.delta_output_ids_lp: list[list[list[Any]]] = []
 
     def set_status(self, status: ReqStatus) -> None:
         """Move to ``status``.

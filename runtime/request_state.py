@@ -58,7 +58,9 @@ class RequestState:
         self.created = time.perf_counter()
         self.first_token_time: float | None = None
         self.finished_time: float | None = None
-        self.logprobs = LogprobAccumulator(tokenizer, planned.return_text_in_logprobs)
+        self.logprobs = LogprobAccumulator(
+            tokenizer, planned.return_text_in_logprobs, bool(planned.req.token_ids_logprob)
+        )
 
     @property
     def finished(self) -> bool:

@@ -17,7 +17,7 @@ import regex
 from radixgen.runtime.errors import InvalidRequestError
 
 _MAX_STOP_STRINGS = 32
-_CONSTRAINTS = ("json_schema", "regex", "ebnf", "json_object")
+_CONSTRAINTS = ("json_schema", "regex", "ebnf", "structural_tag", "json_object")
 
 
 @dataclass(frozen=True)
@@ -55,6 +55,10 @@ class SamplingParams:
             object (OpenAI's ``response_format={"type": "json_object"}``). The request ends with finish reason
             ``stop`` when the grammar is complete and eos is sampled; eos is never suppressed by
             ``min_new_tokens`` on a constrained request (the grammar decides when it may end).
+        structural_tag: xgrammar's structural tag, as SGLang takes it (a JSON string; a dict is serialised):
+            ``{"type": "structural_tag", "structures": [{"begin", "schema", "end"}], "triggers": [...]}`` — free
+            text, but once a trigger is generated the text must continue as one of the structures (its JSON-schema
+            body between ``begin`` and ``end``) — or ``{"type": "structural_tag", "format": {...}}``.
         grammar_best_effort: accept JSON-schema keywords the grammar backend does not enforce (they are then
             ignored while generating) instead of rejecting the request with an error naming them.
 
@@ -86,12 +90,14 @@ class SamplingParams:
     json_schema: str | None = None
     regex: str | None = None
     ebnf: str | None = None
+    structural_tag: str | None = None
     json_object: bool = False
     grammar_best_effort: bool = False
 
     def __post_init__(self) -> None:
         normalise = {
             "json_schema": json.dumps(self.json_schema) if isinstance(self.json_schema, dict | bool) else None,
+            "structural_tag": json.dumps(self.structural_tag) if isinstance(self.structural_tag, dict) else None,
             "stop": [self.stop] if isinstance(self.stop, str) else ([] if self.stop is None else None),
             "stop_regex": [self.stop_regex] if isinstance(self.stop_regex, str) else (
                 [] if self.stop_regex is None else None
@@ -205,7 +211,7 @@ class SamplingParams:
             raise InvalidRequestError(
                 "custom_params", "custom_params: this server runs no custom logit processor (give null or {})"
             )
-        for name in ("json_schema", "regex", "ebnf"):
+        for name in ("json_schema", "regex", "ebnf", "structural_tag"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, str):
                 raise InvalidRequestError(name, f"{name}: must be a string, got {type(value).__name__}")

@@ -153,36 +153,47 @@ class ScheduleBatch:
                 continue
             k = req.top_logprobs_num
             first_p, rows = self.input_lp[i]
+            asked = req.token_ids_logprob
             if req.input_logprob_pos == 0 and req.kv_len == 0 and len(req.origin_input_ids) > 0:
                 req.delta_input_logprobs.append([None, req.origin_input_ids[0]])
                 req.delta_input_top.append([])
+                if asked:
+                    req.delta_input_ids_lp.append([])
                 req.input_logprob_pos = 1
             if rows:
                 idx = torch.tensor(rows, dtype=torch.int64)
                 targets = torch.tensor(req.origin_input_ids[first_p : first_p + len(rows)], dtype=torch.int64)
-                _append(req.delta_input_logprobs, req.delta_input_top, logprobs[idx], targets, k)
+                dst = (req.delta_input_logprobs, req.delta_input_top, req.delta_input_ids_lp)
+                _append(dst, logprobs[idx], targets, k, asked)
                 req.input_logprob_pos = first_p + len(rows)
             j = self.sample_index[i]
             if j >= 0:
                 row = logprobs[self.sample_rows[j] : self.sample_rows[j] + 1]
                 tok = torch.tensor([next_list[j]], dtype=torch.int64)
-                _append(req.delta_output_logprobs, req.delta_output_top, row, tok, k)
+                dst = (req.delta_output_logprobs, req.delta_output_top, req.delta_output_ids_lp)
+                _append(dst, row, tok, k, asked)
 
 
 def _append(
-    dst: list[list[Any]],
-    dst_top: list[list[list[Any]]],
+    dst: tuple[list[list[Any]], list[list[list[Any]]], list[list[list[Any]]]],
     logprobs: torch.Tensor,
     targets: torch.Tensor,
     k: int,
+    asked: list[int],
 ) -> None:
-    """logprobs: float32 [n, vocab]; targets: int64 [n]. Appends [logprob, id] and, when k > 0, top-k lists."""
+    """Per row of ``logprobs`` (float32 ``[n, vocab]``; ``targets`` int64 ``[n]``): append ``[logprob, id]`` of the
+    target to ``dst[0]``, the top-``k`` ``[logprob, id]`` list to ``dst[1]``, and — when ``asked`` (SGLang's
+    ``token_ids_logprob``) — the ``[logprob, id]`` of each asked id to ``dst[2]``."""
+    tokens, tops, ids_lp = dst
     values = gather_token_logprobs(logprobs, targets)
     for v, t in zip(values, targets.tolist(), strict=True):
-        dst.append([v, t])
+        tokens.append([v, t])
     if k > 0:
         top_vals, top_ids = top_logprobs(logprobs, k)
         for vs, ids in zip(top_vals, top_ids, strict=True):
-            dst_top.append([[v, t] for v, t in zip(vs, ids, strict=True)])
+            tops.append([[v, t] for v, t in zip(vs, ids, strict=True)])
     else:
-        dst_top.extend([] for _ in range(len(values)))
+        tops.extend([] for _ in range(len(values)))
+    if asked:
+        picked = logprobs[:, torch.tensor(asked, dtype=torch.int64)].tolist()  # [n, len(asked)]
+        ids_lp.extend([[v, t] for v, t in zip(row, asked, strict=True)] for row in picked)

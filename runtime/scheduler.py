@@ -141,6 +141,7 @@ class Scheduler:
             msg.logprob_start_len,
             msg.top_logprobs_num,
             arrival=self._arrivals,
+            token_ids_logprob=msg.token_ids_logprob,
         )
         self._arrivals += 1
         self.stop_checker.init_req(req)
@@ -436,6 +437,10 @@ class Scheduler:
             out.input_top_logprobs = req.delta_input_top
             out.output_token_logprobs = req.delta_output_logprobs
             out.output_top_logprobs = req.delta_output_top
+            if req.token_ids_logprob:
+                out.input_token_ids_logprobs = req.delta_input_ids_lp
+                out.output_token_ids_logprobs = req.delta_output_ids_lp
+                req.delta_input_ids_lp, req.delta_output_ids_lp = [], []
             req.delta_input_logprobs, req.delta_input_top = [], []
             req.delta_output_logprobs, req.delta_output_top = [], []
         req.new_token_ids = []

@@ -228,8 +228,6 @@ def test_stop_token_ids_text_is_trimmed(engine: Engine) -> None:
 
 
 def test_one_tokenizer_and_threads_stopped_on_shutdown() -> None:
-    import threading
-
     from radixgen.runtime.constrained import hf_tokenizer
 
     with Engine(str(STORIES), max_total_tokens=2048) as eng:
@@ -238,8 +236,8 @@ def test_one_tokenizer_and_threads_stopped_on_shutdown() -> None:
         assert hf_tokenizer(eng.scheduler.grammar._tokenizer, "unused") is tok  # the grammar backend's too
         out = eng.generate("Once upon", {"regex": "[a-z]{3}", "max_new_tokens": 8})
         assert out["meta_info"]["finish_reason"]["type"] == "stop"
-        compile_threads = [t for t in threading.enumerate() if t.name.startswith("grammar-compile")]
-        assert compile_threads
+        compile_threads = list(eng.scheduler.grammar.manager._executor._threads)  # this engine's pool only
+        assert compile_threads and all(t.name.startswith("grammar-compile") for t in compile_threads)
     for t in compile_threads:
         t.join(timeout=10)
     assert not any(t.is_alive() for t in compile_threads)

@@ -373,3 +373,27 @@ def test_cuda_path_kernel_agrees_with_cpu_path() -> None:
     apply_token_bitmask_inplace(a, bitmask, torch.tensor(rows), vocab_size=90)
     apply_token_bitmask_cpu(b, bitmask, rows, 90)
     assert torch.equal(a, b)
+
+
+def test_structural_tag_free_text_until_a_trigger_then_the_schema(xgr_stories: XGrammarBackend) -> None:
+    schema = {"type": "object", "properties": {"n": {"type": "integer", "minimum": 0, "maximum": 9}},
+              "required": ["n"], "additionalProperties": False}
+    tag = json.dumps({"type": "structural_tag", "triggers": ["<f>"],
+                      "structures": [{"begin": "<f>", "schema": schema, "end": "</f>"}]})
+    spec = manager().validate("structural_tag", tag).spec
+
+    def accepts(text: str) -> bool:
+        m = xgr_stories.compile("structural_tag", spec).matcher()
+        return all(m.accept_token(t) for t in xgr_stories.encode(text)) and m.accept_token(2)
+
+    assert accepts("Once upon a time there was a cat.")  # no trigger: any text
+    assert accepts('Once upon a time <f>{"n": 3}</f> the end.')
+    assert not accepts('Once upon a time <f>{"n": 30}</f>')  # the call breaks its schema
+    assert not accepts("Once upon a time <f>hello</f>")
+    for bad in ('{"type": "structural_tag"}', '{"type": "x"}', "[1]", "{",
+                json.dumps({"type": "structural_tag", "triggers": ["<g>"],
+                            "structures": [{"begin": "<f>", "schema": schema, "end": "</f>"}]})):
+        with pytest.raises(GrammarError, match="structural_tag"):
+            manager().validate("structural_tag", bad)
+    with pytest.raises(GrammarError, match="structural_tag: not supported by the outlines backend"):
+        manager("outlines").validate("structural_tag", tag)

@@ -189,3 +189,46 @@ def test_incremental_streaming_output_sends_deltas() -> None:
         total += len(ch["output_ids"])
         assert meta["output_token_logprobs_length"] == total
     assert all(len(ch["output_ids"]) >= 3 for ch in chunks[:-1])  # --stream-interval 3
+
+
+def test_token_ids_logprob_returns_the_asked_ids_at_every_position(server: ServerHandle) -> None:
+    asked = [5, 17, 300]
+    body = {"text": PROMPT, "sampling_params": {**GREEDY, "max_new_tokens": 6}, "return_logprob": True,
+            "logprob_start_len": 0, "token_ids_logprob": asked}
+    with server.client() as c:
+        out = generate(c, **body)
+        full = generate(c, **{**body, "token_ids_logprob": None, "top_logprobs_num": 512})  # the whole vocabulary
+        meta, ref = out["meta_info"], full["meta_info"]
+        for side in ("input", "output"):
+            got, tops = meta[f"{side}_token_ids_logprobs"], ref[f"{side}_top_logprobs"]
+            assert len(got) == len(tops) == len(meta[f"{side}_token_logprobs"]) > 0
+            for position, (entries, top) in enumerate(zip(got, tops, strict=True)):
+                if side == "input" and position == 0:
+                    assert entries == [] and top == []  # the first prompt token has no logprob
+                    continue
+                by_id = {tid: lp for lp, tid, _ in top}
+                assert [tid for _, tid, _ in entries] == asked
+                assert all(abs(lp - by_id[tid]) < 1e-5 for lp, tid, _ in entries)
+        assert error(c, "/generate", {**body, "return_logprob": False})["param"] == "token_ids_logprob"
+        assert error(c, "/generate", {**body, "token_ids_logprob": [9999]})["param"] == "token_ids_logprob"
+
+
+def test_structural_tag_constrains_the_tagged_part(server: ServerHandle) -> None:
+    whole = {"type": "structural_tag",  # xgrammar's format form: the whole output is one tagged digit
+             "format": {"type": "tag", "begin": "<f>", "content": {"type": "regex", "pattern": "[0-9]"},
+                        "end": "</f>"}}
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
+    legacy = {"type": "structural_tag", "triggers": ["<f>"],  # free text; a call once the trigger appears
+              "structures": [{"begin": "<f>", "schema": schema, "end": "</f>"}]}
+    with server.client() as c:
+        for seed in range(3):
+            params = {"max_new_tokens": 16, "temperature": 1.0, "seed": seed}
+            out = generate(c, sampling_params={**params, "structural_tag": json.dumps(whole)})
+            assert re.fullmatch(r"<f>[0-9]</f>", out["text"]), out
+            assert out["meta_info"]["finish_reason"]["type"] == "stop"
+            free = generate(c, sampling_params={**params, "structural_tag": legacy})  # (enforcement: test_grammar)
+            assert free["meta_info"]["completion_tokens"] > 0
+        for bad, why in [({"type": "structural_tag"}, "structures"), ({"type": "other"}, "type"),
+                         ({**legacy, "triggers": ["<g>"]}, "triggers")]:
+            err = error(c, "/generate", {"text": PROMPT, "sampling_params": {"structural_tag": json.dumps(bad)}})
+            assert err["param"] == "structural_tag" and why in err["message"], err
