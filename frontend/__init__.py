@@ -11,6 +11,12 @@
         state = qa.run(question="Who is Lily?", backend=runtime)
         print(state["answer"])
 
+The language is SGLang's frontend language, name for name: ``import radixgen as sgl`` runs SGLang programs
+(``gen`` / ``gen_int`` / ``gen_string`` / ``select``, roles and ``*_begin`` / ``*_end`` markers, ``fork``,
+``separate_reasoning``, ``run`` / ``run_batch``, ``Runtime`` / ``RuntimeEndpoint`` / ``OpenAI``,
+``set_default_backend`` / ``flush_cache`` / ``get_server_info``). ``image`` / ``video`` exist but raise: the
+server serves text-only models.
+
 The runtime lives in ``radixgen.runtime`` (``radixgen.runtime.Engine`` is the offline entry point).
 """
 
@@ -22,8 +28,25 @@ from radixgen.choices import (
     token_length_normalized,
     unconditional_likelihood_normalized,
 )
-from radixgen.ir import assistant, gen, select, system, user
-from radixgen.program import Program, function, set_default_backend
+from radixgen.ir import (
+    assistant,
+    assistant_begin,
+    assistant_end,
+    gen,
+    gen_int,
+    gen_string,
+    image,
+    select,
+    separate_reasoning,
+    system,
+    system_begin,
+    system_end,
+    user,
+    user_begin,
+    user_end,
+    video,
+)
+from radixgen.program import Program, flush_cache, function, get_server_info, set_default_backend
 from radixgen.sampling import SamplingParams
 from radixgen.state import ProgramState, ProgramStateGroup
 from radixgen.typed import TypedOutputError
@@ -63,13 +86,26 @@ __all__ = [
     "SamplingParams",
     "TypedOutputError",
     "assistant",
+    "assistant_begin",
+    "assistant_end",
+    "flush_cache",
     "function",
     "gen",
+    "gen_int",
+    "gen_string",
+    "get_server_info",
     "greedy_token_selection",
+    "image",
     "select",
+    "separate_reasoning",
     "set_default_backend",
     "system",
+    "system_begin",
+    "system_end",
     "token_length_normalized",
     "unconditional_likelihood_normalized",
     "user",
+    "user_begin",
+    "user_end",
+    "video",
 ]

@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable, Generator
 from concurrent.futures import Future
 from typing import Any, Literal
 
-from radixgen.backends.base import Backend, PromptView
+from radixgen.backends.base import USAGE_KEYS, Backend, PromptView
 from radixgen.calls import Call, GenCall, PrefixCall, SelectCall, TemplateCall, WaitCall, perform_async, perform_sync
 from radixgen.instructions import (
     AddText,
@@ -33,14 +33,18 @@ from radixgen.instructions import (
     RunSelect,
     ScopeBegin,
     ScopeEnd,
+    SetVar,
+    SplitReasoning,
+    reasoning_name,
 )
+from radixgen.reasoning import reasoning_format, separate_outputs
 from radixgen.sampling import SamplingParams
 from radixgen.sansio import drive, run_blocking
 from radixgen.streaming import END, Subscriber
-from radixgen.typed import parse_typed
+from radixgen.typed import gen_value
 
 Mode = Literal["thread", "async"]
-USAGE_KEYS = ("prompt_tokens", "completion_tokens", "cached_tokens")
+_FORKED = "messages outside open_role role_start prev_role first_turn length values meta scopes".split()  # + the text
 
 
 class Executor:
@@ -51,12 +55,7 @@ class Executor:
     """
 
     def __init__(
-        self,
-        backend: Backend,
-        defaults: SamplingParams | None,
-        name: str,
-        mode: Mode,
-        stream: bool = False,
+        self, backend: Backend, defaults: SamplingParams | None, name: str, mode: Mode, stream: bool = False
     ) -> None:
         self.backend, self.defaults, self.name, self.mode, self.stream = backend, defaults, name, mode, stream
         self.lock = threading.Lock()
@@ -72,6 +71,7 @@ class Executor:
         self.values: dict[str, Any] = {}
         self.meta: dict[str, Any] = {}
         self.scopes: dict[str, int] = {}
+        self.spans: dict[str, tuple[int, int]] = {}  # text span of each variable's latest gen/select output
         self.futures: dict[str, Future[Any]] = {}  # latest submitted producer per variable name
         self.own_names: list[str] = []  # names whose producers were submitted here (not inherited)
         self.usage = dict.fromkeys(USAGE_KEYS, 0) | {"calls": 0}
@@ -172,19 +172,16 @@ class Executor:
         """After an error: fail the futures of a skipped instruction (barriers still resolve)."""
         err = self.error
         assert err is not None
-        futures: list[Future[Any] | None] = []
-        if isinstance(instr, RunGen | RunSelect | ScopeEnd | ForkPoint):
-            futures.append(instr.future)
-        elif isinstance(instr, JoinPoint):
-            futures.extend(instr.futures.values())
+        if isinstance(instr, Barrier):
+            if not instr.future.done():
+                instr.future.set_result(None)
+            return
+        if isinstance(instr, JoinPoint):
             for branch in instr.branches:
                 if not branch.closed:
                     branch.submit(End())
-        elif isinstance(instr, Barrier):
-            if not instr.future.done():
-                instr.future.set_result(None)
-        for fut in futures:
-            if fut is not None and not fut.done():
+        for fut in instr.outputs():
+            if not fut.done():
                 fut.set_exception(err)
 
     def _finish(self) -> None:
@@ -220,6 +217,23 @@ class Executor:
                     if sub.name is None:
                         sub.push(text)
 
+    def _emit(self, name: str | None, text: str, streamed: bool = False) -> None:
+        """Append a gen/select output, remembering where variable ``name``'s text lies (see ``_split_reasoning``)."""
+        start = self.length
+        self._append(text, streamed)
+        if name is not None:
+            self.spans[name] = (start, self.length)
+
+    def _rewrite_tail(self, start: int, tail: str) -> None:
+        """Replace the text from offset ``start`` on (inside the open role, or outside any) with ``tail``."""
+        with self.lock:
+            text = self.text()
+            if self.open_role is None:
+                outside = "".join(self.outside)
+                self.outside = [outside[: len(outside) - (len(text) - start)] + tail]
+            self.parts = [text[:start] + tail]
+            self.length = len(self.parts[0])
+
     def _on_delta(self, delta: str) -> None:
         with self.lock:
             self.current_partial.append(delta)
@@ -245,25 +259,13 @@ class Executor:
             self.subscribers.append(sub)
 
     def snapshot(self) -> dict[str, Any]:
-        """A copy of the state for a fork branch."""
-        return {
-            "parts": [self.text()],
-            "messages": [dict(m) for m in self.messages],
-            "outside": list(self.outside),
-            "open_role": self.open_role,
-            "role_start": self.role_start,
-            "prev_role": self.prev_role,
-            "first_turn": self.first_turn,
-            "length": self.length,
-            "values": dict(self.values),
-            "meta": dict(self.meta),
-            "scopes": dict(self.scopes),
-        }
+        """A copy of the state for a fork branch (taken now: the parent goes on; each branch copies it again)."""
+        return {"parts": [self.text()], **{k: _copied(getattr(self, k)) for k in _FORKED}}
 
     def _load(self, snap: dict[str, Any]) -> None:
         with self.lock:
             for key, value in snap.items():
-                setattr(self, key, value.copy() if isinstance(value, list | dict) else value)
+                setattr(self, key, _copied(value))
             self.messages = [dict(m) for m in self.messages]
             self.fork_length = self.length
 
@@ -297,6 +299,8 @@ class Executor:
             self._append(prefix)
             self.role_start = self.length
         elif isinstance(instr, RoleEnd):
+            if self.open_role != instr.role:
+                raise ValueError(f"{instr.role}_end: no {instr.role} turn is open (open: {self.open_role})")
             template = yield from self._chat_template()
             content = self.text()[self.role_start :]
             self._append(template.role_suffix(instr.role))
@@ -307,9 +311,13 @@ class Executor:
         elif isinstance(instr, RunSelect):
             sel = instr.select
             out = yield SelectCall(self.view(), sel.choices, sel.choices_method, sel.temperature)
-            self._append(out.choice)
+            self._emit(sel.name, out.choice)
             self._add_usage(out.meta, calls=len(sel.choices))
             self._set(sel.name, out.choice, {**out.meta, "text": out.choice}, instr.future)
+        elif isinstance(instr, SetVar):
+            self._set(instr.name, instr.value, {}, instr.future)
+        elif isinstance(instr, SplitReasoning):
+            self._split_reasoning(instr)
         elif isinstance(instr, ScopeBegin):
             self.scopes[instr.name] = self.length
         elif isinstance(instr, ScopeEnd):
@@ -336,19 +344,27 @@ class Executor:
         if self.open_role == "assistant":
             template = yield from self._chat_template()
             if template.stop:
-                own = () if params.stop is None else ((params.stop,) if isinstance(params.stop, str) else params.stop)
-                params = params.with_updates(stop=tuple(dict.fromkeys((*own, *template.stop))))
+                params = params.with_updates(stop=tuple(dict.fromkeys((*(params.stop_list() or ()), *template.stop))))
         with self.lock:
             self.current_gen, self.current_partial = gen.name, []
+        streaming = (self.stream or bool(self.subscribers)) and params.samples == 1  # n > 1: added when done
         try:
-            out = yield GenCall(self.view(), params, self._on_delta if self.stream or self.subscribers else None)
+            out = yield GenCall(self.view(), params, self._on_delta if streaming else None)
         finally:
             with self.lock:
                 streamed, self.current_gen, self.current_partial = bool(self.current_partial), None, []
-        self._append(out.text, streamed=streamed)
+        self._emit(gen.name, out.text, streamed=streamed)
         self._add_usage(out.meta)
-        value = parse_typed(gen, out.text, out.meta.get("finish_reason"))
-        self._set(gen.name, value, {**out.meta, "text": out.text}, instr.future)
+        self._set(gen.name, gen_value(gen, out), {**out.meta, "text": out.text}, instr.future)
+
+    def _split_reasoning(self, instr: SplitReasoning) -> None:
+        """Replace each variable's output, in the text and the variable, by its content; store the reasoning."""
+        spans = {name: self.spans[name] for name in instr.names}
+        start, tail, parts = separate_outputs(self.text(), spans, self.values, reasoning_format(instr.model_type))
+        self._rewrite_tail(start, tail)
+        for name, (reasoning, content) in parts.items():
+            self._set(name, content, {**self.meta[name], "text": content}, instr.futures[name])
+            self._set(reasoning_name(name), reasoning, {}, instr.futures[reasoning_name(name)])
 
     def _set(self, name: str | None, value: Any, meta: dict[str, Any], future: Future[Any] | None) -> None:
         if name is not None:
@@ -376,3 +392,8 @@ class Executor:
             values = [b.values.get(name) for b in instr.branches]
             self.values[name], self.meta[name] = values, {"branches": [b.meta.get(name) for b in instr.branches]}
             fut.set_result(values)
+
+
+def _copied(value: Any) -> Any:
+    """A shallow copy of a list or dict; any other value as it is."""
+    return value.copy() if isinstance(value, list | dict) else value

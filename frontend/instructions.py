@@ -11,7 +11,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
-from radixgen.ir import Concat, Expr, Gen, Role, RoleBlock, Select
+from radixgen.ir import Concat, Expr, Gen, Role, RoleBlock, RoleMarker, Select, SeparateReasoning
 
 
 @dataclass
@@ -19,6 +19,12 @@ class Instr:
     """Base: ``site`` is where in the user's program the instruction was submitted ("file:line"), for errors."""
 
     site: str = field(default="", kw_only=True)
+
+    def outputs(self) -> list[Future[Any]]:
+        """The futures this instruction resolves, failed with the program's error when it is skipped: its ``future``
+        field, if any (``Barrier`` and ``Inherit`` say otherwise)."""
+        future = getattr(self, "future", None)
+        return [future] if isinstance(future, Future) else []
 
 
 @dataclass
@@ -60,6 +66,28 @@ class ScopeEnd(Instr):
 
 
 @dataclass
+class SetVar(Instr):
+    """``s[name] = value``: set a variable, in order with the instructions around it."""
+
+    name: str
+    value: Any
+    future: Future[Any]
+
+
+@dataclass
+class SplitReasoning(Instr):
+    """Split the variables ``names`` (just produced) into content and ``<name>_reasoning_content``; ``futures``
+    resolve both names of each."""
+
+    names: tuple[str, ...]
+    model_type: str
+    futures: dict[str, Future[Any]]
+
+    def outputs(self) -> list[Future[Any]]:
+        return list(self.futures.values())
+
+
+@dataclass
 class ForkPoint(Instr):
     """Snapshot the state for ``n`` branches (after prefilling the shared prefix); ``future`` gets the snapshot."""
 
@@ -75,6 +103,9 @@ class JoinPoint(Instr):
     mode: str
     futures: dict[str, Future[Any]]
 
+    def outputs(self) -> list[Future[Any]]:
+        return list(self.futures.values())
+
 
 @dataclass
 class Barrier(Instr):
@@ -89,8 +120,9 @@ class End(Instr):
 
 
 def flatten(expr: Expr, new_future: Callable[[str], Future[Any]]) -> Iterator[Instr]:
-    """An expression as instructions, in order: str -> AddText, role blocks -> RoleBegin/…/RoleEnd, Gen / Select ->
-    RunGen / RunSelect with the future ``new_future(name)`` gives when it is reached (None for an anonymous one)."""
+    """An expression as instructions, in order: str -> AddText, role blocks -> RoleBegin/…/RoleEnd (a marker -> one
+    of them), Gen / Select -> RunGen / RunSelect with the future ``new_future(name)`` gives when it is reached (None
+    for an anonymous one), SeparateReasoning -> its expression's instructions, then SplitReasoning."""
     if isinstance(expr, str):
         if expr:
             yield AddText(expr)
@@ -102,6 +134,12 @@ def flatten(expr: Expr, new_future: Callable[[str], Future[Any]]) -> Iterator[In
         if expr.content is not None:
             yield from flatten(expr.content, new_future)
         yield RoleEnd(expr.role)
+    elif isinstance(expr, RoleMarker):
+        yield RoleEnd(expr.role) if expr.end else RoleBegin(expr.role)
+    elif isinstance(expr, SeparateReasoning):
+        yield from flatten(expr.expr, new_future)
+        names = [m for name in expr.names for m in (name, reasoning_name(name))]
+        yield SplitReasoning(expr.names, expr.model_type, {m: new_future(m) for m in names})
     elif isinstance(expr, Gen):
         yield RunGen(expr, None if expr.name is None else new_future(expr.name))
     else:
@@ -113,3 +151,11 @@ class Inherit(Instr):
     """A branch's first instruction: wait for the parent's ForkPoint snapshot and start from it."""
 
     future: Future[Any]
+
+    def outputs(self) -> list[Future[Any]]:
+        return []  # the parent's future: the parent resolves it
+
+
+def reasoning_name(name: str) -> str:
+    """The variable ``separate_reasoning`` stores ``name``'s reasoning in (SGLang's naming)."""
+    return f"{name}_reasoning_content"

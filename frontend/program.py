@@ -1,4 +1,5 @@
-"""``@rg.function``: a program, and how it runs — once, in a batch, streamed, or on an asyncio loop."""
+"""``@rg.function``: a program, and how it runs — once, in a batch, streamed, or on an asyncio loop; the default
+backend (``set_default_backend``, ``flush_cache``, ``get_server_info``: SGLang's module-level functions)."""
 
 from __future__ import annotations
 
@@ -7,14 +8,14 @@ import functools
 import inspect
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, overload
 
 from radixgen.backends.base import Backend, PromptView
 from radixgen.executor import Executor
 from radixgen.instructions import End
-from radixgen.sampling import SamplingParams
+from radixgen.sampling import RUN_ONLY_NAMES, SamplingParams
 from radixgen.state import ProgramState
 from radixgen.tracing import extract_prefix
 
@@ -30,6 +31,24 @@ def set_default_backend(backend: Backend | None) -> None:
     if backend is not None and not isinstance(backend, Backend):
         raise TypeError("set_default_backend: expected a radixgen backend (RuntimeEndpoint, Runtime, OpenAI)")
     DefaultBackend.backend = backend
+
+
+def flush_cache(backend: Backend | None = None) -> Any:
+    """Empty the prefix cache of ``backend`` (default: the default backend); SGLang's ``sgl.flush_cache``.
+
+    Returns the backend's answer (``RuntimeEndpoint``: the server's JSON), or False when there is no backend.
+    Raises BackendRequestError when the server refuses (requests are running).
+    """
+    chosen = backend if backend is not None else DefaultBackend.backend
+    return False if chosen is None else chosen.flush_cache()
+
+
+def get_server_info(backend: Backend | None = None) -> dict[str, Any] | None:
+    """The server settings and statistics of ``backend`` (default: the default backend); SGLang's
+    ``sgl.get_server_info``. None when there is no backend or it cannot tell (OpenAI). Raises BackendError when
+    the server cannot be reached."""
+    chosen = backend if backend is not None else DefaultBackend.backend
+    return None if chosen is None else chosen.get_server_info()
 
 
 def _resolve_backend(backend: Backend | None) -> Backend:
@@ -55,13 +74,17 @@ class Program:
         params = SamplingParams.from_kwargs(defaults) if defaults else None
         return Executor(_resolve_backend(backend), params, self.name, mode, stream)  # type: ignore[arg-type]
 
-    def run(self, *args: Any, backend: Backend | None = None, stream: bool = False, **kwargs: Any) -> ProgramState:
+    def run(
+        self, *args: Any, backend: Backend | None = None, stream: bool = False, use_thread: bool = True, **kwargs: Any
+    ) -> ProgramState:
         """Run the program and return its finished state (``stream=True``: return at once and run it on a
-        thread; read it with ``state.text_iter()``).
+        thread; read it with ``state.text_iter()``). SGLang's ``program.run``.
 
-        Keyword arguments that name SamplingParams fields (max_tokens, temperature, ...) are defaults for every
-        gen; the rest go to the program. Raises the program's error (with a note naming the program line) —
-        a backend error, an invalid constraint, or an exception in the program's own code.
+        Keyword arguments that name SamplingParams fields (max_tokens — or SGLang's max_new_tokens —, n, stop,
+        temperature, return_logprob, ...) are defaults for every gen; the rest go to the program. ``use_thread`` is
+        accepted for SGLang programs and changes nothing (every state has its own worker). Raises the program's
+        error (with a note naming the program line) — a backend error, an invalid constraint, or an exception in
+        the program's own code.
         """
         if self.is_async:
             raise TypeError(f"{self.name} is an async program: use `await {self.name}.run_async(...)`")
@@ -83,61 +106,101 @@ class Program:
         self, ex: Executor, state: ProgramState, args: Sequence[Any], kwargs: dict[str, Any], reraise: bool = False
     ) -> None:
         with _ending(ex, reraise):
-            self.func(state, *args, **kwargs)
+            state.ret_value = self.func(state, *args, **kwargs)
 
     def run_batch(
         self,
-        batch_kwargs: Sequence[dict[str, Any]],
+        batch_kwargs: Sequence[dict[str, Any] | Sequence[Any]],
         *,
         backend: Backend | None = None,
         num_threads: int | str = "auto",
-        progress_bar: bool = True,
+        progress_bar: bool = False,
+        generator_style: bool = False,
         **defaults: Any,
-    ) -> list[ProgramState]:
-        """Run the program once per kwargs dict, concurrently; return the states in input order.
+    ) -> list[ProgramState] | Iterator[ProgramState]:
+        """Run the program once per item, concurrently; the states in input order (SGLang's ``run_batch``).
+
+        Args:
+            batch_kwargs: one dict of program arguments per run, or (as SGLang allows) a list/tuple of positional
+                arguments.
+            backend: default: the default backend. num_threads: "auto" (min(len(batch), 64)) or an int >= 1.
+            progress_bar: a tqdm bar. generator_style: return an iterator yielding each state, in order, as soon as
+                it (and those before it) finished, instead of the list.
+            defaults: SamplingParams fields (or SGLang's ``max_new_tokens``), defaults for every gen.
 
         The programs' common constant prefix (found by tracing) is prefilled once before fanning out. A failing
         program fails alone: its state's ``error`` holds the exception (reading its variables raises it), the
-        others complete. ``num_threads="auto"``: min(len(batch), 64). ``defaults``: SamplingParams fields.
+        others complete.
+
+        Raises:
+            TypeError: batch_kwargs is not a list of dicts / argument lists, an argument list does not fit the
+                program's parameters, an async program, an unknown sampling name. ValueError: a bad num_threads or
+                sampling value, no backend.
         """
-        if isinstance(batch_kwargs, dict) or not all(isinstance(k, dict) for k in batch_kwargs):
-            raise TypeError("run_batch: batch_kwargs must be a list of dicts of program arguments")
         if self.is_async:
             raise TypeError(f"{self.name} is an async program: use run_async")
+        batch = self._batch_arguments(batch_kwargs)
         chosen = _resolve_backend(backend)
         params = SamplingParams.from_kwargs(defaults) if defaults else None
-        if not batch_kwargs:
-            return []
         if num_threads == "auto":
-            workers = min(len(batch_kwargs), 64)
+            workers = max(1, min(len(batch), 64))
         elif isinstance(num_threads, int) and not isinstance(num_threads, bool) and num_threads >= 1:
             workers = num_threads
         else:
             raise ValueError("num_threads: must be 'auto' or an integer >= 1")
-        if len(batch_kwargs) > 1:
+        if len(batch) > 1:
             self.cache_prefix(chosen)
-        states: list[ProgramState | None] = [None] * len(batch_kwargs)
+        states = self._iter_batch(chosen, params, batch, workers, progress_bar)
+        return states if generator_style else list(states)
 
-        def one(i: int) -> None:
-            ex = Executor(chosen, params, self.name, "thread")
-            state = ProgramState(ex)
-            states[i] = state
-            self._body(ex, state, (), batch_kwargs[i])
-            ex.done.result()
+    def _batch_arguments(self, batch_kwargs: Any) -> list[dict[str, Any]]:
+        """Each run's program keyword arguments (positional argument lists named by the function's parameters)."""
+        if not isinstance(batch_kwargs, list | tuple):
+            raise TypeError("run_batch: batch_kwargs must be a list of dicts (or of argument lists)")
+        sig = inspect.signature(self.func)
+        names = list(sig.parameters)[1:]
+        out = []
+        for item in batch_kwargs:
+            if isinstance(item, dict):
+                out.append(item)
+                continue
+            if not isinstance(item, list | tuple):
+                raise TypeError("run_batch: batch_kwargs must be a list of dicts (or of argument lists)")
+            try:
+                sig.bind(None, *item)
+            except TypeError as e:
+                raise TypeError(f"run_batch: arguments {item!r} do not fit {self.name}{sig}: {e}") from e
+            out.append(dict(zip(names, item, strict=False)))
+        return out
 
-        bar = None
-        if progress_bar:
+    def _iter_batch(
+        self, backend: Backend, params: SamplingParams | None, batch: list[dict[str, Any]], workers: int, bar: bool
+    ) -> Iterator[ProgramState]:
+        """Start every run on a pool of ``workers`` threads; yield the states in order as they finish."""
+        progress = None
+        if bar:
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=len(batch_kwargs), desc=self.name)
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"radixgen-batch-{self.name}") as pool:
-            for fut in as_completed([pool.submit(one, i) for i in range(len(batch_kwargs))]):
-                fut.result()
-                if bar is not None:
-                    bar.update(1)
-        if bar is not None:
-            bar.close()
-        return [s for s in states if s is not None]
+            progress = tqdm(total=len(batch), desc=self.name)
+
+        def one(kwargs: dict[str, Any]) -> ProgramState:
+            ex = Executor(backend, params, self.name, "thread")
+            state = ProgramState(ex)
+            self._body(ex, state, (), kwargs)
+            ex.done.result()
+            return state
+
+        try:
+            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"radixgen-batch-{self.name}") as pool:
+                futures = [pool.submit(one, kwargs) for kwargs in batch]
+                if progress is not None:
+                    for fut in futures:
+                        fut.add_done_callback(lambda _: progress.update(1))
+                for fut in futures:
+                    yield fut.result()
+        finally:
+            if progress is not None:
+                progress.close()
 
     def cache_prefix(self, backend: Backend | None = None) -> str:
         """Trace the program's constant prefix and prefill it on ``backend``; returns the prefix ("" = none)."""
@@ -157,17 +220,18 @@ class Program:
         ex = self._executor(backend, defaults, "async", False)
         state = ProgramState(ex)
         with _ending(ex):
-            result = self.func(state, *args, **prog_kwargs)
-            if inspect.isawaitable(result):
-                await result
+            state.ret_value = self.func(state, *args, **prog_kwargs)
+            if inspect.isawaitable(state.ret_value):
+                state.ret_value = await state.ret_value
         await asyncio.wrap_future(ex.done)
         if ex.error is not None:
             raise ex.error
         return state
 
     def _split(self, kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-        """(sampling defaults, program kwargs): SamplingParams names the function does not itself take."""
-        sampling_names = set(SamplingParams.__dataclass_fields__)
+        """(sampling defaults, program kwargs): SamplingParams names (and SGLang's max_new_tokens) the function
+        does not itself take."""
+        sampling_names = {*SamplingParams.__dataclass_fields__, *RUN_ONLY_NAMES}
         params = inspect.signature(self.func).parameters
         defaults = {k: v for k, v in kwargs.items() if k in sampling_names and k not in params}
         return defaults, {k: v for k, v in kwargs.items() if k not in defaults}
@@ -191,8 +255,25 @@ def _ending(ex: Executor, reraise: bool = True) -> Iterator[None]:
             ex.submit(End())
 
 
-def function(func: Callable[..., Any]) -> Program:
-    """Decorator: ``@rg.function`` makes ``def program(s, ...)`` (or ``async def``) a ``Program`` with run /
-    run_batch / run_async. Raises TypeError when the function takes no state parameter."""
-    return Program(func)
+@overload
+def function(func: Callable[..., Any], num_api_spec_tokens: None = None) -> Program: ...
+
+
+@overload
+def function(func: None = None, num_api_spec_tokens: int | None = None) -> Callable[[Callable[..., Any]], Program]: ...
+
+
+def function(
+    func: Callable[..., Any] | None = None, num_api_spec_tokens: int | None = None
+) -> Program | Callable[[Callable[..., Any]], Program]:
+    """Decorator: ``@rg.function`` (or SGLang's ``@sgl.function()``) makes ``def program(s, ...)`` (or
+    ``async def``) a ``Program`` with run / run_batch / run_async.
+
+    Raises:
+        TypeError: the function takes no state parameter.
+        NotImplementedError: ``num_api_spec_tokens`` (SGLang's API speculative execution) is given.
+    """
+    if num_api_spec_tokens is not None:
+        raise NotImplementedError("num_api_spec_tokens: API speculative execution is not supported by radixgen")
+    return Program(func) if func is not None else Program
 

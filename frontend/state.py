@@ -15,7 +15,18 @@ from contextlib import contextmanager
 from typing import Any
 
 from radixgen.executor import Executor
-from radixgen.instructions import End, ForkPoint, Inherit, JoinPoint, RoleBegin, RoleEnd, ScopeBegin, ScopeEnd, flatten
+from radixgen.instructions import (
+    End,
+    ForkPoint,
+    Inherit,
+    JoinPoint,
+    RoleBegin,
+    RoleEnd,
+    ScopeBegin,
+    ScopeEnd,
+    SetVar,
+    flatten,
+)
 from radixgen.ir import Role, check_expr, role_call
 from radixgen.streaming import iterate_async, iterate_sync
 
@@ -26,10 +37,12 @@ def _site(depth: int = 2) -> str:
 
 
 class ProgramState:
-    """A running (or finished) program: its text, chat messages, variables and their meta info."""
+    """A running (or finished) program: its text, chat messages, variables and their meta info; ``ret_value``:
+    what the program function returned (SGLang's attribute; None until it returns)."""
 
     def __init__(self, executor: Executor) -> None:
         self._ex = executor
+        self.ret_value: Any = None
 
     # ---- writing -------------------------------------------------------------------------------------------------
     def __iadd__(self, expr: Any) -> ProgramState:
@@ -69,18 +82,18 @@ class ProgramState:
         yield
         self._ex.submit(ScopeEnd(name, self._ex.new_future(name), site=site))
 
-    def fork(self, n: int) -> ProgramStateGroup:
-        """``n`` branches that continue from the current state, running concurrently.
+    def fork(self, size: int = 1) -> ProgramStateGroup:
+        """``size`` branches that continue from the current state, running concurrently (SGLang's ``s.fork``).
 
         The shared prefix is prefilled once (a max_new_tokens=0 request) before the branches start, so every
-        branch's first call hits the radix cache for it. Raises ValueError for n < 1.
+        branch's first call hits the radix cache for it. Raises ValueError for size < 1.
         """
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError("fork: n must be an integer >= 1")
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise ValueError("fork: size must be an integer >= 1")
         snapshot: Future[Any] = Future()
-        self._ex.submit(ForkPoint(n, snapshot, site=_site()))
+        self._ex.submit(ForkPoint(size, snapshot, site=_site()))
         branches = []
-        for i in range(n):
+        for i in range(size):
             parent = self._ex
             ex = Executor(parent.backend, parent.defaults, f"{parent.name}[{i}]", parent.mode, parent.stream)
             with parent.lock:
@@ -89,6 +102,15 @@ class ProgramState:
             ex.submit(Inherit(snapshot))
             branches.append(ProgramState(ex))
         return ProgramStateGroup(self, branches)
+
+    @contextmanager
+    def copy(self) -> Iterator[ProgramState]:
+        """``with s.copy() as c: c += ...``: one fork branch, joined (``gather_variable``) when the block ends."""
+        group = self.fork(1)
+        try:
+            yield group[0]
+        finally:
+            group.join()
 
     # ---- reading -------------------------------------------------------------------------------------------------
     def _wait(self, fut: Future[Any]) -> Any:
@@ -112,6 +134,21 @@ class ProgramState:
     def get_var(self, name: str) -> Any:
         """Same as ``s[name]``."""
         return self[name]
+
+    def __setitem__(self, name: str, value: Any) -> None:
+        """``s[name] = value``: set variable ``name`` (as SGLang's state allows), in order with what was added
+        before — a later ``s[name]`` sees it, fork branches made after it inherit it. Raises ValueError for an
+        empty or non-string name."""
+        self._set_var(name, value, _site())
+
+    def set_var(self, name: str, value: Any) -> None:
+        """Same as ``s[name] = value``."""
+        self._set_var(name, value, _site())
+
+    def _set_var(self, name: str, value: Any, site: str) -> None:
+        if not isinstance(name, str) or not name:
+            raise ValueError("name: must be a non-empty string")
+        self._ex.submit(SetVar(name, value, self._ex.new_future(name), site=site))
 
     async def aget(self, name: str) -> Any:
         """``s[name]`` for coroutines."""
@@ -172,13 +209,13 @@ class ProgramState:
         return self.error is None
 
     # ---- streaming -----------------------------------------------------------------------------------------------
-    def text_iter(self, name: str | None = None) -> Iterator[str]:
-        """Yield the text as it is produced (from the start), or only variable ``name``'s, until it ends."""
-        return iterate_sync(lambda sink: self._ex.subscribe(name, sink))
+    def text_iter(self, var_name: str | None = None) -> Iterator[str]:
+        """Yield the text as it is produced (from the start), or only variable ``var_name``'s, until it ends."""
+        return iterate_sync(lambda sink: self._ex.subscribe(var_name, sink))
 
-    def text_async_iter(self, name: str | None = None) -> AsyncIterator[str]:
+    def text_async_iter(self, var_name: str | None = None) -> AsyncIterator[str]:
         """``text_iter`` for ``async for``."""
-        return iterate_async(lambda sink: self._ex.subscribe(name, sink))
+        return iterate_async(lambda sink: self._ex.subscribe(var_name, sink))
 
     def __repr__(self) -> str:
         status = "failed" if self._ex.error else ("done" if self._ex.done.done() else "running")
@@ -186,19 +223,30 @@ class ProgramState:
 
 
 class ProgramStateGroup:
-    """The branches of ``s.fork(n)``: ``forks += expr`` adds to every branch, ``forks[i]`` is one branch."""
+    """The branches of ``s.fork(n)`` (SGLang's fork group): ``forks[i]`` is one branch (``forks[i] += expr`` adds
+    to it); ``forks += expr`` adds to every branch, ``forks += [e0, e1, ...]`` one expression per branch,
+    ``forks += lambda i: expr`` the expression built for each branch index."""
 
     def __init__(self, parent: ProgramState, branches: list[ProgramState]) -> None:
         self.parent, self.branches = parent, branches
 
     def __iadd__(self, expr: Any) -> ProgramStateGroup:
+        """Raises ValueError when a list/tuple does not have one expression per branch."""
         site = _site()
-        for branch in self.branches:
-            branch._submit(expr, site)
+        if isinstance(expr, list | tuple) and len(expr) != len(self.branches):
+            raise ValueError(f"forks += list: needs one expression per branch ({len(self.branches)}), got {len(expr)}")
+        for i, branch in enumerate(self.branches):
+            branch._submit(expr(i) if callable(expr) else expr[i] if isinstance(expr, list | tuple) else expr, site)
         return self
 
     def __getitem__(self, i: int) -> ProgramState:
         return self.branches[i]
+
+    def __setitem__(self, i: int, value: ProgramState) -> None:
+        """What ``forks[i] += expr`` ends with: the branch was updated in place. Raises TypeError for anything
+        but that branch (branches cannot be replaced)."""
+        if value is not self.branches[i]:
+            raise TypeError("forks[i] = ...: a fork branch cannot be replaced; add to it with forks[i] += ...")
 
     def __len__(self) -> int:
         return len(self.branches)

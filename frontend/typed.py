@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from radixgen.backends.base import GenOutput
 from radixgen.ir import Gen
 
 
@@ -40,3 +41,11 @@ def parse_typed(gen: Gen, text: str, finish_reason: Any) -> Any:
         hint = " (generation stopped at max_tokens: raise max_tokens)" if reason == "length" else ""
         target = gen.dtype.__name__ if gen.dtype is not None else model.__name__
         raise TypedOutputError(f"{gen.name or 'gen'}: output does not parse as {target}{hint}: {e}") from e
+
+
+def gen_value(gen: Gen, out: GenOutput) -> Any:
+    """The value of variable ``gen.name`` for the output ``out``: ``parse_typed`` of its text, or for an ``n`` > 1
+    gen the list of every sample's (SGLang stores the list). Raises TypedOutputError like ``parse_typed``."""
+    if out.samples:
+        return [parse_typed(gen, s.text, s.meta.get("finish_reason")) for s in out.samples]
+    return parse_typed(gen, out.text, out.meta.get("finish_reason"))

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from radixgen.chat_template import ChatTemplate
 
 DeltaCallback = Callable[[str], None]
+USAGE_KEYS = ("prompt_tokens", "completion_tokens", "cached_tokens")
 
 
 class BackendError(RuntimeError):
@@ -51,16 +52,26 @@ class PromptView:
 
 @dataclass
 class GenOutput:
-    """A finished generation: its text and meta info.
+    """A finished generation: its text and meta info (``samples``: every sample of an ``n`` > 1 gen).
 
     ``meta`` keys (native API names): ``prompt_tokens``, ``completion_tokens``, ``cached_tokens`` (tokens),
     ``finish_reason`` (``{"type": "stop"|"length"|"abort", ...}`` or None), ``e2e_latency`` (seconds), and with
     ``return_logprob`` the ``output_token_logprobs`` / ``output_top_logprobs`` lists
-    (``[logprob, token_id, text]`` entries).
+    (``[logprob, token_id, text]`` entries). For n > 1 see ``gathered``.
     """
 
     text: str
     meta: dict[str, Any] = field(default_factory=dict)
+    samples: list[GenOutput] = field(default_factory=list)
+
+    @classmethod
+    def gathered(cls, samples: list[GenOutput], **meta: Any) -> GenOutput:
+        """The output of an ``n`` > 1 gen from its ``samples``: the text is the first sample's (what the state
+        continues with, as in SGLang); meta ``n``, ``samples`` (each sample's meta plus its ``text``), the usage
+        keys summed over the samples, then ``meta`` (e.g. a response's own usage) over them."""
+        usage = {k: sum(s.meta.get(k) or 0 for s in samples) for k in USAGE_KEYS if any(k in s.meta for s in samples)}
+        info = {**usage, **meta, "n": len(samples), "samples": [{**s.meta, "text": s.text} for s in samples]}
+        return cls(samples[0].text, info, list(samples))
 
 
 @dataclass
@@ -103,7 +114,8 @@ class Backend(ABC):
         self, prompt: PromptView, params: SamplingParams, on_delta: DeltaCallback | None = None
     ) -> GenOutput:
         """Generate a continuation of ``prompt``; with ``on_delta`` stream, calling it with each new piece of text
-        (the pieces concatenate to ``GenOutput.text``)."""
+        (the pieces concatenate to ``GenOutput.text``). ``params.n`` > 1: ``GenOutput.gathered`` of the samples
+        (the interpreter streams only single samples, so ``on_delta`` is then None)."""
 
     @abstractmethod
     async def agenerate(
@@ -132,6 +144,15 @@ class Backend(ABC):
     @abstractmethod
     async def acache_prefix(self, prompt: PromptView) -> dict[str, Any]:
         """Async ``cache_prefix``."""
+
+    def get_server_info(self) -> dict[str, Any] | None:
+        """The server's settings and statistics (SGLang's ``backend.get_server_info()``); None when the backend
+        cannot tell (the default)."""
+        return None
+
+    def flush_cache(self) -> Any:
+        """Empty the server's prefix cache (SGLang's ``backend.flush_cache()``); a no-op returning None by default."""
+        return None
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections / processes. Idempotent."""

@@ -27,6 +27,7 @@ from radixgen.backends.base import (
     PromptView,
     SelectOutput,
 )
+from radixgen.backends.openai_output import Accumulator, usage_of
 from radixgen.choices import ChoicesMethod
 from radixgen.sampling import SamplingParams
 from radixgen.sansio import drive, run_blocking
@@ -34,7 +35,6 @@ from radixgen.sansio import drive, run_blocking
 if TYPE_CHECKING:
     from radixgen.chat_template import ChatTemplate
 
-_FINISH = {"stop": "stop", "length": "length", "abort": "abort", "eos": "stop"}
 _CHAT_SELECT = "select needs prompt logprobs, which chat completions do not return; use is_chat_model=False or "
 
 
@@ -143,7 +143,13 @@ class OpenAI(Backend):
             raise cls(_server_message(e)) from e
 
     def _gen_kwargs(self, prompt: PromptView, params: SamplingParams, stream: bool) -> dict[str, Any]:
-        """The ``create(...)`` keyword arguments of one gen. Raises BackendRequestError for a chat-mode misuse."""
+        """The ``create(...)`` keyword arguments of one gen. Raises BackendRequestError for a chat-mode misuse and
+        for ``stop_regex`` (the OpenAI API has no such parameter)."""
+        if params.stop_regex is not None:
+            raise BackendRequestError(
+                "stop_regex: the OpenAI backend cannot stop on a regular expression (the OpenAI API has no such "
+                "parameter); use stop=... or a RuntimeEndpoint / Runtime backend"
+            )
         kw = params.to_openai()
         kw["model"] = self.model
         top_n = params.top_logprobs_num or 0
@@ -167,7 +173,7 @@ class OpenAI(Backend):
         BackendRequestError for a chat-mode misuse (see ``OpenAI``) or a 4xx, BackendError for other failures."""
         kw = self._gen_kwargs(prompt, params, on_delta is not None)
         api = self._client.chat.completions if self.is_chat_model else self._client.completions
-        acc = _Accumulator(self.is_chat_model, params)
+        acc = Accumulator(self.is_chat_model, params)
         with self._errors():
             if on_delta is None:
                 acc.absorb(api.create(**kw))
@@ -184,7 +190,7 @@ class OpenAI(Backend):
         kw = self._gen_kwargs(prompt, params, on_delta is not None)
         client = self._aclient()
         api = client.chat.completions if self.is_chat_model else client.completions
-        acc = _Accumulator(self.is_chat_model, params)
+        acc = Accumulator(self.is_chat_model, params)
         with self._errors():
             if on_delta is None:
                 acc.absorb(await api.create(**kw))
@@ -279,69 +285,6 @@ def _server_message(e: Any) -> str:
     return body["message"] if isinstance(body, dict) and isinstance(body.get("message"), str) else str(e.message)
 
 
-def _usage(usage: Any) -> dict[str, int]:
-    """``prompt_tokens``, ``completion_tokens`` and ``cached_tokens`` of an OpenAI ``usage`` object (or None)."""
-    cached = getattr(getattr(usage, "prompt_tokens_details", None), "cached_tokens", 0) or 0
-    prompt, completion = getattr(usage, "prompt_tokens", 0) or 0, getattr(usage, "completion_tokens", 0) or 0
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "cached_tokens": cached}
-
-
-class _Accumulator:
-    """Builds a ``GenOutput`` from one response or from a stream of chunks (text, logprobs, usage, finish)."""
-
-    def __init__(self, chat: bool, params: SamplingParams) -> None:
-        self.chat = chat
-        self.want_lp = bool(params.return_logprob)
-        self.top_n = params.top_logprobs_num or 0
-        self.parts: list[str] = []
-        self.lps: list[list[Any]] = []
-        self.tops: list[list[list[Any]]] = []
-        self.meta: dict[str, Any] = {"finish_reason": None}
-        self.start = time.perf_counter()
-
-    def absorb(self, obj: Any, on_delta: DeltaCallback | None = None) -> None:
-        """Take in a response or a stream chunk; call ``on_delta`` with the new text it carries, if any."""
-        if getattr(obj, "id", None):
-            self.meta["id"] = obj.id
-        if getattr(obj, "usage", None) is not None:
-            self.meta.update(_usage(obj.usage))
-        if not obj.choices:
-            return
-        choice = obj.choices[0]
-        src = (getattr(choice, "delta", None) or getattr(choice, "message", None)) if self.chat else None
-        text = (getattr(src, "content", None) if self.chat else choice.text) or ""
-        self.parts.append(text)
-        if choice.logprobs is not None and self.want_lp:
-            self._add_logprobs(choice.logprobs)
-        if choice.finish_reason is not None:
-            reason = {"type": _FINISH.get(choice.finish_reason, choice.finish_reason)}
-            if getattr(choice, "matched_stop", None) is not None:  # this project's / SGLang's extension
-                reason["matched"] = choice.matched_stop
-            self.meta["finish_reason"] = reason
-        if text and on_delta is not None:
-            on_delta(text)
-
-    def _add_logprobs(self, lp: Any) -> None:
-        if self.chat:
-            for item in lp.content or []:
-                self.lps.append([item.logprob, None, item.token])
-                self.tops.append([[t.logprob, None, t.token] for t in (item.top_logprobs or [])][: self.top_n])
-            return
-        tops = lp.top_logprobs or [None] * len(lp.tokens or [])
-        for tok, value, top in zip(lp.tokens or [], lp.token_logprobs or [], tops, strict=False):
-            self.lps.append([value, None, tok])
-            ranked = sorted((top or {}).items(), key=lambda kv: -kv[1])[: self.top_n]
-            self.tops.append([[v, None, k] for k, v in ranked])
-
-    def output(self) -> GenOutput:
-        meta = {**_usage(None), **self.meta}
-        meta["e2e_latency"] = time.perf_counter() - self.start
-        if self.want_lp:
-            meta["output_token_logprobs"] = self.lps
-            meta["output_top_logprobs"] = self.tops
-        return GenOutput("".join(self.parts), meta)
-
-
 def _token_spans(tokens: list[str], offsets: list[int], text: str) -> list[tuple[int, int]]:
     """``(start, end)`` of each echoed token in ``text``: from its ``text_offset`` to the next one's (a BOS spans
     nothing) when the offsets fit ``text``, else (e.g. a tokenizer's dummy-prefix space counted in the token texts,
@@ -393,7 +336,7 @@ def _decide(
         decision = method(cond, uncond, temp)
     except ValueError as e:
         raise BackendRequestError(f"select: {e}") from e
-    usage = _usage(resp.usage)
+    usage = usage_of(resp.usage)
     return SelectOutput.decided(
         choices, method, decision, cond, uncond, prompt_tokens=usage["prompt_tokens"],
         cached_tokens=usage["cached_tokens"], e2e_latency=time.perf_counter() - t0,

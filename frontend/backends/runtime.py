@@ -71,7 +71,8 @@ class Runtime(RuntimeEndpoint):
     Args:
         model_path: the model directory. host / port: where the server listens (``port=None``: a free port).
         log_file: where the server's stdout/stderr go (default: a new temporary file; see ``log_path``).
-        startup_timeout: seconds to wait for ``/health`` to answer 200.
+        startup_timeout: seconds to wait for ``/health`` to answer 200 (``launch_timeout``, SGLang's name, if given,
+            takes its place).
         chat_template: a built-in name, Jinja file or inline Jinja, passed to the server (``--chat-template``)
             and used by the frontend to render roles.
         **server_args: any other server setting, as the keyword form of its ``launch_server`` flag (e.g.
@@ -98,9 +99,11 @@ class Runtime(RuntimeEndpoint):
         port: int | None = None,
         log_file: str | None = None,
         startup_timeout: float = 180.0,
+        launch_timeout: float | None = None,
         chat_template: str | None = None,
         **server_args: Any,
     ) -> None:
+        startup_timeout = startup_timeout if launch_timeout is None else launch_timeout
         port = _free_port(host) if port is None else port
         # the server runs in a temporary directory: paths given relative to ours must be made absolute
         self.model_path = _absolute_if_exists(model_path)
@@ -124,6 +127,11 @@ class Runtime(RuntimeEndpoint):
     def url(self) -> str:
         """The server's base URL, e.g. ``http://127.0.0.1:40123``."""
         return self.base_url
+
+    @property
+    def endpoint(self) -> Runtime:
+        """The backend that talks to the server: this object itself (SGLang's ``Runtime.endpoint``)."""
+        return self
 
     def _start(self, cmd: list[str], timeout: float) -> None:
         env, cwd = {**os.environ, "PYTHONUNBUFFERED": "1"}, tempfile.gettempdir()
@@ -182,6 +190,10 @@ class Runtime(RuntimeEndpoint):
                     proc.kill()
                     proc.wait()
         super().close()
+
+    def shutdown(self) -> None:
+        """Stop the server (SGLang's name for ``close``)."""
+        self.close()
 
     def __enter__(self) -> Runtime:
         return self

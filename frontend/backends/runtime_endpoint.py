@@ -10,7 +10,6 @@ cross loops).
 from __future__ import annotations
 
 import asyncio
-import json
 import threading
 import weakref
 from collections.abc import Generator
@@ -28,6 +27,7 @@ from radixgen.backends.base import (
     PromptView,
     SelectOutput,
 )
+from radixgen.backends.native_http import SseReader, connection_error, decode_json, status_error
 from radixgen.chat_template import ChatTemplate, get_chat_template
 from radixgen.choices import ChoicesMethod
 from radixgen.sampling import SamplingParams
@@ -52,8 +52,10 @@ class _ServerFacts:
 class RuntimeEndpoint(Backend):
     """A radixgen (or SGLang-compatible) server at ``base_url``.
 
-    Args:
+    Args (SGLang's ``RuntimeEndpoint(base_url, api_key, verify, chat_template_name)``, and more):
         base_url: e.g. ``http://127.0.0.1:30000``. api_key: sent as ``Authorization: Bearer``.
+        verify: TLS verification for an ``https`` URL (a CA bundle path, or False); None = the default checks.
+        chat_template_name: a built-in template name (SGLang's argument); same as ``chat_template``.
         chat_template: a built-in name, Jinja file or inline Jinja to render roles with instead of the server's.
         timeout: seconds for one HTTP request (a whole non-streamed generation).
 
@@ -62,14 +64,25 @@ class RuntimeEndpoint(Backend):
 
     Raises (every call): ``BackendRequestError`` for an HTTP 4xx (the server's message, which names the field),
     ``BackendError`` for other statuses, connection failures and malformed responses (the message has the URL).
+    The constructor raises ValueError when both ``chat_template`` and ``chat_template_name`` are given.
     """
 
     def __init__(
-        self, base_url: str, api_key: str | None = None, chat_template: str | None = None, timeout: float = 600.0
+        self,
+        base_url: str,
+        api_key: str | None = None,
+        verify: bool | str | None = None,
+        chat_template_name: str | None = None,
+        *,
+        chat_template: str | None = None,
+        timeout: float = 600.0,
     ) -> None:
+        if chat_template is not None and chat_template_name is not None:
+            raise ValueError("chat_template_name: give chat_template or chat_template_name, not both")
         self.base_url = base_url.rstrip("/")
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._template_spec = chat_template
+        self._verify: bool | str = True if verify is None else verify
+        self._template_spec = chat_template if chat_template is not None else chat_template_name
         self._timeout = httpx.Timeout(timeout, connect=min(timeout, 30.0))
         self._limits = httpx.Limits(max_connections=512, max_keepalive_connections=256)
         self._lock = threading.Lock()
@@ -136,6 +149,10 @@ class RuntimeEndpoint(Backend):
         """``GET /get_model_info``: model_path, tokenizer_path, served_model_name."""
         return self._request("GET", "/get_model_info")
 
+    def get_model_name(self) -> str:
+        """The served model's path (SGLang's ``RuntimeEndpoint.get_model_name``)."""
+        return str(self.get_model_info()["model_path"])
+
     def flush_cache(self) -> dict[str, Any]:
         """``POST /flush_cache`` (refused with BackendRequestError while requests are running)."""
         return self._request("POST", "/flush_cache")
@@ -186,11 +203,17 @@ class RuntimeEndpoint(Backend):
         return text[len(bos) :] if bos and text.startswith(bos) and len(text) > len(bos) else text
 
     def _generate_steps(self, prompt: PromptView, params: SamplingParams, stream: bool) -> Steps:
+        """One ``/generate``; with ``n`` > 1 the server answers a list (one item per sample), never streamed."""
+        if stream and params.samples > 1:
+            raise BackendRequestError("n: a streamed gen has one sample; stream only gens with n=1")
         text = yield from self._wire_text(prompt.text)
-        body = {"text": text, "sampling_params": params.to_native(), "return_logprob": bool(params.return_logprob),
-                "top_logprobs_num": params.top_logprobs_num or 0, "return_text_in_logprobs": True, "stream": stream}
+        body = {"text": text, "sampling_params": params.to_native(), **params.native_request_fields(), "stream": stream}
         out = yield ("STREAM" if stream else "POST", "/generate", body)
-        return out if stream else GenOutput(out["text"], out["meta_info"])
+        if stream:
+            return out
+        if isinstance(out, list):
+            return GenOutput.gathered([GenOutput(o["text"], o["meta_info"]) for o in out])
+        return GenOutput(out["text"], out["meta_info"])
 
     def _cache_steps(self, prompt: PromptView) -> Steps:
         body = {"text": (yield from self._wire_text(prompt.text)), "sampling_params": {"max_new_tokens": 0}}
@@ -241,10 +264,13 @@ class RuntimeEndpoint(Backend):
             cached_tokens=sum(o["meta_info"]["cached_tokens"] for o in outs),
         )
 
+    def _client_options(self) -> dict[str, Any]:
+        return {"headers": self._headers, "timeout": self._timeout, "limits": self._limits, "verify": self._verify}
+
     def _sync_client(self) -> httpx.Client:
         with self._lock:
             if self._client is None:
-                self._client = httpx.Client(headers=self._headers, timeout=self._timeout, limits=self._limits)
+                self._client = httpx.Client(**self._client_options())
             return self._client
 
     def _async_client(self) -> httpx.AsyncClient:
@@ -252,29 +278,28 @@ class RuntimeEndpoint(Backend):
         loop = asyncio.get_running_loop()
         with self._lock:
             if loop not in self._aclients:
-                self._aclients[loop] = httpx.AsyncClient(headers=self._headers, timeout=self._timeout,
-                                                         limits=self._limits)
+                self._aclients[loop] = httpx.AsyncClient(**self._client_options())
             return self._aclients[loop]
 
     def _request(
         self, method: str, path: str, body: dict[str, Any] | None = None, on_delta: DeltaCallback | None = None
     ) -> Any:
         """One request with the sync client: the decoded JSON, or for method ``"STREAM"`` (an SSE POST) the
-        GenOutput read by ``_SseReader``."""
+        GenOutput read by ``SseReader``."""
         url = self.base_url + path
         try:
             if method != "STREAM":
-                return _decode(self._sync_client().request(method, url, json=body))
-            reader = _SseReader(url, on_delta)
+                return decode_json(self._sync_client().request(method, url, json=body))
+            reader = SseReader(url, on_delta)
             with self._sync_client().stream("POST", url, json=body) as resp:
                 if resp.status_code >= 400:
                     resp.read()
-                    raise _status_error(resp)
+                    raise status_error(resp)
                 for line in resp.iter_lines():
                     reader.feed(line)
             return GenOutput(reader.text, reader.meta)
         except httpx.HTTPError as e:
-            raise _connection_error(method, url, e) from e
+            raise connection_error(method, url, e) from e
 
     async def _arequest(
         self, method: str, path: str, body: dict[str, Any] | None = None, on_delta: DeltaCallback | None = None
@@ -283,17 +308,17 @@ class RuntimeEndpoint(Backend):
         url = self.base_url + path
         try:
             if method != "STREAM":
-                return _decode(await self._async_client().request(method, url, json=body))
-            reader = _SseReader(url, on_delta)
+                return decode_json(await self._async_client().request(method, url, json=body))
+            reader = SseReader(url, on_delta)
             async with self._async_client().stream("POST", url, json=body) as resp:
                 if resp.status_code >= 400:
                     await resp.aread()
-                    raise _status_error(resp)
+                    raise status_error(resp)
                 async for line in resp.aiter_lines():
                     reader.feed(line)
             return GenOutput(reader.text, reader.meta)
         except httpx.HTTPError as e:
-            raise _connection_error(method, url, e) from e
+            raise connection_error(method, url, e) from e
 
     def _run(self, steps: Steps, on_delta: DeltaCallback | None = None) -> Any:
         """Drive a request-step generator with the sync client (errors are thrown into it); its return value."""
@@ -327,57 +352,3 @@ def _slice_logprobs(out: dict[str, Any], skip: int) -> list[float]:
     if any(e[0] is None for e in entries):
         raise BackendError("select: the server returned no logprob for a choice token")
     return [float(e[0]) for e in entries]
-
-
-def _status_error(resp: httpx.Response) -> BackendError:
-    """BackendRequestError for a 4xx, BackendError otherwise, with the server's ``error.message``."""
-    try:
-        message = str(resp.json()["error"]["message"])
-    except (ValueError, KeyError, TypeError):
-        message = resp.text.strip() or resp.reason_phrase
-    url = str(resp.request.url)
-    if 400 <= resp.status_code < 500:
-        return BackendRequestError(f"{message} (HTTP {resp.status_code} from {url})")
-    return BackendError(f"{url}: HTTP {resp.status_code}: {message}")
-
-
-def _connection_error(method: str, url: str, e: httpx.HTTPError) -> BackendError:
-    return BackendError(f"{method} {url} failed: {type(e).__name__}: {e or 'no details'}")
-
-
-def _decode(resp: httpx.Response) -> Any:
-    """The JSON body; an error status or a non-JSON body raises (see ``_status_error``)."""
-    if resp.status_code >= 400:
-        raise _status_error(resp)
-    try:
-        return resp.json()
-    except ValueError as e:
-        raise BackendError(f"{resp.request.url}: malformed JSON response: {resp.text[:200]!r}") from e
-
-
-class _SseReader:
-    """Reads the SSE lines of a streamed ``/generate``: each event carries the cumulative text; ``on_delta`` gets
-    each new piece (so the pieces concatenate to the final text); the last event gives the text and meta info.
-    An error event raises BackendRequestError (4xx code) or BackendError."""
-
-    def __init__(self, url: str, on_delta: DeltaCallback | None) -> None:
-        self.url, self.on_delta = url, on_delta
-        self.text, self.meta = "", dict[str, Any]()
-
-    def feed(self, line: str) -> None:
-        data = line[5:].strip() if line.startswith("data:") else "[DONE]"
-        if data == "[DONE]":
-            return
-        try:
-            event = json.loads(data)
-        except ValueError as e:
-            raise BackendError(f"{self.url}: malformed stream event {data[:200]!r}") from e
-        if "error" in event:
-            err = event["error"] if isinstance(event["error"], dict) else {"message": str(event["error"])}
-            code = err.get("code")
-            cls = BackendRequestError if isinstance(code, int) and 400 <= code < 500 else BackendError
-            raise cls(f"{err.get('message')} (stream from {self.url})")
-        new = event.get("text", "")
-        if self.on_delta is not None and len(new) > len(self.text):
-            self.on_delta(new[len(self.text) :])
-        self.text, self.meta = new, event.get("meta_info", {})
