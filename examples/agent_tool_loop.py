@@ -92,8 +92,8 @@ def main(backend: rg.Backend, max_steps: int = 3) -> dict[str, Any]:
     prompt = cached = calls = 0
     for task, state in zip(TASKS, states, strict=True):
         print(f"=== {task}")
-        if state.error is not None:
-            print(f"ERROR {type(state.error).__name__}: {state.error}")
+        if state.error() is not None:
+            print(f"ERROR {type(state.error()).__name__}: {state.error()}")
             continue
         print(state.text()[len(PROMPT) :].rstrip())
         usage = state.usage()

@@ -93,9 +93,9 @@ def main(backend: rg.Backend, num: int = 16, shots: int = 5, max_tokens: int = 6
 
     correct = prompt = cached = completion = errors = 0
     for i, (example, state) in enumerate(zip(chosen, states, strict=True)):
-        if state.error is not None:
+        if state.error() is not None:
             errors += 1
-            print(f"[{i}] ERROR {type(state.error).__name__}: {state.error}")
+            print(f"[{i}] ERROR {type(state.error()).__name__}: {state.error()}")
             continue
         usage = state.usage()
         prompt += usage["prompt_tokens"]

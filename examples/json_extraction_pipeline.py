@@ -4,7 +4,7 @@
 always valid JSON of that shape (unless `max_tokens` cuts it) and `state["character"]` is the validated model
 instance. The instructions are constant text at the start of the program: `run_batch` traces that prefix,
 prefills it once, and every program in the batch reuses it from the radix cache. A failing item fails alone
-(`state.error`); the others complete.
+(`state.error()`); the others complete.
 
 Run:  .venv/bin/python examples/json_extraction_pipeline.py [--model PATH | --url URL]
 """
@@ -64,8 +64,8 @@ def main(backend: rg.Backend, max_tokens: int = 64, progress_bar: bool = True) -
     ok = 0
     for story, state in zip(STORIES, states, strict=True):
         print(f"- {story}")
-        if state.error is not None:
-            print(f"    ERROR {type(state.error).__name__}: {state.error}")
+        if state.error() is not None:
+            print(f"    ERROR {type(state.error()).__name__}: {state.error()}")
             continue
         ok += 1
         character: Character = state["character"]

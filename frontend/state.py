@@ -197,16 +197,16 @@ class ProgramState:
         self.sync()
         return dict(self._ex.usage)
 
-    @property
     def error(self) -> BaseException | None:
-        """The exception that stopped the program, or None (waits for the program to end)."""
+        """The exception that stopped the program, or None (waits for the program to end). A method, as SGLang's
+        ``ProgramState.error()``."""
         if self._ex.closed:
             self._wait(self._ex.done)
         return self._ex.error
 
     @property
     def ok(self) -> bool:
-        return self.error is None
+        return self.error() is None
 
     # ---- streaming -----------------------------------------------------------------------------------------------
     def text_iter(self, var_name: str | None = None) -> Iterator[str]:

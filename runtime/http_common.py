@@ -138,8 +138,11 @@ def from_validation_error(exc: ValidationError | RequestValidationError) -> Http
     if not errors:
         return bad_request(str(exc))
     first = errors[0]
-    param = _loc_to_param(tuple(first.get("loc", ())))
+    # a model-level check names its field in ctx["loc"]; an undeclared field is "extra_forbidden"
+    param = _loc_to_param(tuple(first.get("loc", ()))) or (first.get("ctx") or {}).get("loc")
     msg = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
+    if first.get("type") == "extra_forbidden":
+        msg = "unknown field"
     text = f"{param}: {msg}" if param and not msg.startswith(f"{param}:") else msg
     if len(errors) > 1:
         text += f" (and {len(errors) - 1} more error(s))"

@@ -240,7 +240,7 @@ def test_run_batch_keeps_order_and_isolates_errors(backend: Any, http: httpx.Cli
     assert len(states) == len(starts)
     for i, (state, st) in enumerate(zip(states, starts, strict=True)):
         if i == 2:
-            assert isinstance(state.error, BackendRequestError) and "json_schema" in str(state.error)
+            assert isinstance(state.error(), BackendRequestError) and "json_schema" in str(state.error())
             assert not state.ok
             with pytest.raises(BackendRequestError):
                 state["x"]

@@ -185,7 +185,7 @@ def test_run_batch_keeps_order_and_isolates_errors(backend: ScriptedBackend) -> 
 
     states = few_shot.run_batch([{"q": "x"}, {"q": "FAIL"}, {"q": "yyy"}], backend=backend, progress_bar=False)
     assert states[0]["a"] == "<24>" and states[2]["a"] == "<26>"
-    assert isinstance(states[1].error, BackendRequestError) and states[0].ok
+    assert isinstance(states[1].error(), BackendRequestError) and states[0].ok
     with pytest.raises(BackendRequestError):
         states[1]["a"]
     assert ("prefix", "Examples: 1+1=2.\nQ: ", None) in backend.calls

@@ -341,3 +341,19 @@ def test_response_format_json_object(client: openai.OpenAI) -> None:
     assert r.choices[0].finish_reason in ("stop", "length")
     if r.choices[0].finish_reason == "stop":
         assert isinstance(json.loads(r.choices[0].text), dict)
+
+
+def test_unknown_fields_are_refused_like_on_the_native_api(client: openai.OpenAI) -> None:
+    base = {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4}
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(**base, extra_body={"no_such_field": 1})
+    assert e.value.param == "no_such_field" and "unknown field" in e.value.message
+    with pytest.raises(openai.BadRequestError) as e:
+        client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=4, extra_body={"top_kk": 3})
+    assert e.value.param == "top_kk"
+    with pytest.raises(openai.BadRequestError) as e:  # an OpenAI field this server cannot honour, set
+        client.chat.completions.create(**base, store=True)
+    assert e.value.param == "store" and "not supported" in e.value.message
+    # the same OpenAI fields at their defaults are accepted
+    r = client.chat.completions.create(**base, store=False, service_tier="auto", parallel_tool_calls=True)
+    assert r.choices[0].message.content is not None

@@ -13,7 +13,8 @@ from __future__ import annotations
 import time
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 _MAX_N = 128
 _MAX_TOP_LOGPROBS = 20
@@ -46,10 +47,43 @@ class ResponseFormat(BaseModel):
     json_schema: JsonSchemaFormat | None = None
 
 
-class SamplingRequest(BaseModel):
-    """Fields shared by /v1/completions and /v1/chat/completions."""
+# OpenAI request fields that cannot take effect here (storage, service tiers, audio, predicted outputs, ...):
+# accepted while they hold the API's default (null, false, "auto", ["text"]), a 400 naming them otherwise
+_INERT_OPENAI_FIELDS: dict[str, tuple[Any, ...]] = {
+    "store": (None, False),
+    "metadata": (None, {}),
+    "service_tier": (None, "auto", "default"),
+    "parallel_tool_calls": (None, True, False),  # meaningful only with tools, which are refused while unsupported
+    "modalities": (None, ["text"]),
+    "audio": (None,),
+    "prediction": (None,),
+    "reasoning_effort": (None,),
+    "web_search_options": (None,),
+    "prompt_cache_key": (None,),
+    "safety_identifier": (None,),
+}
 
-    model_config = ConfigDict(extra="ignore")
+
+class SamplingRequest(BaseModel):
+    """Fields shared by /v1/completions and /v1/chat/completions.
+
+    Unknown fields are refused (400 naming the field), as on the native API; OpenAI's own fields that cannot take
+    effect here are accepted only at their defaults (``_INERT_OPENAI_FIELDS``).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _inert_fields(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        for name, defaults in _INERT_OPENAI_FIELDS.items():
+            if name in data:
+                if not any(data[name] == d and type(data[name]) is type(d) for d in defaults):
+                    raise PydanticCustomError("unsupported", f"{name}: not supported by this server", {"loc": name})
+                data = {k: v for k, v in data.items() if k != name}
+        return data
 
     model: str | None = None
     n: int = Field(1, ge=1, le=_MAX_N)
