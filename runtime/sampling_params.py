@@ -17,6 +17,9 @@ import regex
 from radixgen.runtime.errors import InvalidRequestError
 
 _MAX_STOP_STRINGS = 32
+# SGLang sampling parameters this server does not implement (beam search, watermarking): accepted at SGLang's
+# default, refused by name otherwise
+_UNSUPPORTED_SGLANG_PARAMS: dict[str, object] = {"beam_width": None, "watermark": None, "ebnf_full_assistant": False}
 _CONSTRAINTS = ("json_schema", "regex", "ebnf", "structural_tag", "json_object")
 
 
@@ -129,6 +132,10 @@ class SamplingParams:
             return cls()
         if not isinstance(d, dict):
             raise InvalidRequestError("sampling_params", f"sampling_params must be an object, got {type(d).__name__}")
+        for name, default in _UNSUPPORTED_SGLANG_PARAMS.items():
+            if name in d and d[name] != default:
+                raise InvalidRequestError(name, f"{name}: not supported by this server (only {default} is accepted)")
+        d = {k: v for k, v in d.items() if k not in _UNSUPPORTED_SGLANG_PARAMS}
         known = {f.name for f in fields(cls)} | {"sampling_seed"}
         unknown = sorted(set(d) - known)
         if unknown:

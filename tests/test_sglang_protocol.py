@@ -76,7 +76,8 @@ def test_sampling_seed_is_the_per_request_seed(server: ServerHandle) -> None:
 
 
 def test_sglang_defaults_accepted_and_unsupported_values_named(server: ServerHandle) -> None:
-    defaults = {"stop_regex": [], "custom_params": None, "stream_interval": None, "sampling_seed": None}
+    defaults = {"stop_regex": [], "custom_params": None, "stream_interval": None, "sampling_seed": None,
+                "beam_width": None, "watermark": None, "ebnf_full_assistant": False}
     body = {"sampling_params": {**GREEDY, **defaults}, "session_id": None, "image_data": None, "lora_path": None,
             "return_logprob": None, "token_ids_logprob": None, "log_metrics": True, "return_hidden_states": False}
     with server.client() as c:
@@ -88,6 +89,8 @@ def test_sglang_defaults_accepted_and_unsupported_values_named(server: ServerHan
             assert err["param"] == field and "not supported" in err["message"], err
         err = error(c, "/generate", {"text": PROMPT, "sampling_params": {"custom_params": {"k": 1}}})
         assert err["param"] == "custom_params"
+        err = error(c, "/generate", {"text": PROMPT, "sampling_params": {"beam_width": 4}})
+        assert err["param"] == "beam_width" and "not supported" in err["message"]
         err = error(c, "/generate", {"text": PROMPT, "no_such_field": 1})
         assert err["param"] == "no_such_field" and "unknown" in err["message"]
         err = error(c, "/generate", {"text": PROMPT, "session_id": 5})
