@@ -369,7 +369,7 @@ def _concurrencies(spec: str | None) -> list[int | None]:
 def _flush_cache(base: str, headers: dict[str, str]) -> None:
     """Best effort: SGLang-style servers (ours included) drop their prefix cache; others just 404."""
     try:
-        httpx.post(f"{base}/flush_cache", headers=headers, timeout=30.0)
+        httpx.post(f"{base}/flush_cache", json={}, headers=headers, timeout=30.0)
     except httpx.HTTPError:
         pass
 

@@ -83,7 +83,7 @@ def measured_run(
 
 def flush_cache(base: str) -> None:
     """Empty the radix cache so that a run starts cold (raises if the server refuses)."""
-    httpx.post(f"{base}/flush_cache", timeout=_FLUSH_TIMEOUT_S).raise_for_status()
+    httpx.post(f"{base}/flush_cache", json={}, timeout=_FLUSH_TIMEOUT_S).raise_for_status()
 
 
 async def send_generate(client: httpx.AsyncClient, url: str, payload: dict[str, Any]) -> NativeResult:

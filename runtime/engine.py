@@ -13,7 +13,7 @@ from typing import Any
 from radixgen.runtime.detokenizer import Detokenizer
 from radixgen.runtime.errors import InvalidRequestError
 from radixgen.runtime.fast_tokenizer import load_hf_tokenizer
-from radixgen.runtime.generate_request import GenerateReqInput, PlannedReq, plan_requests
+from radixgen.runtime.generate_request import GenerateReqInput, PlannedReq, max_prompt_chars, plan_requests
 from radixgen.runtime.io_struct import AbortReq, BatchTokenOut, DetokRegister
 from radixgen.runtime.model_runner import ModelRunner
 from radixgen.runtime.request_state import RequestState
@@ -45,6 +45,7 @@ class Engine:
             self.server_args, self.model_runner, self.model_runner.model_config.eos_token_ids, self.tokenizer
         )
         self.detokenizer = Detokenizer(self.tokenizer)
+        self._max_prompt_chars = max_prompt_chars(self.tokenizer, self.model_runner.context_len)
         self._states: dict[str, RequestState] = {}
 
     # ------------------------------------------------------------------ public API
@@ -85,7 +86,8 @@ class Engine:
             rid=rid,
         )
         runner = self.model_runner
-        planned, single = plan_requests(obj, self.tokenizer, runner.context_len, runner.vocab_size, "prompt")
+        limits = {"max_prompt_chars": self._max_prompt_chars, "max_prompts": self.server_args.max_prompts_per_request}
+        planned, single = plan_requests(obj, self.tokenizer, runner.context_len, runner.vocab_size, "prompt", **limits)
         if stream and len(planned) != 1:
             raise InvalidRequestError("stream", "stream: streaming takes a single prompt with n=1")
         for p in planned:  # every request is checked before any is queued

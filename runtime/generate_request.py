@@ -163,8 +163,11 @@ def _check_int(name: str, v: object, lo: int) -> None:
         raise InvalidRequestError(name, f"{name}: must be an integer >= {lo}, got {v!r}")
 
 
-def _prompt_ids(obj: GenerateReqInput, tokenizer: Any, text_field: str) -> tuple[list[list[int]], bool]:
-    """Token-id lists of the prompts and whether the request was a single prompt."""
+def _prompt_ids(
+    obj: GenerateReqInput, tokenizer: Any, text_field: str, max_chars: int | None
+) -> tuple[list[list[int]], bool]:
+    """Token-id lists of the prompts and whether the request was a single prompt. A text longer than ``max_chars``
+    is refused before it is tokenized (it cannot fit the context)."""
     if (obj.text is None) == (obj.input_ids is None):
         raise InvalidRequestError(text_field, f"{text_field}/input_ids: give exactly one of them")
     if obj.text is not None:
@@ -174,6 +177,8 @@ def _prompt_ids(obj: GenerateReqInput, tokenizer: Any, text_field: str) -> tuple
             raise InvalidRequestError(text_field, f"{text_field}: must be a string or a non-empty list of strings")
         if any(t == "" for t in texts):
             raise InvalidRequestError(text_field, f"{text_field}: the prompt is empty")
+        for t in texts:
+            check_prompt_chars(t, text_field, max_chars)
         if hasattr(tokenizer, "encode_batch"):
             return tokenizer.encode_batch(texts), single
         return [tokenizer.encode(t) for t in texts], single
@@ -215,7 +220,13 @@ def _sampling_params(value: Any) -> SamplingParams:
 
 
 def plan_requests(
-    obj: GenerateReqInput, tokenizer: Any, context_len: int, vocab_size: int, text_field: str = "text"
+    obj: GenerateReqInput,
+    tokenizer: Any,
+    context_len: int,
+    vocab_size: int,
+    text_field: str = "text",
+    max_prompt_chars: int | None = None,
+    max_prompts: int | None = None,
 ) -> tuple[list[PlannedReq], bool]:
     """Tokenize, validate and expand a request (batch items × n samples): the one planner of every entry point.
 
@@ -223,6 +234,8 @@ def plan_requests(
         obj: the request. tokenizer: encodes ``obj.text`` (``encode`` or ``encode_batch``).
         context_len / vocab_size: the model's limits. text_field: what the entry point calls ``text`` in errors
             (the Engine's argument is ``prompt``).
+        max_prompt_chars: texts longer than this are refused before tokenizing (``max_prompt_chars(...)``).
+        max_prompts: at most this many scheduler requests (prompts × n) from one call.
 
     Returns:
         (the planned requests in response order, whether the response is a single dict rather than a list).
@@ -230,7 +243,7 @@ def plan_requests(
     Raises:
         InvalidRequestError: any invalid field, naming it; nothing has been sent then.
     """
-    id_lists, single = _prompt_ids(obj, tokenizer, text_field)
+    id_lists, single = _prompt_ids(obj, tokenizer, text_field, max_prompt_chars)
     sp = obj.sampling_params
     if isinstance(sp, list):
         if len(sp) != len(id_lists):
@@ -258,6 +271,12 @@ def plan_requests(
             raise InvalidRequestError("rid", f"rid: give one rid per prompt ({len(id_lists)})")
         if not all(isinstance(r, str) and r for r in rids) or len(set(rids)) != len(rids):
             raise InvalidRequestError("rid", "rid: must be distinct non-empty strings")
+    total = sum(p.n for p in param_list)
+    if max_prompts is not None and total > max_prompts:
+        field = text_field if obj.text is not None else "input_ids"
+        raise InvalidRequestError(
+            field, f"{field}: {total} prompts × samples in one request; at most {max_prompts} (max_prompts_per_request)"
+        )
     planned: list[PlannedReq] = []
     for i, (ids, params) in enumerate(zip(id_lists, param_list, strict=True)):
         validate_prompt(ids, params, context_len, vocab_size)
@@ -278,3 +297,24 @@ def plan_requests(
                 PlannedReq(req, len(planned), i, base, obj.return_text_in_logprobs, obj.session_id, obj.log_metrics)
             )
     return planned, single and len(planned) == 1
+
+
+def check_prompt_chars(text: str, field: str, max_chars: int | None) -> None:
+    """Refuse, before tokenizing it, a prompt text that cannot fit the context.
+
+    Raises:
+        InvalidRequestError: ``text`` has more than ``max_chars`` characters (``param``: ``field``).
+    """
+    if max_chars is not None and len(text) > max_chars:
+        raise InvalidRequestError(
+            field, f"{field}: the prompt has {len(text)} characters; no more than {max_chars} can fit the context "
+            "(context length × the tokenizer's longest token)"
+        )
+
+
+def max_prompt_chars(tokenizer: Any, context_len: int) -> int:
+    """The most characters a prompt can have and still fit ``context_len`` tokens: each token decodes to at most as
+    many characters as its vocabulary string has (SentencePiece's ``▁``, byte-level BPE's one symbol per byte, byte
+    fallback's ``<0x..>``), times 2 for normalizers that drop characters. A cheap bound checked before tokenizing."""
+    longest = max((len(t) for t in tokenizer.get_vocab()), default=1)
+    return 2 * context_len * max(longest, 1)

@@ -13,7 +13,7 @@ import asyncio
 import json
 import logging
 import re
-from collections.abc import AsyncIterator, Awaitable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request
@@ -34,6 +34,7 @@ _TYPES = {
     404: "not_found_error",
     405: "invalid_request_error",
     413: "invalid_request_error",
+    415: "invalid_request_error",
     500: "internal_server_error",
     503: "service_unavailable_error",
     504: "timeout_error",
@@ -149,12 +150,29 @@ def from_validation_error(exc: ValidationError | RequestValidationError) -> Http
     return bad_request(text, param)
 
 
+def require_json(request: Request) -> None:
+    """Refuse a request whose ``Content-Type`` is not JSON (``application/json`` or ``*/*+json``).
+
+    A web page can send a cross-site request without asking the server first (no CORS preflight) only with a form
+    content type (text/plain, urlencoded, multipart); requiring JSON on every route that reads a body or changes state
+    keeps such pages from driving the server (CSRF) while it runs without an API key.
+
+    Raises:
+        HttpError: 415 naming ``Content-Type``.
+    """
+    media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if media != "application/json" and not media.endswith("+json"):
+        raise HttpError(415, f"Content-Type: must be application/json, got {media or 'none'!r}", "Content-Type")
+
+
 async def read_json(request: Request) -> Any:
     """The decoded JSON body.
 
     Raises:
+        HttpError: 415 for a non-JSON Content-Type (``require_json``).
         InvalidRequestError: an empty or malformed body (``param`` ``body``).
     """
+    require_json(request)
     raw = await request.body()
     if not raw.strip():
         raise InvalidRequestError("body", "body: a JSON body is required")
@@ -162,6 +180,8 @@ async def read_json(request: Request) -> Any:
         return json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise InvalidRequestError("body", f"body: malformed JSON: {e}") from None
+    except RecursionError:  # e.g. "[" * 100000: Python's parser recurses once per nesting level
+        raise InvalidRequestError("body", "body: malformed JSON: nested too deeply") from None
 
 
 async def read_json_object(request: Request) -> dict[str, Any]:
@@ -202,6 +222,66 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _internal(_request: Request, exc: Exception) -> JSONResponse:
         return error_response(exc)
+
+
+# ---------------------------------------------------------------------------------------------------- sizes
+#: a request body larger than this (bytes) is tokenized on a worker thread, off the event loop
+LARGE_BODY_BYTES = 32_768
+
+
+def is_large(request: Request | None) -> bool:
+    """Whether the request's body is large enough to tokenize off the event loop (by its Content-Length)."""
+    if request is None:
+        return False
+    try:
+        return int(request.headers.get("content-length", "0")) > LARGE_BODY_BYTES
+    except ValueError:
+        return True
+
+
+async def off_loop_if(large: bool, fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)``, on a worker thread when ``large`` (tokenizing megabytes must not stall every other client)."""
+    if large:
+        return await asyncio.to_thread(fn, *args)
+    return fn(*args)
+
+
+class BodySizeLimitMiddleware:
+    """Pure ASGI middleware: 413 for a request body over ``limit()`` bytes — at once by its Content-Length, or while
+    it is read (a chunked body) — before any of it is parsed.
+
+    Args:
+        app: the wrapped app. limit: the current limit in bytes (it may depend on the model, known once loaded).
+    """
+
+    def __init__(self, app: Any, limit: Callable[[], int]) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.limit()
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > limit:
+            await _too_large(limit).response()(scope, receive, send)
+            return
+        seen = 0
+
+        async def counted() -> Any:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > limit:
+                raise _too_large(limit)
+            return message
+
+        await self.app(scope, counted, send)
+
+
+def _too_large(limit: int) -> HttpError:
+    return HttpError(413, f"body: larger than {limit} bytes (max_request_bytes)", "body")
 
 
 # ---------------------------------------------------------------------------------------------------- streaming

@@ -20,17 +20,20 @@ from typing import Any, TypeVar
 
 import msgspec
 from fastapi import FastAPI, Request, Response
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from radixgen.runtime.errors import InvalidRequestError
 from radixgen.runtime.generate_request import GenerateReqInput, parse_generate_body
 from radixgen.runtime.http_common import (
+    BodySizeLimitMiddleware,
     ClientDisconnected,
     install_error_handlers,
     openai_error,
     read_json,
     read_json_object,
+    require_json,
     run_unless_disconnected,
     sse_body,
 )
@@ -95,6 +98,10 @@ def create_app(tokenizer_manager: TokenizerManager, server_args: ServerArgs) -> 
     install_error_handlers(app)
     if server_args.api_key:
         app.add_middleware(ApiKeyMiddleware, api_key=server_args.api_key)
+    app.add_middleware(BodySizeLimitMiddleware, limit=lambda: max_request_bytes(server_args, tm.context_len))
+    if server_args.allowed_origins:  # otherwise no CORS headers: browsers refuse cross-origin calls
+        origins = [o.strip() for o in server_args.allowed_origins.split(",") if o.strip()]
+        app.add_middleware(CORSMiddleware, allow_origins=origins, allow_methods=["*"], allow_headers=["*"])
 
     @app.get("/health")
     async def health() -> Response:
@@ -156,7 +163,8 @@ def create_app(tokenizer_manager: TokenizerManager, server_args: ServerArgs) -> 
         return JSONResponse(info)
 
     @app.api_route("/flush_cache", methods=["POST", "GET"])
-    async def flush_cache() -> Response:
+    async def flush_cache(request: Request) -> Response:
+        require_json(request)  # state-changing: no form-type cross-site request (SGLang's client sends JSON's type)
         if not await tm.flush_cache():
             return openai_error(400, "flush_cache: refused while requests are queued or running")
         return JSONResponse({"success": True, "message": "Cache flushed."})
@@ -169,19 +177,22 @@ def create_app(tokenizer_manager: TokenizerManager, server_args: ServerArgs) -> 
             raise InvalidRequestError("abort_all", "abort_all: must be a boolean")
         if not abort_all and (not isinstance(rid, str) or not rid):
             raise InvalidRequestError("rid", "rid: must be a non-empty string (or give abort_all: true)")
-        await tm.abort_request(rid or "", abort_all=abort_all)
+        if not await tm.abort_request(rid or "", abort_all=abort_all):
+            return openai_error(404, f"rid: no request {rid!r} is in flight", "rid")
         return JSONResponse({"success": True})
 
     @app.api_route("/start_profile", methods=["GET", "POST"])
     async def start_profile(request: Request) -> Response:
         """Start the scheduler's torch profiler (optional JSON body: SGLang's ProfileReq options)."""
+        require_json(request)
         raw = await request.body()
         body = await read_json_object(request) if raw.strip() else {}
         return _profile_response(await tm.profile(profile_request(body)))
 
     @app.api_route("/stop_profile", methods=["GET", "POST"])
-    async def stop_profile() -> Response:
+    async def stop_profile(request: Request) -> Response:
         """Stop the profiler and write its Chrome trace."""
+        require_json(request)
         return _profile_response(await tm.profile(ProfileReq(action="stop")))
 
     @app.post("/tokenize")
@@ -273,6 +284,12 @@ def _profile_response(out: ProfileOut) -> Response:
     if not out.success:
         return openai_error(400, out.message)
     return Response(content=out.message + "\n", media_type="text/plain")
+
+
+def max_request_bytes(server_args: ServerArgs, context_len: int) -> int:
+    """``--max-request-bytes``, or by default max(4 MiB, 64 bytes per token of context): room for a full-context
+    prompt as escaped JSON text or token-id lists, and a batch of them."""
+    return server_args.max_request_bytes or max(4 << 20, 64 * context_len)
 
 
 def radixgen_version() -> str:

@@ -17,6 +17,8 @@ import regex
 from radixgen.runtime.errors import InvalidRequestError
 
 _MAX_STOP_STRINGS = 32
+#: beyond this the distribution is uniform to float32 precision; the same bound for every entry point
+MAX_TEMPERATURE = 2.0**16
 # SGLang sampling parameters this server does not implement (beam search, watermarking): accepted at SGLang's
 # default, refused by name otherwise
 _UNSUPPORTED_SGLANG_PARAMS: dict[str, object] = {"beam_width": None, "watermark": None, "ebnf_full_assistant": False}
@@ -36,7 +38,7 @@ class SamplingParams:
             ``finish_reason.matched`` is the pattern (SGLang's meaning). A pattern that matches the empty string is
             refused.
         stop_token_ids: extra token ids that end the request (like eos).
-        temperature: 0 = greedy; otherwise logits are divided by it.
+        temperature: 0 = greedy; otherwise logits are divided by it; at most ``MAX_TEMPERATURE``.
         top_p: nucleus mass in (0, 1]. top_k: -1 or 0 = all tokens, else keep the k best.
         min_p: drop tokens whose probability < min_p * max probability, in [0, 1].
         frequency_penalty / presence_penalty: OpenAI semantics over generated tokens, in [-2, 2].
@@ -194,7 +196,7 @@ class SamplingParams:
             raise InvalidRequestError("stop_token_ids", "stop_token_ids: must be a list of token ids")
         for t in self.stop_token_ids:
             _check_int("stop_token_ids", t, lo=0)
-        _check_float("temperature", self.temperature, lo=0.0)
+        _check_float("temperature", self.temperature, lo=0.0, hi=MAX_TEMPERATURE)
         _check_float("top_p", self.top_p, lo=0.0, lo_open=True, hi=1.0)
         _check_int("top_k", self.top_k, lo=-1)
         _check_float("min_p", self.min_p, lo=0.0, hi=1.0)

@@ -66,6 +66,9 @@ class ServerArgs:
     enable_metrics: bool = False
     stream_interval: int = 1
     incremental_streaming_output: bool = False
+    max_request_bytes: int | None = None
+    max_prompts_per_request: int = 1024
+    allowed_origins: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.model_path, str) or not self.model_path:
@@ -79,11 +82,14 @@ class ServerArgs:
         _choice("schedule_policy", self.schedule_policy, _POLICIES)
         if self.attention_backend is not None:
             _choice("attention_backend", self.attention_backend, _ATTENTION_BACKENDS)
-        for name in ("context_length", "max_total_tokens", "kv_cache_budget_bytes", "num_threads"):
+        for name in ("context_length", "max_total_tokens", "kv_cache_budget_bytes", "num_threads", "max_request_bytes"):
             v = getattr(self, name)
             if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v <= 0):
                 raise ValueError(f"{name}: must be a positive integer or None, got {v!r}")
-        for name in ("max_running_requests", "max_prefill_tokens", "chunked_prefill_size", "stream_interval"):
+        for name in (
+            "max_running_requests", "max_prefill_tokens", "chunked_prefill_size", "stream_interval",
+            "max_prompts_per_request",
+        ):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
                 raise ValueError(f"{name}: must be a positive integer, got {v!r}")
@@ -176,6 +182,10 @@ _HELP: dict[str, str] = {
     "enable_metrics": "Serve Prometheus metrics at GET /metrics (404 otherwise).",
     "stream_interval": "Streamed requests get an update every this many new tokens (a request's own "
     "sampling_params.stream_interval takes precedence).",
+    "max_request_bytes": "Largest HTTP request body in bytes (413 beyond it); default: max(4 MiB, 64 bytes per token "
+    "of context).",
+    "max_prompts_per_request": "Most prompts × samples one request may carry (a 400 beyond).",
+    "allowed_origins": "Comma-separated origins allowed to call the server from a browser (CORS); default: none.",
     "incremental_streaming_output": "Native /generate streams carry deltas (new text, output_ids and output "
     "logprobs) instead of the cumulative output, as SGLang's flag of the same name.",
 }

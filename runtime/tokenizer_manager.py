@@ -20,7 +20,7 @@ import zmq.asyncio
 
 from radixgen.runtime.errors import InvalidRequestError, RequestFailedError, ServerUnavailableError
 from radixgen.runtime.fast_tokenizer import load_tokenizer
-from radixgen.runtime.generate_request import GenerateReqInput, PlannedReq, plan_requests
+from radixgen.runtime.generate_request import GenerateReqInput, PlannedReq, max_prompt_chars, plan_requests
 from radixgen.runtime.io_struct import (
     AbortReq,
     BatchStrOut,
@@ -44,6 +44,8 @@ __all__ = ["GenerateReqInput", "RequestFailedError", "ServerUnavailableError", "
 
 logger = logging.getLogger(__name__)
 
+# prompts with more characters than this (in all) are tokenized on a worker thread, off the event loop
+_INLINE_TOKENIZE_CHARS = 32_768
 # seconds to wait for the scheduler's answer to a control request (flush_cache, server info)
 _CONTROL_TIMEOUT = 30.0
 
@@ -68,6 +70,7 @@ class TokenizerManager:
         self.server_args = server_args
         self.tokenizer = load_tokenizer(server_args.resolved_tokenizer_path)
         self.context_len = 0
+        self.max_prompt_chars: int | None = None  # set when ready (needs the context length)
         self.vocab_size = 0
         self.max_total_tokens = 0
         self.eos_token_ids: list[int] = []
@@ -160,7 +163,7 @@ class TokenizerManager:
         self.check_available()
         if incremental is None:
             incremental = self.server_args.incremental_streaming_output
-        planned, single = plan_requests(obj, self.tokenizer, self.context_len, self.vocab_size)
+        planned, single = await self.plan(obj)
         for p in planned:
             if p.rid in self._states:
                 raise InvalidRequestError("rid", f"rid: {p.rid!r} is already in use")
@@ -199,16 +202,31 @@ class TokenizerManager:
                     # the state stays registered until the scheduler's abort output arrives (logged, counted)
                     self._send(AbortReq(rid))  # synchronous: safe inside a cancelled task
 
-    async def abort_request(self, rid: str, abort_all: bool = False) -> None:
+    async def plan(self, obj: GenerateReqInput, text_field: str = "text") -> tuple[list[PlannedReq], bool]:
+        """``plan_requests`` with the server's limits; a large request is tokenized on a worker thread, so the event
+        loop (every other client, /health) never waits for it.
+
+        Raises:
+            InvalidRequestError: as ``plan_requests``.
+        """
+        args = (obj, self.tokenizer, self.context_len, self.vocab_size, text_field)
+        limits = {"max_prompt_chars": self.max_prompt_chars, "max_prompts": self.server_args.max_prompts_per_request}
+        texts = [obj.text] if isinstance(obj.text, str) else obj.text if isinstance(obj.text, list) else []
+        if sum(len(t) for t in texts if isinstance(t, str)) > _INLINE_TOKENIZE_CHARS:
+            return await asyncio.to_thread(plan_requests, *args, **limits)
+        return plan_requests(*args, **limits)
+
+    async def abort_request(self, rid: str, abort_all: bool = False) -> bool:
         """Abort a running request by its rid (or every sample of an n>1 request by the rid it was given), or with
-        ``abort_all`` every request. Unknown rids are ignored; an aborted request finishes with
-        ``finish_reason.type == "abort"``."""
+        ``abort_all`` every request; an aborted request finishes with ``finish_reason.type == "abort"``. Returns
+        False when no request in flight has that rid."""
         if abort_all:
             self._send(AbortReq("", abort_all=True))
-            return
+            return True
         targets = [st for st in self._states.values() if st.rid == rid or st.group == rid]
         for st in targets:
             self._send(AbortReq(st.rid))
+        return bool(targets)
 
     async def flush_cache(self) -> bool:
         """Drop the radix cache; False while requests are queued or running.
@@ -289,6 +307,7 @@ class TokenizerManager:
         self.vocab_size = msg.vocab_size
         self.max_total_tokens = msg.max_total_tokens
         self.eos_token_ids = list(msg.eos_token_ids)
+        self.max_prompt_chars = max_prompt_chars(self.tokenizer, msg.context_len)
         self.is_ready = self.dead_reason is None
         self._ready_event.set()
         logger.info(

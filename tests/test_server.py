@@ -209,9 +209,9 @@ def test_concurrent_streams_match_sequential(server: ServerHandle) -> None:
     prompts = [f"{PROMPTS[i % len(PROMPTS)]} {'and then' * (i // len(PROMPTS))}".strip() for i in range(32)]
     params = {**GREEDY, "max_new_tokens": 20}
     with server.client() as c:
-        c.post("/flush_cache")
+        c.post("/flush_cache", json={})
         sequential = [c.post("/generate", json={"text": p, "sampling_params": params}).json()["text"] for p in prompts]
-        c.post("/flush_cache")
+        c.post("/flush_cache", json={})
 
     async def one(client: httpx.AsyncClient, prompt: str) -> str:
         last: dict[str, Any] = {}
@@ -307,7 +307,7 @@ def test_info_tokenize_flush_health(server: ServerHandle) -> None:
         assert tok["tokens"] == tok["input_ids"] == [1, 403, 407, 261, 378] and tok["count"] == 5
         assert c.post("/detokenize", json={"tokens": tok["tokens"][1:]}).json()["text"] == "Once upon a time"
         assert c.get("/health").status_code == 200 and c.get("/health_generate").status_code == 200
-        assert c.post("/flush_cache").json()["success"] is True
+        assert c.post("/flush_cache", json={}).json()["success"] is True
         assert c.get("/get_server_info").json()["kv_cached_tokens"] == 0
 
 

@@ -20,7 +20,8 @@ from server_fixtures import ServerHandle, sse_events, start_server
 
 PROMPT = "Once upon a time"
 GREEDY = {"temperature": 0, "max_new_tokens": 48}
-PATTERN = r"l[a-z]+ g"  # "little girl" in stories260K's greedy continuation of PROMPT
+PATTERN = r"l[a-z]+ g"
+JSON_TYPE = {"Content-Type": "application/json; charset=utf-8"}  # what SGLang's http_request always sends  # "little girl" in stories260K's greedy continuation of PROMPT
 
 
 @pytest.fixture(scope="module")
@@ -160,16 +161,17 @@ def test_profiler_routes_write_a_chrome_trace(server: ServerHandle, tmp_path: Pa
         assert r.status_code == 200, r.text
         assert c.post("/start_profile", json={"output_dir": str(tmp_path)}).status_code == 400  # already running
         generate(c, sampling_params={**GREEDY, "max_new_tokens": 8})
-        r = c.post("/stop_profile")
+        r = c.post("/stop_profile", headers=JSON_TYPE)
         assert r.status_code == 200, r.text
         traces = list(tmp_path.glob("*-scheduler.trace.json"))
         assert len(traces) == 1 and json.loads(traces[0].read_text())["traceEvents"]
-        assert c.get("/stop_profile").status_code == 400  # nothing running
+        assert c.get("/stop_profile", headers=JSON_TYPE).status_code == 400  # nothing running
         assert error(c, "/start_profile", {"profile_by_stage": True})["param"] == "profile_by_stage"
         assert error(c, "/start_profile", {"bogus": 1})["param"] == "bogus"
-        r = c.get("/start_profile")  # no body: SGLang's defaults
+        assert c.get("/start_profile").status_code == 415  # state-changing: no form-type (cross-site) requests
+        r = c.get("/start_profile", headers=JSON_TYPE)  # no body (SGLang's defaults), as SGLang's client sends it
         assert r.status_code == 200
-        assert c.post("/stop_profile").status_code == 200
+        assert c.post("/stop_profile", headers=JSON_TYPE).status_code == 200
 
 
 def test_incremental_streaming_output_sends_deltas() -> None:

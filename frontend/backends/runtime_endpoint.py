@@ -155,7 +155,7 @@ class RuntimeEndpoint(Backend):
 
     def flush_cache(self) -> dict[str, Any]:
         """``POST /flush_cache`` (refused with BackendRequestError while requests are running)."""
-        return self._request("POST", "/flush_cache")
+        return self._request("POST", "/flush_cache", {})  # a JSON body: the server refuses form-type requests
 
     def health(self) -> bool:
         """Whether ``GET /health`` answers 200 (False on any error; never raises)."""

@@ -8,7 +8,8 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
 
-from radixgen.runtime.http_common import bad_request, from_validation_error, http_error
+from radixgen.runtime.generate_request import check_prompt_chars
+from radixgen.runtime.http_common import bad_request, from_validation_error, http_error, is_large, off_loop_if
 from radixgen.runtime.openai_api.chat_templates import ChatTemplateError, render_chat
 from radixgen.runtime.openai_api.protocol import (
     ChatCompletionChoice,
@@ -82,6 +83,7 @@ def _build(ctx: ApiContext, req: ChatCompletionRequest, rid: str) -> OpenAIRun:
         )
     except ChatTemplateError as e:
         raise bad_request(f"messages: {e}", "messages") from None
+    check_prompt_chars(text, "messages", getattr(tm, "max_prompt_chars", None))
     ids = tm.tokenizer.encode(text, add_special_tokens=False)  # the template writes any BOS itself
     if req.max_completion_tokens is not None:
         field, max_new = "max_completion_tokens", req.max_completion_tokens
@@ -106,7 +108,7 @@ async def create_chat_completion(ctx: ApiContext, body: Any, request: Request | 
     except ValidationError as e:
         raise from_validation_error(e) from None
     rid = new_id("chatcmpl")
-    run = _build(ctx, req, rid)
+    run = await off_loop_if(is_large(request), _build, ctx, req, rid)
     if req.stream:
         return await _stream(ctx, req, run, rid)
     results = await run.results(ctx.tm, request)

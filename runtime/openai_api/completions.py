@@ -8,7 +8,8 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
 
-from radixgen.runtime.http_common import bad_request, from_validation_error, http_error
+from radixgen.runtime.generate_request import check_prompt_chars
+from radixgen.runtime.http_common import bad_request, from_validation_error, http_error, is_large, off_loop_if
 from radixgen.runtime.openai_api.protocol import (
     CompletionChoice,
     CompletionLogProbs,
@@ -29,8 +30,8 @@ from radixgen.runtime.openai_api.serving import (
 )
 
 
-def _prompts(req: CompletionRequest, tokenizer: Any) -> tuple[list[list[int]], list[str]]:
-    """Token ids and text (for echo) of every prompt."""
+def _prompts(req: CompletionRequest, tokenizer: Any, max_chars: int | None) -> tuple[list[list[int]], list[str]]:
+    """Token ids and text (for echo) of every prompt (a text too long to fit the context is refused untokenized)."""
     p = req.prompt
     if isinstance(p, str):
         texts: list[str] = [p]
@@ -42,6 +43,8 @@ def _prompts(req: CompletionRequest, tokenizer: Any) -> tuple[list[list[int]], l
     else:
         ids = [list(x) for x in p]  # type: ignore[union-attr]
         return ids, [tokenizer.decode(x, skip_special_tokens=True) for x in ids]
+    for t in texts:
+        check_prompt_chars(t, "prompt", max_chars)
     return [tokenizer.encode(t) for t in texts], texts
 
 
@@ -99,7 +102,7 @@ def _build(ctx: ApiContext, req: CompletionRequest, rid: str) -> tuple[OpenAIRun
     reject_unsupported(req, {"suffix": req.suffix or None})
     if req.best_of is not None and req.best_of != req.n:
         raise bad_request("best_of: only best_of equal to n is supported", "best_of")
-    prompts, texts = _prompts(req, tm.tokenizer)
+    prompts, texts = _prompts(req, tm.tokenizer, getattr(tm, "max_prompt_chars", None))
     explicit_null = "max_tokens" in req.model_fields_set and req.max_tokens is None
     renames = openai_renames("prompt")
     try:
@@ -125,7 +128,7 @@ async def create_completion(ctx: ApiContext, body: Any, request: Request | None 
     except ValidationError as e:
         raise from_validation_error(e) from None
     rid = new_id("cmpl")
-    run, texts = _build(ctx, req, rid)
+    run, texts = await off_loop_if(is_large(request), _build, ctx, req, rid)
     if req.stream:
         return await _stream(ctx, req, run, texts, rid)
     results = await run.results(ctx.tm, request)

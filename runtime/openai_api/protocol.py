@@ -87,7 +87,7 @@ class SamplingRequest(BaseModel):
 
     model: str | None = None
     n: int = Field(1, ge=1, le=_MAX_N)
-    temperature: float | None = Field(None, ge=0.0, le=2.0**16)
+    temperature: float | None = None  # range checked once, by SamplingParams (the one validation of every route)
     top_p: float | None = Field(None, gt=0.0, le=1.0)
     stop: list[str] | None = None
     seed: int | None = Field(None, ge=0, le=2**63 - 1)
