@@ -20,8 +20,8 @@ from server_fixtures import ServerHandle, sse_events, start_server
 
 PROMPT = "Once upon a time"
 GREEDY = {"temperature": 0, "max_new_tokens": 48}
-PATTERN = r"l[a-z]+ g"
-JSON_TYPE = {"Content-Type": "application/json; charset=utf-8"}  # what SGLang's http_request always sends  # "little girl" in stories260K's greedy continuation of PROMPT
+PATTERN = r"l[a-z]+ g"  # "little girl" in stories260K's greedy continuation of PROMPT
+JSON_TYPE = {"Content-Type": "application/json; charset=utf-8"}  # what SGLang's http_request always sends
 
 
 @pytest.fixture(scope="module")
