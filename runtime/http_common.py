@@ -34,6 +34,7 @@ _TYPES = {
     404: "not_found_error",
     405: "invalid_request_error",
     413: "invalid_request_error",
+    429: "rate_limit_error",
     415: "invalid_request_error",
     500: "internal_server_error",
     503: "service_unavailable_error",
@@ -57,20 +58,29 @@ class HttpError(Exception):
         param: the request field at fault, if any.
         type_: error type (``invalid_request_error``, ``not_found_error``, ``server_error`` ...); by default the
             one of ``status``.
+        headers: extra response headers (e.g. ``Retry-After`` with a 429).
     """
 
-    def __init__(self, status: int, message: str, param: str | None = None, type_: str | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        param: str | None = None,
+        type_: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.param = param
         self.type = type_ or _TYPES.get(status, "error")
+        self.headers = headers or {}
 
     def body(self) -> dict[str, Any]:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.status}}
 
     def response(self) -> JSONResponse:
-        return JSONResponse(self.body(), status_code=self.status)
+        return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
 
 
 def bad_request(message: str, param: str | None = None) -> HttpError:

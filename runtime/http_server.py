@@ -9,7 +9,6 @@ POST|GET /flush_cache, POST /abort_request, POST /tokenize, POST /detokenize, GE
 
 from __future__ import annotations
 
-import hmac
 import importlib.util
 import logging
 import uuid
@@ -22,8 +21,8 @@ import msgspec
 from fastapi import FastAPI, Request, Response
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, StreamingResponse
-from starlette.types import ASGIApp, Receive, Scope, Send
 
+from radixgen.runtime.api_keys import ApiKeyMiddleware, KeyLimiter, KeyPolicy, load_api_keys, owner_of
 from radixgen.runtime.errors import InvalidRequestError
 from radixgen.runtime.generate_request import GenerateReqInput, parse_generate_body
 from radixgen.runtime.http_common import (
@@ -46,29 +45,6 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 __all__ = ["create_app"]
-
-
-class ApiKeyMiddleware:
-    """Pure ASGI middleware (does not buffer streams): 401 unless ``Authorization: Bearer <api_key>``.
-
-    Args:
-        app: the wrapped app. api_key: the expected key. exempt: paths served without a key.
-    """
-
-    def __init__(self, app: ASGIApp, api_key: str, exempt: tuple[str, ...] = ("/health",)) -> None:
-        self.app = app
-        self.api_key = api_key.encode()
-        self.exempt = exempt
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] not in self.exempt and scope["method"] != "OPTIONS":
-            auth = dict(scope["headers"]).get(b"authorization", b"")
-            scheme, _, key = auth.partition(b" ")
-            if scheme.lower() != b"bearer" or not hmac.compare_digest(key.strip(), self.api_key):
-                msg = "invalid or missing API key: send 'Authorization: Bearer <key>'"
-                await openai_error(401, msg)(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
 
 
 async def _first(gen: AsyncIterator[T]) -> T:
@@ -96,8 +72,11 @@ def create_app(tokenizer_manager: TokenizerManager, server_args: ServerArgs) -> 
 
     app = FastAPI(title="radixgen", lifespan=lifespan)
     install_error_handlers(app)
-    if server_args.api_key:
-        app.add_middleware(ApiKeyMiddleware, api_key=server_args.api_key)
+    policies = api_key_policies(server_args)
+    if policies:
+        limiter = KeyLimiter(policies, tm.metrics.registry if tm.metrics is not None else None)
+        tm.charge_tokens = limiter.charge_tokens
+        app.add_middleware(ApiKeyMiddleware, limiter=limiter)
     app.add_middleware(BodySizeLimitMiddleware, limit=lambda: max_request_bytes(server_args, tm.context_len))
     if server_args.allowed_origins:  # otherwise no CORS headers: browsers refuse cross-origin calls
         origins = [o.strip() for o in server_args.allowed_origins.split(",") if o.strip()]
@@ -177,7 +156,10 @@ def create_app(tokenizer_manager: TokenizerManager, server_args: ServerArgs) -> 
             raise InvalidRequestError("abort_all", "abort_all: must be a boolean")
         if not abort_all and (not isinstance(rid, str) or not rid):
             raise InvalidRequestError("rid", "rid: must be a non-empty string (or give abort_all: true)")
-        if not await tm.abort_request(rid or "", abort_all=abort_all):
+        owner = owner_of(request)
+        if abort_all and owner is not None and not owner.admin:
+            return openai_error(403, "abort_all: needs an admin API key", "abort_all")
+        if not await tm.abort_request(rid or "", abort_all=abort_all, owner=owner):
             return openai_error(404, f"rid: no request {rid!r} is in flight", "rid")
         return JSONResponse({"success": True})
 
@@ -235,7 +217,7 @@ def create_app(tokenizer_manager: TokenizerManager, server_args: ServerArgs) -> 
     async def generate(request: Request) -> Response:
         obj = parse_generate_body(await read_json(request))
         tm.check_available()
-        gen = tm.generate_request(obj)
+        gen = tm.generate_request(obj, owner=owner_of(request))
         if not obj.stream:
             return JSONResponse(await run_unless_disconnected(request, _first(gen)))
         try:  # the first update validates the request: errors before it are plain HTTP errors
@@ -284,6 +266,20 @@ def _profile_response(out: ProfileOut) -> Response:
     if not out.success:
         return openai_error(400, out.message)
     return Response(content=out.message + "\n", media_type="text/plain")
+
+
+def api_key_policies(server_args: ServerArgs) -> list[KeyPolicy]:
+    """The keys: ``--api-key`` (an admin, no limits) and the entries of ``--api-key-file``.
+
+    Raises:
+        ValueError: a malformed key file (naming its line) or a key given twice.
+    """
+    policies = [KeyPolicy(server_args.api_key, admin=True)] if server_args.api_key else []
+    if server_args.api_key_file:
+        policies += load_api_keys(server_args.api_key_file)
+    if len({p.key for p in policies}) != len(policies):
+        raise ValueError("api_key: --api-key is also listed in --api-key-file")
+    return policies
 
 
 def max_request_bytes(server_args: ServerArgs, context_len: int) -> int:

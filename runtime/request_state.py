@@ -42,6 +42,7 @@ class RequestState:
         self.group = planned.base_rid
         self.session_id = planned.session_id
         self.log_metrics = planned.log_metrics
+        self.owner: Any = None  # the API key policy that sent it (server with keys)
         self.index = planned.index
         self.event = event
         self.return_logprob = planned.req.return_logprob

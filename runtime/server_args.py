@@ -69,12 +69,15 @@ class ServerArgs:
     max_request_bytes: int | None = None
     max_prompts_per_request: int = 1024
     allowed_origins: str | None = None
+    api_key_file: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.model_path, str) or not self.model_path:
             raise ValueError("model_path: must be a non-empty path")
         if not os.path.isdir(self.model_path):
             raise ValueError(f"model_path: {self.model_path!r} is not a directory")
+        if self.api_key_file is not None and not os.path.isfile(self.api_key_file):
+            raise ValueError(f"api_key_file: {self.api_key_file!r} is not a file")
         if self.tokenizer_path is not None and not os.path.isdir(self.tokenizer_path):
             raise ValueError(f"tokenizer_path: {self.tokenizer_path!r} is not a directory")
         _choice("dtype", self.dtype, _DTYPES)
@@ -185,6 +188,8 @@ _HELP: dict[str, str] = {
     "max_request_bytes": "Largest HTTP request body in bytes (413 beyond it); default: max(4 MiB, 64 bytes per token "
     "of context).",
     "max_prompts_per_request": "Most prompts × samples one request may carry (a 400 beyond).",
+    "api_key_file": "API keys, one a line: KEY REQUESTS_PER_MIN TOKENS_PER_MIN MAX_CONCURRENT [admin] (0 = unlimited); "
+    "a key aborts only its own requests unless admin; over budget: 429 with Retry-After.",
     "allowed_origins": "Comma-separated origins allowed to call the server from a browser (CORS); default: none.",
     "incremental_streaming_output": "Native /generate streams carry deltas (new text, output_ids and output "
     "logprobs) instead of the cumulative output, as SGLang's flag of the same name.",

@@ -78,6 +78,7 @@ class TokenizerManager:
         self.dead_reason: str | None = None
         self.metrics = ServerMetrics() if server_args.enable_metrics else None
         self.child_pids: dict[str, int] = {}
+        self.charge_tokens: Any = None  # api_keys.KeyLimiter.charge_tokens when API keys have token quotas
         self._states: dict[str, RequestState] = {}
         self._sync_ctx: zmq.Context[Any] = zmq.Context()
         self._send_sock = push_socket(self._sync_ctx, ipc.scheduler)
@@ -144,13 +145,14 @@ class TokenizerManager:
 
     # ------------------------------------------------------------------ requests
     async def generate_request(
-        self, obj: GenerateReqInput, incremental: bool | None = None
+        self, obj: GenerateReqInput, incremental: bool | None = None, owner: Any = None
     ) -> AsyncIterator[dict[str, Any] | list[dict[str, Any]]]:
         """Run a native generate request.
 
         Validates first (nothing is sent if any item is invalid). With ``obj.stream`` it yields one dict per
         update (cumulative ``text`` and ``output_ids``, or only the new ones when ``incremental`` — by default
-        ``--incremental-streaming-output``; the last one of each request has
+        ``--incremental-streaming-output``; ``owner``, the API key's policy (api_keys.KeyPolicy) that sent it, is
+        charged its tokens and alone (or an admin) may abort it; the last one of each request has
         ``meta_info.finish_reason``; batch / n>1 items carry ``"index"``); otherwise one final item: a dict, or
         a list for a batch or n>1. Closing the iterator early (client disconnect) aborts the unfinished
         requests, whose KV then returns to the pool.
@@ -169,6 +171,8 @@ class TokenizerManager:
                 raise InvalidRequestError("rid", f"rid: {p.rid!r} is already in use")
         event = asyncio.Event()
         states = [self._new_state(p, event) for p in planned]
+        for st in states:
+            st.owner = owner
         try:
             for p in planned:
                 self._send(p.req)
@@ -216,14 +220,22 @@ class TokenizerManager:
             return await asyncio.to_thread(plan_requests, *args, **limits)
         return plan_requests(*args, **limits)
 
-    async def abort_request(self, rid: str, abort_all: bool = False) -> bool:
+    async def abort_request(self, rid: str, abort_all: bool = False, owner: Any = None) -> bool:
         """Abort a running request by its rid (or every sample of an n>1 request by the rid it was given), or with
-        ``abort_all`` every request; an aborted request finishes with ``finish_reason.type == "abort"``. Returns
-        False when no request in flight has that rid."""
+        ``abort_all`` every request; an aborted request finishes with ``finish_reason.type == "abort"``.
+
+        With API keys, ``owner`` (the caller's KeyPolicy) aborts only the requests it sent, unless it is an admin;
+        ``abort_all`` is an admin's. Returns False when no such request (of the caller's) is in flight.
+        """
+        admin = owner is None or owner.admin
         if abort_all:
+            if not admin:
+                return False
             self._send(AbortReq("", abort_all=True))
             return True
-        targets = [st for st in self._states.values() if st.rid == rid or st.group == rid]
+        targets = [
+            st for st in self._states.values() if (st.rid == rid or st.group == rid) and (admin or st.owner is owner)
+        ]
         for st in targets:
             self._send(AbortReq(st.rid))
         return bool(targets)
@@ -349,7 +361,10 @@ class TokenizerManager:
             self.metrics.observe_stats(stats)
 
     def _log_finished(self, st: RequestState) -> None:
-        """One structured (JSON) log line per finished request, and its metrics (unless ``log_metrics`` is off)."""
+        """Charge the request's tokens to its API key; one structured (JSON) log line and its metrics (unless
+        ``log_metrics`` is off)."""
+        if st.owner is not None and self.charge_tokens is not None:
+            self.charge_tokens(st.owner, st.prompt_tokens + st.completion_tokens)
         if not st.log_metrics:
             return
         ttft = None if st.first_token_time is None else st.first_token_time - st.created

@@ -8,6 +8,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
 
+from radixgen.runtime.api_keys import owner_of
 from radixgen.runtime.generate_request import check_prompt_chars
 from radixgen.runtime.http_common import bad_request, from_validation_error, http_error, is_large, off_loop_if
 from radixgen.runtime.openai_api.protocol import (
@@ -129,6 +130,7 @@ async def create_completion(ctx: ApiContext, body: Any, request: Request | None 
         raise from_validation_error(e) from None
     rid = new_id("cmpl")
     run, texts = await off_loop_if(is_large(request), _build, ctx, req, rid)
+    run.owner = owner_of(request)
     if req.stream:
         return await _stream(ctx, req, run, texts, rid)
     results = await run.results(ctx.tm, request)

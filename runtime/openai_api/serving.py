@@ -140,6 +140,7 @@ class OpenAIRun:
     rid: str
     renames: Mapping[str, str]
     logprobs: dict[str, Any] = field(default_factory=dict)
+    owner: Any = None  # the API key policy that sent it (api_keys.owner_of)
 
     @property
     def n(self) -> int:
@@ -169,7 +170,7 @@ class OpenAIRun:
             HttpError: invalid input (in this route's field names) or a failed request.
             ClientDisconnected: the client went away first (everything is aborted).
         """
-        agen = tm.generate_request(self.to_input(stream=False))
+        agen = tm.generate_request(self.to_input(stream=False), owner=self.owner)
         try:
             final = await run_unless_disconnected(request, anext(agen))
         except StopAsyncIteration:
@@ -187,7 +188,7 @@ class OpenAIRun:
         Raises:
             HttpError: invalid input, in this route's field names.
         """
-        agen = tm.generate_request(self.to_input(stream=True), incremental=False)
+        agen = tm.generate_request(self.to_input(stream=True), incremental=False, owner=self.owner)
 
         async def updates() -> AsyncGenerator[tuple[int, dict[str, Any]]]:
             try:
