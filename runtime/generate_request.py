@@ -61,7 +61,7 @@ class GenerateReqInput:
 
     text: str | list[str] | None = None
     input_ids: list[int] | list[list[int]] | None = None
-    sampling_params: Any = None
+    sampling_params: SamplingParams | list[SamplingParams] | dict[str, Any] | list[dict[str, Any]] | None = None
     return_logprob: bool = False
     logprob_start_len: int = -1
     top_logprobs_num: int = 0

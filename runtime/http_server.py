@@ -24,11 +24,13 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from radixgen.runtime.api_keys import ApiKeyMiddleware, KeyLimiter, KeyPolicy, load_api_keys, owner_of
 from radixgen.runtime.errors import InvalidRequestError
-from radixgen.runtime.generate_request import GenerateReqInput, parse_generate_body
+from radixgen.runtime.generate_request import GenerateReqInput, check_prompt_chars, parse_generate_body
 from radixgen.runtime.http_common import (
     BodySizeLimitMiddleware,
     ClientDisconnected,
     install_error_handlers,
+    is_large,
+    off_loop_if,
     openai_error,
     read_json,
     read_json_object,
@@ -38,6 +40,7 @@ from radixgen.runtime.http_common import (
 )
 from radixgen.runtime.io_struct import ProfileOut, ProfileReq
 from radixgen.runtime.metrics import CONTENT_TYPE
+from radixgen.runtime.openapi_spec import install_openapi
 from radixgen.runtime.server_args import ServerArgs
 from radixgen.runtime.tokenizer_manager import TokenizerManager
 
@@ -183,14 +186,18 @@ def create_app(tokenizer_manager: TokenizerManager, server_args: ServerArgs) -> 
         text, add_special = body.get("text", body.get("prompt")), body.get("add_special_tokens", True)
         if not isinstance(add_special, bool):
             raise InvalidRequestError("add_special_tokens", "add_special_tokens: must be a boolean")
-        if isinstance(text, str):
-            ids: Any = tm.tokenizer.encode(text, add_special_tokens=add_special)
-            count: Any = len(ids)
-        elif isinstance(text, list) and text and all(isinstance(t, str) for t in text):
-            ids = [tm.tokenizer.encode(t, add_special_tokens=add_special) for t in text]
-            count = [len(x) for x in ids]
-        else:
+        texts = [text] if isinstance(text, str) else text
+        if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
             raise InvalidRequestError("text", "text: must be a string or a non-empty list of strings")
+        for t in texts:  # a text that cannot fit the context is no prompt: refused before tokenizing it
+            check_prompt_chars(t, "text", tm.max_prompt_chars)
+
+        def encode() -> list[list[int]]:
+            return [tm.tokenizer.encode(t, add_special_tokens=add_special) for t in texts]
+
+        encoded = await off_loop_if(is_large(request), encode)
+        ids: Any = encoded[0] if isinstance(text, str) else encoded
+        count: Any = len(ids) if isinstance(text, str) else [len(x) for x in encoded]
         return JSONResponse({"tokens": ids, "input_ids": ids, "count": count, "max_model_len": tm.context_len})
 
     @app.post("/detokenize")
@@ -232,6 +239,7 @@ def create_app(tokenizer_manager: TokenizerManager, server_args: ServerArgs) -> 
         from radixgen.runtime.openai_api import register_openai_routes  # type: ignore[attr-defined]
 
         register_openai_routes(app, tm, server_args)
+    install_openapi(app, api_keys=bool(policies))
     return app
 
 

@@ -67,6 +67,7 @@ def test_body_size_char_bound_and_prompt_count_limits(server: ServerHandle) -> N
         big = "word " * 400_000  # 2 MB: under the body limit, far more characters than the context can hold
         for path, body, field in [("/generate", {"text": big}, "text"),
                                   ("/v1/completions", {"prompt": big, "max_tokens": 1}, "prompt"),
+                                  ("/tokenize", {"text": big}, "text"),
                                   ("/v1/chat/completions", {"messages": [{"role": "user", "content": big}]},
                                    "messages")]:
             r = c.post(path, json=body)

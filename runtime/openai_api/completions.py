@@ -38,11 +38,11 @@ def _prompts(req: CompletionRequest, tokenizer: Any, max_chars: int | None) -> t
         texts: list[str] = [p]
     elif all(isinstance(x, str) for x in p):
         texts = list(p)  # type: ignore[arg-type]
-    elif all(isinstance(x, int) for x in p):
-        ids = [list(p)]  # type: ignore[arg-type]
-        return ids, [tokenizer.decode(ids[0], skip_special_tokens=True) for _ in ids]
     else:
-        ids = [list(x) for x in p]  # type: ignore[union-attr]
+        ids = [list(p)] if all(isinstance(x, int) for x in p) else [list(x) for x in p]  # type: ignore[arg-type,union-attr]
+        size = len(tokenizer)
+        if any(not 0 <= t < size for lst in ids for t in lst):  # before decoding them for echo
+            raise bad_request(f"prompt: token ids must be in [0, {size})", "prompt")
         return ids, [tokenizer.decode(x, skip_special_tokens=True) for x in ids]
     for t in texts:
         check_prompt_chars(t, "prompt", max_chars)
