@@ -38,7 +38,7 @@ from radixgen.runtime.http_common import (
     run_unless_disconnected,
     sse_body,
 )
-from radixgen.runtime.io_struct import ProfileOut, ProfileReq
+from radixgen.runtime.io_struct import PROFILE_BODY_FIELDS, ProfileOut, ProfileReq
 from radixgen.runtime.metrics import CONTENT_TYPE
 from radixgen.runtime.openapi_spec import install_openapi
 from radixgen.runtime.server_args import ServerArgs
@@ -244,7 +244,6 @@ def create_app(tokenizer_manager: TokenizerManager, server_args: ServerArgs) -> 
 
 
 # SGLang ProfileReq options this server implements; the others are refused when set (never ignored)
-_PROFILE_FIELDS = ("output_dir", "num_steps", "activities", "with_stack", "record_shapes", "profile_prefix")
 _PROFILE_DEFAULTS: dict[str, Any] = {
     "start_step": None, "profile_by_stage": False, "profile_id": None, "merge_profiles": False,
     "profile_stages": None, "detailed_annotations": False,
@@ -262,10 +261,10 @@ def profile_request(body: dict[str, Any]) -> ProfileReq:
         if key in _PROFILE_DEFAULTS:
             if value != _PROFILE_DEFAULTS[key]:
                 raise InvalidRequestError(key, f"{key}: not supported by this server")
-        elif key not in _PROFILE_FIELDS:
+        elif key not in PROFILE_BODY_FIELDS:
             raise InvalidRequestError(key, f"{key}: unknown field")
     try:
-        return msgspec.convert({k: body[k] for k in _PROFILE_FIELDS if k in body}, ProfileReq)
+        return msgspec.convert({k: body[k] for k in PROFILE_BODY_FIELDS if k in body}, ProfileReq)
     except msgspec.ValidationError as e:
         raise InvalidRequestError(None, f"start_profile: {e}") from None
 

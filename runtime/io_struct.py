@@ -210,6 +210,10 @@ class ProfileReq(msgspec.Struct, tag=True):
     profile_prefix: str | None = None
 
 
+#: the ProfileReq fields a /start_profile body may set (``action`` is the route's)
+PROFILE_BODY_FIELDS = ("output_dir", "num_steps", "activities", "with_stack", "record_shapes", "profile_prefix")
+
+
 class ProfileOut(msgspec.Struct, tag=True):
     """Reply to ProfileReq: whether it was done, and what (or why not)."""
 

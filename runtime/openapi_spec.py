@@ -11,10 +11,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
 from fastapi import FastAPI
-from pydantic import BaseModel, Field, TypeAdapter
+from pydantic import BaseModel, Field, TypeAdapter, create_model
 
 from radixgen.runtime.generate_request import GenerateReqInput
+from radixgen.runtime.io_struct import PROFILE_BODY_FIELDS, ProfileReq
 from radixgen.runtime.openai_api.protocol import ChatCompletionRequest, CompletionRequest
 
 _REF = "#/components/schemas/{model}"
@@ -49,13 +51,11 @@ class DetokenizeRequest(BaseModel):
     skip_special_tokens: bool = False
 
 
-class ProfileRequest(BaseModel):
-    output_dir: str | None = None
-    num_steps: int | None = None
-    activities: list[str] | None = None
-    with_stack: bool | None = None
-    record_shapes: bool | None = None
-    profile_prefix: str | None = None
+# the /start_profile body: ProfileReq's body fields, with their types and defaults (one source of truth)
+_PROFILE_BODY: dict[str, Any] = {
+    f.name: (f.type, f.default) for f in msgspec.structs.fields(ProfileReq) if f.name in PROFILE_BODY_FIELDS
+}
+ProfileRequest = create_model("ProfileRequest", **_PROFILE_BODY)
 
 
 # path → (methods, request model or None, required body, extra error statuses)
