@@ -10,11 +10,16 @@ from collections.abc import Sequence
 from dataclasses import MISSING, dataclass, fields
 from typing import Any, Literal
 
+from radixgen.runtime.models.checkpoint_path import find_gguf_file
+from radixgen.runtime.models.quant_config import QuantizationConfig
+
 _DTYPES = ("auto", "float32", "bfloat16", "float16")
+_KV_CACHE_DTYPES = ("auto", "fp8_e4m3", "fp8_e5m2", "int8")  # = radix.kv_quant.KV_CACHE_DTYPES (that imports torch)
 _LOAD_FORMATS = ("auto", "safetensors", "dummy")
 _POLICIES = ("fcfs", "lpm")
 _ATTENTION_BACKENDS = ("torch", "triton")
-_GRAMMAR_BACKENDS = ("xgrammar", "outlines")
+_GRAMMAR_BACKENDS = ("xgrammar", "llguidance", "outlines")
+_SPEC_ALGORITHMS = ("ngram", "draft")
 
 
 @dataclass(frozen=True)
@@ -49,13 +54,24 @@ class ServerArgs:
     num_threads: int | None = None
     dense_decode_kv_mb: int | None = None
     disable_shared_prefix_attention: bool = False
+    # weight-only quantization of the linear layers (runtime/models/linear.py): int8wo | int4wo | int4wo-<group>
+    quantization: str | None = None
+    quantize_lm_head: bool = False
+    kv_cache_dtype: str = "auto"  # KV pool storage (radix/kv_quant.py): auto | fp8_e4m3 | fp8_e5m2 | int8
     # grammar-constrained decoding (radixgen.grammar)
-    grammar_backend: Literal["xgrammar", "outlines"] = "xgrammar"
+    grammar_backend: Literal["xgrammar", "llguidance", "outlines"] = "xgrammar"
     grammar_compile_timeout: float = 30.0
     grammar_max_spec_bytes: int = 256 * 1024
     grammar_max_nesting_depth: int = 128
     grammar_any_whitespace: bool = False
+    grammar_strict_json_schema: bool = False
     enable_jump_forward: bool = False
+    # speculative decoding (runtime/speculative): SGLang's flag names
+    speculative_algorithm: Literal["ngram", "draft"] | None = None
+    speculative_num_draft_tokens: int = 4
+    speculative_draft_model_path: str | None = None
+    speculative_ngram_min_match_window_size: int = 1
+    speculative_ngram_max_match_window_size: int = 12
     # server (the HTTP process); unused by the offline Engine
     host: str = "127.0.0.1"
     port: int = 30000
@@ -70,17 +86,27 @@ class ServerArgs:
     max_prompts_per_request: int = 1024
     allowed_origins: str | None = None
     api_key_file: str | None = None
+    # tool calls and reasoning output of /v1/chat/completions (SGLang's flags and parser names)
+    tool_call_parser: str | None = None
+    reasoning_parser: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.model_path, str) or not self.model_path:
             raise ValueError("model_path: must be a non-empty path")
-        if not os.path.isdir(self.model_path):
-            raise ValueError(f"model_path: {self.model_path!r} is not a directory")
+        is_gguf_file = self.model_path.endswith(".gguf") and os.path.isfile(self.model_path)
+        if not (os.path.isdir(self.model_path) or is_gguf_file):
+            raise ValueError(f"model_path: {self.model_path!r} is not a directory or a .gguf file")
+        find_gguf_file(self.model_path)  # a directory with several .gguf files: an error naming model_path
         if self.api_key_file is not None and not os.path.isfile(self.api_key_file):
             raise ValueError(f"api_key_file: {self.api_key_file!r} is not a file")
         if self.tokenizer_path is not None and not os.path.isdir(self.tokenizer_path):
             raise ValueError(f"tokenizer_path: {self.tokenizer_path!r} is not a directory")
         _choice("dtype", self.dtype, _DTYPES)
+        _choice("kv_cache_dtype", self.kv_cache_dtype, _KV_CACHE_DTYPES)
+        if self.kv_cache_dtype.startswith("fp8"):  # needs torch's float8 dtypes (torch imported only for fp8)
+            from radixgen.radix.kv_quant import kv_cache_torch_dtype
+
+            kv_cache_torch_dtype(self.kv_cache_dtype, None)
         _choice("load_format", self.load_format, _LOAD_FORMATS)
         _choice("schedule_policy", self.schedule_policy, _POLICIES)
         if self.attention_backend is not None:
@@ -111,9 +137,50 @@ class ServerArgs:
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
                 raise ValueError(f"{name}: must be a positive integer, got {v!r}")
+        self._validate_speculative()
+        if self.quantization is not None:
+            self.quantization_config  # noqa: B018 - parses and validates, naming the field
+        elif self.quantize_lm_head:
+            raise ValueError("quantize_lm_head: needs --quantization")
+        if self.tool_call_parser is not None:
+            _choice("tool_call_parser", self.tool_call_parser, _tool_call_parsers())
+        if self.reasoning_parser is not None:
+            _choice("reasoning_parser", self.reasoning_parser, _reasoning_parsers())
         t = self.grammar_compile_timeout
         if isinstance(t, bool) or not isinstance(t, int | float) or not 0 < t < float("inf"):
             raise ValueError(f"grammar_compile_timeout: must be a positive number of seconds, got {t!r}")
+
+    def _validate_speculative(self) -> None:
+        """The speculative_* fields (runtime/speculative); raises ValueError naming the field."""
+        if self.speculative_algorithm is not None:
+            _choice("speculative_algorithm", self.speculative_algorithm, _SPEC_ALGORITHMS)
+        for name in (
+            "speculative_num_draft_tokens",
+            "speculative_ngram_min_match_window_size",
+            "speculative_ngram_max_match_window_size",
+        ):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+                raise ValueError(f"{name}: must be a positive integer, got {v!r}")
+        if self.speculative_ngram_min_match_window_size > self.speculative_ngram_max_match_window_size:
+            raise ValueError(
+                "speculative_ngram_min_match_window_size: must not exceed speculative_ngram_max_match_window_size"
+            )
+        path = self.speculative_draft_model_path
+        if self.speculative_algorithm == "draft":
+            if path is None:
+                raise ValueError("speculative_draft_model_path: --speculative-algorithm draft needs a draft model")
+            if not os.path.isdir(path):
+                raise ValueError(f"speculative_draft_model_path: {path!r} is not a directory")
+        elif path is not None:
+            raise ValueError("speculative_draft_model_path: only used with --speculative-algorithm draft")
+
+    @property
+    def quantization_config(self) -> QuantizationConfig | None:
+        """``quantization`` and ``quantize_lm_head`` as a validated ``QuantizationConfig`` (None: float weights)."""
+        if self.quantization is None:
+            return None
+        return QuantizationConfig.parse(self.quantization, self.quantize_lm_head)
 
     @property
     def resolved_tokenizer_path(self) -> str:
@@ -140,6 +207,18 @@ class ServerArgs:
         return cls(model_path=model_path, **kwargs)
 
 
+def _tool_call_parsers() -> tuple[str, ...]:
+    from radixgen.runtime.function_call.parser import DETECTORS
+
+    return tuple(DETECTORS)
+
+
+def _reasoning_parsers() -> tuple[str, ...]:
+    from radixgen.reasoning import REASONING_FORMATS
+
+    return tuple(REASONING_FORMATS)
+
+
 def _choice(name: str, value: object, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
         raise ValueError(f"{name}: must be one of {', '.join(allowed)}, got {value!r}")
@@ -147,9 +226,13 @@ def _choice(name: str, value: object, allowed: tuple[str, ...]) -> None:
 
 # ---------------------------------------------------------------------------------------------------- CLI
 _HELP: dict[str, str] = {
-    "model_path": "Hugging Face model directory (config.json, *.safetensors, tokenizer files).",
+    "model_path": "Hugging Face model directory (config.json, *.safetensors, tokenizer files; float or "
+    "compressed-tensors W8A16/W4A16), or a GGUF file (or a directory holding one).",
     "tokenizer_path": "Tokenizer directory; default: the model directory.",
     "dtype": "Weight and KV dtype; auto = float32 on CPU, bfloat16 on CUDA.",
+    "kv_cache_dtype": "KV cache storage: auto (the model dtype), int8 (symmetric, a float32 scale per token and KV "
+    "head) or fp8_e4m3 / fp8_e5m2 (a scale per layer for K and for V, default 1.0). Quantized KV holds more tokens "
+    "in the same memory (int8: 4*head_dim/(head_dim+4) x float32's tokens).",
     "load_format": "Weight loading: auto/safetensors, or dummy (random weights from the config, fixed seed).",
     "device": "Torch device for the model and KV pools, e.g. cpu or cuda:0.",
     "attention_backend": "Attention backend; default triton on CUDA, torch otherwise.",
@@ -165,17 +248,32 @@ _HELP: dict[str, str] = {
     "min_new_token_ratio": "Lower bound the reserved share decays to.",
     "new_token_ratio_decay": "Decay of the reserved share per decode step.",
     "random_seed": "Seed for sampling without a per-request seed and for dummy weights.",
-    "num_threads": "torch intra-op threads in the scheduler process; default: torch's choice.",
+    "num_threads": "torch intra-op threads in the scheduler process (fixed); default on CPU: the cores other "
+    "processes leave free, re-checked every second (runtime/cpu_threads.py).",
+    "quantization": "Weight-only quantization of every linear layer at load time (torchao): int8wo (per-channel "
+    "int8) or int4wo / int4wo-32|64|128 (group-wise int4, default group 128).",
+    "quantize_lm_head": "With --quantization: quantize the LM head too (a quantized copy when embeddings are tied).",
     "dense_decode_kv_mb": "MiB for a dense copy of the decode batch's KV (torch attention backend: no per-step KV "
     "gather; falls back to the gather while the batch does not fit); default: a quarter of the KV pool; 0 disables it.",
     "disable_shared_prefix_attention": "Torch attention backend: attend each prefix that several decoding requests "
     "share once per group (cascade decode) — this flag turns that off (every request reads its whole KV).",
-    "grammar_backend": "Grammar backend for json_schema / regex / ebnf constraints: xgrammar or outlines.",
+    "grammar_backend": "Grammar backend for json_schema / regex / ebnf constraints: xgrammar, llguidance or outlines.",
     "grammar_compile_timeout": "Seconds a request waits for its grammar to compile before it is aborted.",
     "grammar_max_spec_bytes": "Largest json_schema / regex / ebnf accepted, in UTF-8 bytes.",
     "grammar_max_nesting_depth": "Deepest nesting accepted in a JSON schema document, regex or EBNF grammar.",
     "grammar_any_whitespace": "Let JSON constraints allow any whitespace (default: fixed ', ' / ': ' separators).",
+    "grammar_strict_json_schema": "Close every object of every JSON schema (additionalProperties: false where the "
+    "schema says nothing), as OpenAI's json_schema.strict; default: JSON Schema's semantics (unlisted properties "
+    "allowed). vLLM calls this guided_decoding_disable_additional_properties.",
     "enable_jump_forward": "Append grammar-forced text without a forward per token (re-tokenized, re-extended).",
+    "speculative_algorithm": "Speculative decoding: ngram (prompt lookup: proposals copied from the request's own "
+    "prompt and output) or draft (a smaller model with the same vocabulary proposes); default off.",
+    "speculative_num_draft_tokens": "Most draft tokens proposed per request and step (the target verifies them in "
+    "one forward over that many + 1 positions).",
+    "speculative_draft_model_path": "Draft model directory for --speculative-algorithm draft (same tokenizer and "
+    "vocabulary as the target).",
+    "speculative_ngram_min_match_window_size": "ngram: shortest suffix n-gram that must match to propose.",
+    "speculative_ngram_max_match_window_size": "ngram: longest suffix n-gram tried (the longest match wins).",
     "host": "HTTP listen address.",
     "port": "HTTP listen port.",
     "served_model_name": "Model name reported by the OpenAI API; default the model path.",
@@ -191,16 +289,27 @@ _HELP: dict[str, str] = {
     "api_key_file": "API keys, one a line: KEY REQUESTS_PER_MIN TOKENS_PER_MIN MAX_CONCURRENT [admin] (0 = unlimited); "
     "a key aborts only its own requests unless admin; over budget: 429 with Retry-After.",
     "allowed_origins": "Comma-separated origins allowed to call the server from a browser (CORS); default: none.",
+    "tool_call_parser": "Tool-call format of the model's output for /v1/chat/completions tools: qwen25/qwen3/hermes "
+    "(<tool_call>), llama3, mistral ([TOOL_CALLS]) or pythonic; calls are parsed and grammar-enforced.",
+    "reasoning_parser": "Reasoning format (deepseek-r1, qwen3, ...): /v1/chat/completions splits reasoning_content "
+    "from content, and response_format / tool grammars start after the reasoning block.",
     "incremental_streaming_output": "Native /generate streams carry deltas (new text, output_ids and output "
     "logprobs) instead of the cumulative output, as SGLang's flag of the same name.",
 }
 # flag names that differ from --field-name (SGLang's spelling)
-_FLAG_NAMES = {"model_path": "--model", "tokenizer_path": "--tokenizer"}
+_FLAG_NAMES = {
+    "model_path": "--model",
+    "tokenizer_path": "--tokenizer",
+    "speculative_draft_model_path": "--speculative-draft-model",
+}
 _CHOICES = {
     "dtype": _DTYPES,
     "load_format": _LOAD_FORMATS,
+    "kv_cache_dtype": _KV_CACHE_DTYPES,
     "attention_backend": _ATTENTION_BACKENDS,
     "log_level": ("debug", "info", "warning", "error", "critical"),
+    "tool_call_parser": _tool_call_parsers(),
+    "reasoning_parser": _reasoning_parsers(),
 }
 
 
