@@ -81,8 +81,14 @@ def bitmask_bytes(batch: int, vocab: int, itemsize: int) -> int:
     return batch * (4 * ((vocab + 31) // 32) + vocab * itemsize)
 
 
-def _bench(fn: Callable[[], object]) -> float:
-    """Median milliseconds of ``fn``."""
+def _bench(fn: Callable[[], object], device: str = "cuda") -> float:
+    """Median milliseconds of ``fn``: ``triton.testing.do_bench`` (CUDA events, L2 flushed) on CUDA. On the CPU,
+    where Triton only interprets, the time of one call after a warm-up: dry runs of the benchmark's code path."""
+    if device == "cpu":
+        fn()
+        start = time.perf_counter()
+        fn()
+        return (time.perf_counter() - start) * 1e3
     import triton.testing
 
     return float(triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median"))
@@ -115,16 +121,16 @@ def _pool(shape: AttnShape, dtype: torch.dtype, device: str, seed: int = 0) -> d
     }
 
 
-def bench_decode(batch: int, context: int, quick: bool) -> list[dict]:
+def bench_decode(batch: int, context: int, quick: bool, device: str = "cuda") -> list[dict]:
     from radixgen.kernels.decode_attention import decode_attention_fwd
 
     shape = AttnShape(batch=batch, prefix=context, extend=0)
-    t = _pool(shape, torch.bfloat16, "cuda")
-    q = torch.randn(batch, shape.num_heads, shape.head_dim, device="cuda", dtype=torch.bfloat16)
-    seq_lens = torch.full((batch,), context, device="cuda")
+    t = _pool(shape, torch.bfloat16, device)
+    q = torch.randn(batch, shape.num_heads, shape.head_dim, device=device, dtype=torch.bfloat16)
+    seq_lens = torch.full((batch,), context, device=device)
     moved = decode_bytes(shape, 2)
-    src = torch.empty(moved // 2, dtype=torch.bfloat16, device="cuda")  # a copy reading as many bytes
-    copy_gbs = copy_bytes(src.numel(), 2) / _bench(src.clone) / 1e6
+    src = torch.empty(moved // 2, dtype=torch.bfloat16, device=device)  # a copy reading as many bytes
+    copy_gbs = copy_bytes(src.numel(), 2) / _bench(src.clone, device) / 1e6
     rows = []
     for splits in [None] if quick else [None, 1, 2, 4, 8, 16]:
 
@@ -134,7 +140,7 @@ def bench_decode(batch: int, context: int, quick: bool) -> list[dict]:
                 max_seq_len=context, num_kv_splits=splits,
             )  # fmt: skip
 
-        ms = _bench(run)
+        ms = _bench(run, device)
         gbs = moved / ms / 1e6
         rows.append({
             "kernel": "decode_attention", "shape": asdict(shape), "num_kv_splits": splits or "default",
@@ -143,16 +149,19 @@ def bench_decode(batch: int, context: int, quick: bool) -> list[dict]:
     return rows
 
 
-def bench_extend(quick: bool) -> list[dict]:
+def bench_extend(quick: bool, device: str = "cuda", shapes: list[AttnShape] | None = None) -> list[dict]:
+    """Extend attention at ``shapes`` (default: 4 x 2048 and 1 x 8192 causal prefills, and 8 x 512 tokens over
+    a 2048-token prefix; the first only with ``quick``)."""
     import torch.nn.functional as F
 
     from radixgen.kernels.extend_attention import extend_attention_fwd
 
-    shapes = [AttnShape(batch=4, prefix=0, extend=2048), AttnShape(batch=1, prefix=0, extend=8192)]
-    shapes = shapes[:1] if quick else shapes + [AttnShape(batch=8, prefix=2048, extend=512)]
+    if shapes is None:
+        shapes = [AttnShape(batch=4, prefix=0, extend=2048), AttnShape(batch=1, prefix=0, extend=8192)]
+        shapes = shapes[:1] if quick else shapes + [AttnShape(batch=8, prefix=2048, extend=512)]
     rows = []
     for shape in shapes:
-        t = _pool(shape, torch.bfloat16, "cuda")
+        t = _pool(shape, torch.bfloat16, device)
 
         def run(t: dict[str, torch.Tensor] = t, shape: AttnShape = shape) -> None:
             extend_attention_fwd(
@@ -161,7 +170,7 @@ def bench_extend(quick: bool) -> list[dict]:
                 max_extend_len=shape.extend,
             )  # fmt: skip
 
-        ms = _bench(run)
+        ms = _bench(run, device)
         flops = attention_flops(shape)
         row = {"kernel": "extend_attention", "shape": asdict(shape), "ms": ms, "TFLOP/s": flops / ms / 1e9}
         if shape.prefix == 0:
@@ -170,21 +179,20 @@ def bench_extend(quick: bool) -> list[dict]:
             ks = t["k"].view(b, e, hkv, d).transpose(1, 2).contiguous()  # [B, Hkv, E, D]
             vs = t["v"].view(b, e, hkv, d).transpose(1, 2).contiguous()  # [B, Hkv, E, D]
             sdpa_ms = _bench(lambda qs=qs, ks=ks, vs=vs: F.scaled_dot_product_attention(
-                qs, ks, vs, is_causal=True, enable_gqa=True))  # fmt: skip
+                qs, ks, vs, is_causal=True, enable_gqa=True), device)  # fmt: skip
             row.update({"sdpa ms": sdpa_ms, "sdpa TFLOP/s": flops / sdpa_ms / 1e9, "ratio": ms / sdpa_ms,
                         "target": SDPA_TARGET})  # fmt: skip
         rows.append(row)
     return rows
 
 
-def bench_bitmask() -> list[dict]:
+def bench_bitmask(batch: int = 64, vocab: int = 128256, device: str = "cuda") -> list[dict]:
     from radixgen.kernels.bitmask import apply_token_bitmask_inplace
 
-    batch, vocab = 64, 128256
-    logits = torch.randn(batch, vocab, device="cuda")
+    logits = torch.randn(batch, vocab, device=device)
     words = (vocab + 31) // 32
-    bitmask = torch.randint(-(2**31), 2**31 - 1, (batch, words), device="cuda", dtype=torch.int32)
-    ms = _bench(lambda: apply_token_bitmask_inplace(logits, bitmask))
+    bitmask = torch.randint(-(2**31), 2**31 - 1, (batch, words), device=device, dtype=torch.int32)
+    ms = _bench(lambda: apply_token_bitmask_inplace(logits, bitmask), device)
     return [{"kernel": "token_bitmask", "shape": {"batch": batch, "vocab": vocab}, "ms": ms,
              "GB/s": bitmask_bytes(batch, vocab, 4) / ms / 1e6}]  # fmt: skip
 
@@ -217,6 +225,7 @@ def compile_kernels(arch: int) -> list[dict]:
     if INTERPRET:
         raise RuntimeError("compile_kernels needs TRITON_INTERPRET=0 before radixgen.kernels is imported")
     names = {tl.float32: "fp32", tl.float16: "fp16", tl.bfloat16: "bf16"}
+    unscaled = {"KV_SCALED": False}  # float KV pools; the K_scale / V_scale pointers are never read
     limit = SHARED_LIMIT.get(arch, 101376)
 
     def build(kernel: Any, ptrs: dict[str, str], consts: dict[str, Any], **opts: int) -> dict:
@@ -230,7 +239,7 @@ def compile_kernels(arch: int) -> list[dict]:
         src = ASTSource(kernel, sig, constexprs={(args.index(k),): v for k, v in consts.items()})
         start = time.perf_counter()
         out = triton.compile(src, target=GPUTarget("cuda", arch, 32), options=opts)
-        info = {k: names.get(v, v) for k, v in consts.items()}
+        info = {k: names.get(v, v) for k, v in consts.items()} | ({"kv": ptrs["K_buf"]} if "K_buf" in ptrs else {})
         shared = out.metadata.shared
         return {"arch": arch, "kernel": kernel.fn.__name__, "consts": info, "shared_bytes": shared,
                 "fits": shared <= limit, "compile_s": time.perf_counter() - start}  # fmt: skip
@@ -241,16 +250,26 @@ def compile_kernels(arch: int) -> list[dict]:
         itemsize = 4 if elem == "fp32" else 2
         bm, bn, warps, stages = extend_launch_config(d, itemsize, (arch // 10, arch % 10))
         common = {"IN_DTYPE": dtype, "DOT_DTYPE": dtype, "DOT_PRECISION": "ieee" if itemsize == 4 else "tf32"}
-        ptrs = {n: elem for n in ("Q", "K_ext", "V_ext", "O", "K_buf", "V_buf")} | {"Req_to_token": "i32"}
-        ptrs |= {n: "i64" for n in ("Req_pool_indices", "Prefix_lens", "Extend_lens", "Extend_start")}
-        consts = {"GROUP": group, "HEAD_DIM": d, "BLOCK_D": d, "BLOCK_M": bm, "BLOCK_N": bn, **common}
-        rows.append(build(_extend_attention_kernel, ptrs, consts, num_warps=warps, num_stages=stages))
-        ptrs = {"Q": elem, "K_buf": elem, "V_buf": elem, "Req_to_token": "i32", "Req_pool_indices": "i64",
-                "Seq_lens": "i64", "Mid_o": "fp32", "Mid_lse": "fp32"}  # fmt: skip
+        ext_ptrs = {n: elem for n in ("Q", "K_ext", "V_ext", "O", "K_buf", "V_buf")} | {"Req_to_token": "i32"}
+        ext_ptrs |= {n: "i64" for n in ("Req_pool_indices", "Prefix_lens", "Extend_lens", "Extend_start")}
+        ext_ptrs |= {"K_scale": "fp32", "V_scale": "fp32"}
+        ext_consts = {"GROUP": group, "HEAD_DIM": d, "BLOCK_D": d, "BLOCK_M": bm, "BLOCK_N": bn, **common}
+        rows.append(build(_extend_attention_kernel, ext_ptrs, ext_consts | unscaled, num_warps=warps,
+                          num_stages=stages))  # fmt: skip
+        dec_ptrs = {"Q": elem, "K_buf": elem, "V_buf": elem, "Req_to_token": "i32", "Req_pool_indices": "i64",
+                    "Seq_lens": "i64", "Mid_o": "fp32", "Mid_lse": "fp32", "K_scale": "fp32", "V_scale": "fp32"}
         bh = decode_block_h(group, interpret=False)
-        consts = {"GROUP": group, "HEAD_BLOCKS": triton.cdiv(group, bh), "HEAD_DIM": d, "BLOCK_D": d,
-                  "BLOCK_H": bh, "BLOCK_N": decode_block_n(interpret=False), **common}  # fmt: skip
-        rows.append(build(_decode_stage1_kernel, ptrs, consts, num_warps=4, num_stages=2))
+        dec_consts = {"GROUP": group, "HEAD_BLOCKS": triton.cdiv(group, bh), "HEAD_DIM": d, "BLOCK_D": d,
+                      "BLOCK_H": bh, "BLOCK_N": decode_block_n(interpret=False), **common}  # fmt: skip
+        rows.append(build(_decode_stage1_kernel, dec_ptrs, dec_consts | unscaled, num_warps=4, num_stages=2))
+        if elem == "bf16":  # quantized KV pools (--kv-cache-dtype), dequantized on load; fp8e4nv needs sm_89+
+            for kv in ("i8", "fp8e5", *(("fp8e4nv",) if arch >= 89 else ())):
+                pool = {"K_buf": kv, "V_buf": kv}
+                scaled = {"KV_SCALED": True}
+                rows.append(build(_extend_attention_kernel, ext_ptrs | pool, ext_consts | scaled, num_warps=warps,
+                                  num_stages=stages))  # fmt: skip
+                rows.append(build(_decode_stage1_kernel, dec_ptrs | pool, dec_consts | scaled, num_warps=4,
+                                  num_stages=2))  # fmt: skip
         ptrs = {"Mid_o": "fp32", "Mid_lse": "fp32", "O": elem, "Seq_lens": "i64"}
         consts = {"HEAD_DIM": d, "BLOCK_D": d, "BLOCK_N": decode_block_n(interpret=False), "BLOCK_S": 16}
         rows.append(build(_decode_stage2_kernel, ptrs, consts, num_warps=4))

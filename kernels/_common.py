@@ -11,6 +11,10 @@ from radixgen.kernels import INTERPRET
 
 INDEX_DTYPES = (torch.int32, torch.int64)
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+#: quantized KV-pool storage (read with scales): int8 and, where this torch has them, the two float8 formats
+_FLOAT8 = (getattr(torch, "float8_e4m3fn", None), getattr(torch, "float8_e5m2", None))
+QUANT_KV_DTYPES = (torch.int8, *(d for d in _FLOAT8 if isinstance(d, torch.dtype)))
+KV_DTYPES = FLOAT_DTYPES + QUANT_KV_DTYPES
 
 
 def check_tensor(

@@ -5,7 +5,8 @@ KV tile is loaded once for the whole group and used in a ``[BLOCK_H, D] x [D, BL
 ``num_kv_splits`` contiguous chunks of the request's sequence (gathered through ``req_to_token``); it writes
 the chunk's normalised partial output and its log-sum-exp. Stage 2 merges the chunks of each (request, head)
 with the usual LSE rescaling. Splitting the sequence keeps the GPU busy when ``batch * heads`` is small
-(Dao et al. 2023, "Flash-Decoding"). Design follows SGLang's triton_ops/decode_attention.py; the code is this
+(Dao et al. 2023, "Flash-Decoding"). A quantized pool (int8 / float8 with scales) is dequantized on load in
+stage 1. Design follows SGLang's triton_ops/decode_attention.py; the code is this
 project's own.
 """
 
@@ -23,6 +24,7 @@ from radixgen.kernels._attention import (
     attention_launch_args,
     attention_output,
     check_attention_tensors,
+    kv_scale_args,
 )
 from radixgen.kernels._common import check_devices, check_index_tensors, check_shape, next_power_of_2
 
@@ -31,13 +33,13 @@ MAX_KV_SPLITS = 64
 
 @triton.jit
 def _decode_stage1_kernel(
-    Q, K_buf, V_buf, Req_to_token, Req_pool_indices, Seq_lens, Mid_o, Mid_lse,
+    Q, K_buf, V_buf, Req_to_token, Req_pool_indices, Seq_lens, Mid_o, Mid_lse, K_scale, V_scale,
     qk_scale, num_splits,
     stride_qb, stride_qh, stride_kbt, stride_kbh, stride_vbt, stride_vbh, stride_req,
-    stride_mob, stride_moh, stride_mos, stride_mlb, stride_mlh,
-    GROUP: tl.constexpr, HEAD_BLOCKS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-    BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, IN_DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
+    stride_mob, stride_moh, stride_mos, stride_mlb, stride_mlh, stride_kst, stride_ksh, stride_vst, stride_vsh,
+    KV_SCALED: tl.constexpr, GROUP: tl.constexpr, HEAD_BLOCKS: tl.constexpr, HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, IN_DTYPE: tl.constexpr,
+    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):  # fmt: skip
     pid_b = tl.program_id(0)
     kv_head = tl.program_id(1) // HEAD_BLOCKS
@@ -62,6 +64,7 @@ def _decode_stage1_kernel(
     _, m_i, l_i, acc = attend_pooled_keys(
         q_ptrs, mask_h[:, None] & mask_d[None, :], K_buf, V_buf, Req_to_token, req, kv_head, start, end, qk_scale,
         stride_kbt, stride_kbh, stride_vbt, stride_vbh, stride_req, offs_n, offs_d, mask_d,
+        K_scale, V_scale, stride_kst, stride_ksh, stride_vst, stride_vsh, KV_SCALED,
         BLOCK_H, BLOCK_N, BLOCK_D, IN_DTYPE, DOT_DTYPE, DOT_PRECISION,
     )  # fmt: skip
 
@@ -141,14 +144,17 @@ def decode_attention_fwd(
     out: torch.Tensor | None = None,
     num_kv_splits: int | None = None,
     block_h: int | None = None,
+    k_scale: torch.Tensor | None = None,
+    v_scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Attention of one query per request over the request's whole KV sequence (split-KV, two stages).
 
     Shapes (``B`` requests, ``S`` KV slots, ``R`` request rows, ``C`` max context):
         q: ``[B, Hq, D]`` float32 / float16 / bfloat16; math in q's dtype with float32 accumulation (float32
             dot products in IEEE precision).
-        k_buffer, v_buffer: ``[S, Hkv, D]`` the layer's KV pool, any float dtype (cast to q's dtype);
-            ``Hq % Hkv == 0``.
+        k_buffer, v_buffer: ``[S, Hkv, D]`` the layer's KV pool: any float dtype (cast to q's dtype), or int8 /
+            float8_e4m3fn / float8_e5m2 with scales (read as ``float32(stored) * scale``, then cast to q's dtype;
+            float8_e4m3fn needs compute capability >= 8.9 when compiled); ``Hq % Hkv == 0``.
         req_to_token: int32 ``[R, C]``; request i attends to slots ``req_to_token[req_pool_indices[i],
             :seq_lens[i]]`` (its new token's K/V must already be stored).
         req_pool_indices, seq_lens: int32 or int64 ``[B]``, contiguous. ``seq_lens[i] == 0`` gives zeros.
@@ -158,6 +164,8 @@ def decode_attention_fwd(
         out: optional ``[B, Hq, D]`` float output (default: new contiguous tensor of q's dtype).
         num_kv_splits: sequence chunks per request in 1..64 (default ``default_num_kv_splits``).
         block_h: query heads per stage-1 program (power of two; default ``decode_block_h``).
+        k_scale, v_scale: the pool's float32 scales, ``[S, Hkv]`` (per slot and KV head) or one element (per
+            tensor); both or neither, required for an int8 / float8 pool (see ``kv_scale_args``).
 
     Strides: q, out, k_buffer, v_buffer, req_to_token need stride 1 in the last dim, other strides free.
     Limits: ``D <= 256``; all tensors on one device (CUDA, or CPU under ``TRITON_INTERPRET=1``); index values
@@ -180,6 +188,8 @@ def decode_attention_fwd(
     check_index_tensors(fn, index_args, batch)
     out = attention_output(fn, out, q)
     device = check_devices(fn, {**tensors, "req_to_token": req_to_token, **index_args, "out": out})
+    capability = None if INTERPRET else torch.cuda.get_device_capability(device)
+    scales = kv_scale_args(fn, k_buffer, k_scale, v_scale, capability)
     group = num_heads // num_kv_heads
     block_h = decode_block_h(group) if block_h is None else block_h
     if block_h < 1 or block_h & (block_h - 1):
@@ -202,11 +212,12 @@ def decode_attention_fwd(
     head_blocks = triton.cdiv(group, block_h)
     _decode_stage1_kernel[(batch, num_kv_heads * head_blocks, num_kv_splits)](
         q, k_buffer, v_buffer, req_to_token, req_pool_indices, seq_lens, mid_o, mid_lse,
-        qk_scale, num_kv_splits,
-        q.stride(0), q.stride(1), k_buffer.stride(0), k_buffer.stride(1), v_buffer.stride(0),
-        v_buffer.stride(1), req_to_token.stride(0),
-        mid_o.stride(0), mid_o.stride(1), mid_o.stride(2), mid_lse.stride(0), mid_lse.stride(1),
-        GROUP=group, HEAD_BLOCKS=head_blocks, HEAD_DIM=head_dim, BLOCK_H=block_h, BLOCK_N=block_n, **consts,
+        qk_scale=qk_scale, num_splits=num_kv_splits,
+        stride_qb=q.stride(0), stride_qh=q.stride(1), stride_kbt=k_buffer.stride(0), stride_kbh=k_buffer.stride(1),
+        stride_vbt=v_buffer.stride(0), stride_vbh=v_buffer.stride(1), stride_req=req_to_token.stride(0),
+        stride_mob=mid_o.stride(0), stride_moh=mid_o.stride(1), stride_mos=mid_o.stride(2),
+        stride_mlb=mid_lse.stride(0), stride_mlh=mid_lse.stride(1),
+        **scales, GROUP=group, HEAD_BLOCKS=head_blocks, HEAD_DIM=head_dim, BLOCK_H=block_h, BLOCK_N=block_n, **consts,
         num_warps=4, num_stages=2,
     )  # fmt: skip
     _decode_stage2_kernel[(batch, num_heads)](

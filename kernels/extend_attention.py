@@ -4,7 +4,8 @@ One launch covers a ragged batch: request ``i`` has ``prefix_lens[i]`` cached to
 through ``req_to_token``) and ``extend_lens[i]`` new tokens (read from the contiguous ``k``/``v`` of this
 forward). Each program owns ``BLOCK_M`` new queries of one query head of one request and streams keys in two
 phases with an online softmax (Dao 2023): the cached prefix (no mask beyond its length), then the new tokens
-with the causal mask. GQA: query head ``h`` reads KV head ``h // (num_heads // num_kv_heads)``.
+with the causal mask. GQA: query head ``h`` reads KV head ``h // (num_heads // num_kv_heads)``. A quantized pool
+(int8 / float8 with scales) is dequantized on load in phase 1; the new tokens' ``k``/``v`` are float.
 Design follows SGLang's triton_ops/extend_attention.py; the code is this project's own.
 """
 
@@ -21,6 +22,7 @@ from radixgen.kernels._attention import (
     attention_launch_args,
     attention_output,
     check_attention_tensors,
+    kv_scale_args,
 )
 from radixgen.kernels._common import check_devices, check_index_tensors, check_shape
 
@@ -28,10 +30,11 @@ from radixgen.kernels._common import check_devices, check_index_tensors, check_s
 @triton.jit
 def _extend_attention_kernel(
     Q, K_ext, V_ext, O, K_buf, V_buf, Req_to_token, Req_pool_indices, Prefix_lens, Extend_lens, Extend_start,
+    K_scale, V_scale,
     qk_scale,  # sm_scale * log2(e): the softmax runs in base 2
     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh,
-    stride_kbt, stride_kbh, stride_vbt, stride_vbh, stride_req,
-    GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+    stride_kbt, stride_kbh, stride_vbt, stride_vbh, stride_req, stride_kst, stride_ksh, stride_vst, stride_vsh,
+    KV_SCALED: tl.constexpr, GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IN_DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):  # fmt: skip
@@ -57,6 +60,7 @@ def _extend_attention_kernel(
     q, m_i, l_i, acc = attend_pooled_keys(
         q_ptrs, mask_m[:, None] & mask_d[None, :], K_buf, V_buf, Req_to_token, req, kv_head, 0, prefix_len, qk_scale,
         stride_kbt, stride_kbh, stride_vbt, stride_vbh, stride_req, offs_n, offs_d, mask_d,
+        K_scale, V_scale, stride_kst, stride_ksh, stride_vst, stride_vsh, KV_SCALED,
         BLOCK_M, BLOCK_N, BLOCK_D, IN_DTYPE, DOT_DTYPE, DOT_PRECISION,
     )  # fmt: skip
 
@@ -69,7 +73,7 @@ def _extend_attention_kernel(
         visible = (offs_m[:, None] >= cols[None, :]) & mask_n[None, :]
         m_i, l_i, acc = attend_tile(
             q, K_ext, V_ext, tok0 + cols, kv_head, stride_kt, stride_kh, stride_vt, stride_vh, offs_d, mask_n, mask_d,
-            visible, qk_scale, m_i, l_i, acc, IN_DTYPE, DOT_DTYPE, DOT_PRECISION,
+            visible, qk_scale, m_i, l_i, acc, K_scale, V_scale, 0, 0, 0, 0, False, IN_DTYPE, DOT_DTYPE, DOT_PRECISION,
         )  # fmt: skip
 
     out = acc / l_i[:, None]
@@ -109,6 +113,8 @@ def extend_attention_fwd(
     out: torch.Tensor | None = None,
     block_m: int | None = None,
     block_n: int | None = None,
+    k_scale: torch.Tensor | None = None,
+    v_scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Causal attention of a ragged batch of new tokens over their cached prefixes and themselves.
 
@@ -116,7 +122,9 @@ def extend_attention_fwd(
         q: ``[T, Hq, D]`` float32 / float16 / bfloat16; the math runs in q's dtype with float32 accumulation
             (float32 dot products in IEEE precision, not TF32).
         k, v: ``[T, Hkv, D]`` the new tokens' K/V, any float dtype (cast to q's dtype); ``Hq % Hkv == 0``.
-        k_buffer, v_buffer: ``[S, Hkv, D]`` the layer's KV pool, any float dtype (cast to q's dtype).
+        k_buffer, v_buffer: ``[S, Hkv, D]`` the layer's KV pool: any float dtype (cast to q's dtype), or int8 /
+            float8_e4m3fn / float8_e5m2 with scales (read as ``float32(stored) * scale``, then cast to q's dtype;
+            float8_e4m3fn needs compute capability >= 8.9 when compiled).
         req_to_token: int32 ``[R, C]``; ``req_to_token[req_pool_indices[i], :prefix_lens[i]]`` are the slots
             of request i's cached prefix.
         req_pool_indices, prefix_lens, extend_lens, extend_start_loc: int32 or int64 ``[B]``; request i's new
@@ -127,6 +135,8 @@ def extend_attention_fwd(
         sm_scale: softmax scale, default ``D ** -0.5``.
         out: optional ``[T, Hq, D]`` float output (default: new tensor of q's dtype).
         block_m, block_n: tile sizes (powers of two, >= 16); default per device (``extend_launch_config``).
+        k_scale, v_scale: the pool's float32 scales, ``[S, Hkv]`` (per slot and KV head) or one element (per
+            tensor); both or neither, required for an int8 / float8 pool (see ``kv_scale_args``).
 
     Strides: q, k, v, out, k_buffer, v_buffer need stride 1 in the last dim (other strides are free, e.g.
     views into a fused QKV projection); req_to_token likewise; the ``[B]`` tensors must be contiguous.
@@ -162,6 +172,7 @@ def extend_attention_fwd(
     if not isinstance(max_extend_len, int) or max_extend_len < 0:
         raise ValueError(f"{fn}: max_extend_len must be an int >= 0, got {max_extend_len!r}")
     capability = None if INTERPRET else torch.cuda.get_device_capability(device)
+    scales = kv_scale_args(fn, k_buffer, k_scale, v_scale, capability)
     cfg_m, cfg_n, num_warps, num_stages = extend_launch_config(head_dim, q.element_size(), capability)
     block_m = cfg_m if block_m is None else block_m
     block_n = cfg_n if block_n is None else block_n
@@ -175,10 +186,12 @@ def extend_attention_fwd(
     _extend_attention_kernel[grid](
         q, k, v, out, k_buffer, v_buffer, req_to_token, req_pool_indices, prefix_lens, extend_lens,
         extend_start_loc,
-        qk_scale,
-        q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), out.stride(0),
-        out.stride(1), k_buffer.stride(0), k_buffer.stride(1), v_buffer.stride(0), v_buffer.stride(1),
-        req_to_token.stride(0),
+        qk_scale=qk_scale,
+        stride_qt=q.stride(0), stride_qh=q.stride(1), stride_kt=k.stride(0), stride_kh=k.stride(1),
+        stride_vt=v.stride(0), stride_vh=v.stride(1), stride_ot=out.stride(0), stride_oh=out.stride(1),
+        stride_kbt=k_buffer.stride(0), stride_kbh=k_buffer.stride(1), stride_vbt=v_buffer.stride(0),
+        stride_vbh=v_buffer.stride(1), stride_req=req_to_token.stride(0),
+        **scales,
         GROUP=num_heads // num_kv_heads,
         HEAD_DIM=head_dim,
         BLOCK_M=block_m,

@@ -1,7 +1,8 @@
 """Plain-torch references of the kernels in this package (the ground truth of tests/test_kernels.py).
 
 They take the same arguments as the Triton wrappers, loop over requests in Python, and compute in float32;
-they favour obviousness over speed.
+they favour obviousness over speed. A quantized KV pool (``k_scale``/``v_scale`` given) is read as
+``float32(stored) * scale`` and then cast to q's dtype, as the kernels do.
 """
 
 from __future__ import annotations
@@ -25,6 +26,18 @@ def _gqa_attention(
     return torch.einsum("hqk,khd->qhd", probs, vf)  # [Lq, Hq, D]
 
 
+def _pool_rows(
+    buffer: torch.Tensor, scale: torch.Tensor | None, slots: torch.Tensor, dtype: torch.dtype
+) -> torch.Tensor:
+    """Rows ``slots`` of a KV pool buffer ``[S, Hkv, D]`` as ``dtype``: ``float32(buffer) * scale`` when scaled
+    (``scale`` ``[S, Hkv]`` per slot and head, or one element per tensor), else a plain cast."""
+    rows = buffer[slots]  # [n, Hkv, D]
+    if scale is None:
+        return rows.to(dtype)
+    s = scale.reshape(()) if scale.numel() == 1 and scale.dim() <= 1 else scale[slots][..., None]
+    return (rows.float() * s).to(dtype)
+
+
 def extend_attention_ref(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -37,6 +50,8 @@ def extend_attention_ref(
     extend_lens: torch.Tensor,
     extend_start_loc: torch.Tensor,
     sm_scale: float | None = None,
+    k_scale: torch.Tensor | None = None,
+    v_scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Reference of ``extend_attention_fwd``: same arguments, returns ``[num_tokens, Hq, D]`` in q's dtype.
 
@@ -51,8 +66,8 @@ def extend_attention_ref(
         if e == 0:
             continue
         slots = req_to_token[int(req_pool_indices[i]), :p].long()
-        ki = torch.cat([k_buffer[slots].to(q.dtype), k[s : s + e].to(q.dtype)])  # [p+e, Hkv, D]
-        vi = torch.cat([v_buffer[slots].to(q.dtype), v[s : s + e].to(q.dtype)])  # [p+e, Hkv, D]
+        ki = torch.cat([_pool_rows(k_buffer, k_scale, slots, q.dtype), k[s : s + e].to(q.dtype)])  # [p+e, Hkv, D]
+        vi = torch.cat([_pool_rows(v_buffer, v_scale, slots, q.dtype), v[s : s + e].to(q.dtype)])  # [p+e, Hkv, D]
         q_pos = torch.arange(p, p + e, device=q.device)
         mask = torch.arange(p + e, device=q.device)[None, :] <= q_pos[:, None]  # [e, p+e]
         out[s : s + e] = _gqa_attention(q[s : s + e], ki, vi, mask, scale)
@@ -67,6 +82,8 @@ def decode_attention_ref(
     req_pool_indices: torch.Tensor,
     seq_lens: torch.Tensor,
     sm_scale: float | None = None,
+    k_scale: torch.Tensor | None = None,
+    v_scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Reference of ``decode_attention_fwd``: q ``[B, Hq, D]`` → ``[B, Hq, D]`` in q's dtype.
 
@@ -78,8 +95,8 @@ def decode_attention_ref(
     for i in range(q.shape[0]):
         n = int(seq_lens[i])
         slots = req_to_token[int(req_pool_indices[i]), :n].long()
-        ki = k_buffer[slots].to(q.dtype)  # [n, Hkv, D]
-        vi = v_buffer[slots].to(q.dtype)  # [n, Hkv, D]
+        ki = _pool_rows(k_buffer, k_scale, slots, q.dtype)  # [n, Hkv, D]
+        vi = _pool_rows(v_buffer, v_scale, slots, q.dtype)  # [n, Hkv, D]
         mask = torch.ones((1, n), dtype=torch.bool, device=q.device)
         out[i] = _gqa_attention(q[i : i + 1], ki, vi, mask, scale)[0]
     return out.to(q.dtype)

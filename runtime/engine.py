@@ -118,6 +118,7 @@ class Engine:
             "context_len": runner.context_len,
             "kv_free_tokens": runner.allocator.available_size(),
             "kv_cached_tokens": sched.tree_cache.total_size(),
+            **runner.memory_report(),
             "kv_evictable_tokens": sched.tree_cache.evictable_size(),
             "num_retractions": sched.num_retractions,
             "step_timing": sched.step_timer.summary(),

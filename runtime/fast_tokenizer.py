@@ -52,14 +52,23 @@ def load_tokenizer(path: str) -> Any:
 
 def load_hf_tokenizer(path: str) -> Any:
     """A ``transformers`` tokenizer (imports torch): for processes that already hold torch and need what the
-    grammar backends need (the scheduler process, the offline Engine), loaded once and shared there.
+    grammar backends need (the scheduler process, the offline Engine), loaded once and shared there. ``path``
+    may be a GGUF model (a ``.gguf`` file, or a directory holding one and no tokenizer.json / tokenizer.model,
+    which would win as they do in ``load_tokenizer``): transformers builds the tokenizer from the file's metadata
+    (``AutoTokenizer.from_pretrained(dir, gguf_file=...)``).
 
     Raises:
         ValueError: the directory has no usable tokenizer (the message names ``tokenizer_path``).
     """
     from transformers import AutoTokenizer
 
+    from radixgen.runtime.models.checkpoint_path import find_gguf_file
+
     try:
+        gguf_file = find_gguf_file(path)
+        own_files = any(os.path.isfile(os.path.join(path, f)) for f in ("tokenizer.json", "tokenizer.model"))
+        if gguf_file is not None and not own_files:  # vocabulary, merges, specials and template from GGUF metadata
+            return AutoTokenizer.from_pretrained(str(gguf_file.parent), gguf_file=gguf_file.name)
         return AutoTokenizer.from_pretrained(path)
     except Exception as e:  # noqa: BLE001 - any loader failure is a configuration error
         raise ValueError(f"tokenizer_path: cannot load a tokenizer from {path!r}: {e}") from e

@@ -137,6 +137,7 @@ def create_app(tokenizer_manager: TokenizerManager, server_args: ServerArgs) -> 
             "context_len": tm.context_len,
             "vocab_size": tm.vocab_size,
             "eos_token_ids": tm.eos_token_ids,
+            **tm.memory_report,
             **(state := {k: getattr(stats, k) for k in stats.__struct_fields__}),
             "internal_states": [state],  # SGLang's shape: one entry per data-parallel scheduler
             "version": radixgen_version(),

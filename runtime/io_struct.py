@@ -158,6 +158,7 @@ class SchedulerReady(msgspec.Struct, tag=True):
     eos_token_ids: list[int]
     pid: int = 0
 
+    memory: ``ModelRunner.memory_report()`` (weight and KV formats and bytes), reported by /get_server_info.
 
 class DetokRegister(msgspec.Struct, tag=True):
     """Scheduler → detokenizer, before any output of an accepted request: how to detokenize it.
@@ -165,6 +166,7 @@ class DetokRegister(msgspec.Struct, tag=True):
     prompt_tail: the last prompt tokens (decoding context for the first output token's word boundary).
     """
 
+    memory: dict[str, Any] = msgspec.field(default_factory=dict)
     rid: str
     prompt_tail: list[int]
     skip_special_tokens: bool = True

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import psutil
 import torch
 
 from radixgen.radix import ReqToTokenPool, TokenSlotAllocator, TokenToKVPool
 from radixgen.runtime.attention import create_attention_backend
+from radixgen.runtime.cpu_threads import ThreadGovernor, available_cores
 from radixgen.runtime.forward_batch import ForwardBatch
 from radixgen.runtime.models import ModelConfig, load_model
+from radixgen.runtime.models.loader import resolve_quantization
 from radixgen.runtime.server_args import ServerArgs
 
 if TYPE_CHECKING:
@@ -51,24 +53,31 @@ class ModelRunner:
     """
 
     def __init__(self, args: ServerArgs) -> None:
+        # intra-op threads: fixed with --num-threads; otherwise (CPU) the free cores, re-checked every second
+        self.thread_governor: ThreadGovernor | None = None
         if args.num_threads:
             torch.set_num_threads(args.num_threads)
+        elif args.device == "cpu":
+            self.thread_governor = ThreadGovernor(available_cores())
         self.args = args
         self.device = torch.device(args.device)
         self.model_config = ModelConfig.from_pretrained(args.model_path)
         self.dtype = resolve_dtype(args.dtype, args.device)
+        # --quantization, else the layout a pre-quantized checkpoint (GGUF, compressed-tensors) maps onto
+        self.quantization = resolve_quantization(self.model_config, args.quantization_config, self.dtype)
         self.model = load_model(
             self.model_config,
             dtype=self.dtype,
             load_format=args.load_format,
             device=args.device,
             seed=args.random_seed,
+            quantization=self.quantization,
         )
         cfg = self.model_config
         self.vocab_size = cfg.vocab_size
         context_len = cfg.context_len if args.context_length is None else min(args.context_length, cfg.context_len)
         per_token = TokenToKVPool.bytes_per_token(
-            cfg.num_hidden_layers, cfg.num_key_value_heads, cfg.head_dim, self.dtype
+            cfg.num_hidden_layers, cfg.num_key_value_heads, cfg.head_dim, self.dtype, args.kv_cache_dtype
         )
         if args.max_total_tokens is not None:
             total = args.max_total_tokens
@@ -83,15 +92,27 @@ class ModelRunner:
         self.kv_bytes = total * per_token
         self.req_to_token_pool = ReqToTokenPool(args.max_running_requests, self.context_len + 1, self.device)
         self.token_to_kv_pool = TokenToKVPool(
-            total, cfg.num_hidden_layers, cfg.num_key_value_heads, cfg.head_dim, self.dtype, self.device
+            total, cfg.num_hidden_layers, cfg.num_key_value_heads, cfg.head_dim, self.dtype, self.device,
+            args.kv_cache_dtype,
         )
         self.allocator = TokenSlotAllocator(total, self.device)
         # default: a quarter of the pool — enough for the decode batch of typical workloads, while the process
-        # stays within weights + KV pool + 1 GiB (issue 7) when the whole pool is in use
-        dense_default = self.kv_bytes // 4
+        # stays within weights + KV pool + 1 GiB (issue 7) when the whole pool is in use. The dense copy holds
+        # K/V in the model dtype, so a quantized pool's quarter is counted in model-dtype bytes (the same number
+        # of tokens as an unquantized pool's quarter)
+        model_dtype_per_token = TokenToKVPool.bytes_per_token(
+            cfg.num_hidden_layers, cfg.num_key_value_heads, cfg.head_dim, self.dtype
+        )
+        dense_default = total * model_dtype_per_token // 4
         dense_bytes = dense_default if args.dense_decode_kv_mb is None else args.dense_decode_kv_mb * 2**20
         self.attn_backend = create_attention_backend(
             args.resolved_attention_backend, dense_bytes, not args.disable_shared_prefix_attention
+        )
+        report = self.memory_report()
+        logger.info(
+            "weights: %s, %.1f MiB",
+            ", ".join(f"{n} x {f}" for f, n in report["weight_formats"].items()),
+            report["weight_bytes"] / 2**20,
         )
         logger.info(
             "model %s loaded (%s); KV pool %d tokens (%.1f MiB), context %d",
@@ -101,6 +122,21 @@ class ModelRunner:
             self.kv_bytes / 2**20,
             self.context_len,
         )
+
+    def memory_report(self) -> dict[str, Any]:
+        """Weight and KV formats and sizes, for ``/get_server_info``: ``weight_formats`` (format → number of
+        projections), ``weight_bytes``, ``kv_cache_dtype``, ``kv_bytes_per_token`` and ``kv_pool_bytes``."""
+        weights = self.model.weight_report()
+        return {
+            "weight_dtype": str(self.dtype).removeprefix("torch."),
+            "checkpoint_weight_format": self.model_config.checkpoint_weight_format,
+            "weight_quantization": None if self.quantization is None else self.quantization.name,
+            "weight_formats": weights["formats"],
+            "weight_bytes": weights["bytes"],
+            "kv_cache_dtype": str(self.token_to_kv_pool.dtype).removeprefix("torch."),
+            "kv_bytes_per_token": self.kv_bytes // self.max_total_tokens,
+            "kv_pool_bytes": self.kv_bytes,
+        }
 
     @torch.inference_mode()
     def forward(self, plan: ScheduleBatch, logits_rows: torch.Tensor) -> torch.Tensor:
@@ -135,6 +171,8 @@ class ModelRunner:
     @torch.inference_mode()
     def run(self, batch: ForwardBatch, logits_rows: torch.Tensor) -> torch.Tensor:
         """The model forward over a prepared batch: float32 logits ``[len(logits_rows), vocab]``."""
+        if self.thread_governor is not None:
+            self.thread_governor.maybe_adjust()
         hidden = self.model(batch)  # [num_tokens, hidden]
         if logits_rows.numel() == 0:
             return torch.empty((0, self.vocab_size), dtype=torch.float32)

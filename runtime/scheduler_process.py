@@ -169,7 +169,10 @@ def run_scheduler_process(server_args: ServerArgs, ipc: IpcEndpoints, parent_pid
         delay = float(os.environ.get(READY_DELAY_ENV, "0") or 0)
         if delay > 0:
             time.sleep(delay)
-        ready = SchedulerReady(runner.context_len, runner.vocab_size, runner.max_total_tokens, list(eos), os.getpid())
+        ready = SchedulerReady(
+            runner.context_len, runner.vocab_size, runner.max_total_tokens, list(eos), os.getpid(),
+            runner.memory_report(),
+        )
         loop.send(ready)
         try:
             loop.run()

@@ -73,6 +73,7 @@ class TokenizerManager:
         self.max_prompt_chars: int | None = None  # set when ready (needs the context length)
         self.vocab_size = 0
         self.max_total_tokens = 0
+        self.memory_report: dict[str, Any] = {}
         self.eos_token_ids: list[int] = []
         self.is_ready = False
         self.dead_reason: str | None = None
@@ -318,6 +319,7 @@ class TokenizerManager:
         self.context_len = msg.context_len
         self.vocab_size = msg.vocab_size
         self.max_total_tokens = msg.max_total_tokens
+        self.memory_report = msg.memory
         self.eos_token_ids = list(msg.eos_token_ids)
         self.max_prompt_chars = max_prompt_chars(self.tokenizer, msg.context_len)
         self.is_ready = self.dead_reason is None

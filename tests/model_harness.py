@@ -1,9 +1,9 @@
 """Test helper: drive a radixgen model through ForwardBatches the way the scheduler does, without a scheduler.
 
-``KVHarness`` owns the memory pools, a slot allocator and the torch attention backend; each request gets a
-``ReqToTokenPool`` row, and before every forward the harness writes ``req_to_token`` for the new positions
-(the contract in ``runtime/attention/base.py``), builds the ForwardBatch, prepares the backend, and returns
-float32 logits.
+``KVHarness`` owns the memory pools, a slot allocator and an attention backend (torch by default), all on the
+model's device; each request gets a ``ReqToTokenPool`` row, and before every forward the harness writes
+``req_to_token`` for the new positions (the contract in ``runtime/attention/base.py``), builds the ForwardBatch,
+prepares the backend, and returns float32 logits.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from radixgen.radix.memory_pool import ReqToTokenPool, TokenSlotAllocator, TokenToKVPool
+from radixgen.runtime.attention.base import AttentionBackend
 from radixgen.runtime.attention.torch_backend import TorchAttentionBackend
 from radixgen.runtime.forward_batch import ForwardBatch, ForwardMode
 from radixgen.runtime.models.llama import LlamaForCausalLM
@@ -20,23 +21,34 @@ class KVHarness:
     """Scheduler stand-in for model tests.
 
     Args:
-        model: the model under test (its ``config`` sizes the pools; the KV pool uses the model dtype).
+        model: the model under test (its ``config`` sizes the pools; the pools use the model's dtype and device).
         max_requests: rows of the ReqToTokenPool.
         num_slots: KV slots; the free list is shuffled with ``seed`` so a request's slots are not contiguous.
+        backend: the attention backend (default: the torch backend).
+        kv_cache_dtype: the KV pool's storage (``auto`` = the model dtype, ``int8``, ``fp8_e4m3``, ``fp8_e5m2``).
     """
 
-    def __init__(self, model: LlamaForCausalLM, max_requests: int = 4, num_slots: int = 512, seed: int = 0):
+    def __init__(
+        self,
+        model: LlamaForCausalLM,
+        max_requests: int = 4,
+        num_slots: int = 512,
+        seed: int = 0,
+        backend: AttentionBackend | None = None,
+        kv_cache_dtype: str = "auto",
+    ):
         cfg = model.config
+        device = next(model.parameters()).device
         self.model = model
-        self.req_pool = ReqToTokenPool(max_requests, cfg.context_len)
+        self.req_pool = ReqToTokenPool(max_requests, cfg.context_len, device)
         self.kv_pool = TokenToKVPool(
-            num_slots, cfg.num_hidden_layers, cfg.num_key_value_heads, cfg.head_dim, dtype=model.dtype
+            num_slots, cfg.num_hidden_layers, cfg.num_key_value_heads, cfg.head_dim, model.dtype, device, kv_cache_dtype
         )
-        self.allocator = TokenSlotAllocator(num_slots)
+        self.allocator = TokenSlotAllocator(num_slots, device)
         gen = torch.Generator().manual_seed(seed)
         perm = torch.randperm(num_slots, generator=gen)  # [num_slots]
-        self.allocator.free_slots = self.allocator.free_slots[perm]
-        self.backend = TorchAttentionBackend()
+        self.allocator.free_slots = self.allocator.free_slots[perm.to(device)]
+        self.backend = backend or TorchAttentionBackend()
         self.seq_lens: dict[int, int] = {}
 
     def new_request(self) -> int:
@@ -82,6 +94,24 @@ class KVHarness:
 
 
 def hf_logits(hf_model: torch.nn.Module, token_ids: list[int]) -> torch.Tensor:
-    """Reference: transformers' float32 logits ``[len(token_ids), vocab]`` of a full-sequence forward."""
+    """Reference: transformers' logits as float32 ``[len(token_ids), vocab]`` of a full-sequence forward, on the
+    model's device."""
     with torch.no_grad():
-        return hf_model(input_ids=torch.tensor([token_ids])).logits[0].float()  # [L, vocab]
+        ids = torch.tensor([token_ids], device=hf_model.device)  # [1, L]
+        return hf_model(input_ids=ids).logits[0].float()  # [L, vocab]
+
+
+def decode_from_bos(
+    model: LlamaForCausalLM, steps: int, tokens: list[int] | None = None, kv_cache_dtype: str = "auto"
+) -> tuple[torch.Tensor, list[int]]:
+    """Extend BOS (id 1), then ``steps - 1`` DECODE forwards, each feeding the next of ``tokens`` (teacher forcing)
+    or, when ``tokens`` is None, the argmax of the previous logits (greedy). Returns the float32 logits
+    ``[steps, vocab]`` (row ``i`` predicts token ``i``) and the ``steps`` tokens fed or chosen."""
+    harness = KVHarness(model, num_slots=steps + 8, kv_cache_dtype=kv_cache_dtype)
+    row = harness.new_request()
+    logits, fed = [harness.extend([row], [[1]])[-1]], []
+    for i in range(steps):
+        fed.append(int(logits[-1].argmax()) if tokens is None else tokens[i])
+        if i < steps - 1:
+            logits.append(harness.decode([row], [fed[-1]])[0])
+    return torch.stack(logits), fed

@@ -178,10 +178,12 @@ def test_bitmask_matches_reference(dtype: torch.dtype, vocab: int) -> None:
 class _World:
     """Pools, allocator and one attention backend: the state a model runner keeps."""
 
-    def __init__(self, backend: object, dtype: torch.dtype, num_kv_heads: int, head_dim: int) -> None:
+    def __init__(
+        self, backend: object, dtype: torch.dtype, num_kv_heads: int, head_dim: int, kv_cache_dtype: str = "auto"
+    ) -> None:
         self.backend = backend
         self.req_to_token_pool = ReqToTokenPool(8, 64, device=DEVICE)
-        self.kv_pool = TokenToKVPool(256, 2, num_kv_heads, head_dim, dtype=dtype, device=DEVICE)
+        self.kv_pool = TokenToKVPool(256, 2, num_kv_heads, head_dim, dtype, DEVICE, kv_cache_dtype)
         self.allocator = TokenSlotAllocator(256, device=DEVICE)
 
     def batch(self, mode: ForwardMode, rows: list[int], prefix: list[int], extend: list[int]) -> ForwardBatch:
@@ -199,9 +201,16 @@ class _World:
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_triton_backend_matches_torch_backend(dtype: torch.dtype) -> None:
+    check_backends_match(dtype)
+
+
+def check_backends_match(dtype: torch.dtype, kv_cache_dtype: str = "auto") -> None:
+    """The Triton backend's outputs match the torch backend's over extends (chunked, prefix hit) and decodes, and
+    both leave the same K/V (and scales) in their pools; also run for quantized KV (test_kv_cache_quant.py)."""
     hkv, d = 2, 64
     layers = [AttentionLayer(0, 8, hkv, d, d**-0.5), AttentionLayer(1, 2, hkv, d, 0.3)]  # GQA 4, then MHA
-    worlds = [_World(TritonAttentionBackend(), dtype, hkv, d), _World(TorchAttentionBackend(), dtype, hkv, d)]
+    worlds = [_World(backend, dtype, hkv, d, kv_cache_dtype) for backend in (TritonAttentionBackend(),
+              TorchAttentionBackend())]  # fmt: skip
     gen = torch.Generator().manual_seed(0)
     steps = [
         (ForwardMode.EXTEND, [5, 2], [0, 0], [13, 1]),  # two prompts, no cache
@@ -228,9 +237,14 @@ def test_triton_backend_matches_torch_backend(dtype: torch.dtype) -> None:
     written = torch.arange(1, 1 + sum(sum(e) for *_, e in steps))
     assert worlds[0].allocator.available_size() == 256 - written.numel()
     for layer_id in range(2):
-        for a, b in zip(worlds[0].kv_pool.get_kv_buffer(layer_id), worlds[1].kv_pool.get_kv_buffer(layer_id),
-                        strict=True):  # fmt: skip
-            assert torch.equal(a[written], b[written])
+        pools = [w.kv_pool for w in worlds]
+        for a, b in zip(pools[0].get_kv_buffer(layer_id), pools[1].get_kv_buffer(layer_id), strict=True):
+            assert torch.equal(a[written].view(torch.uint8), b[written].view(torch.uint8))  # float8: compare bits
+        for a, b in zip(pools[0].get_kv_scales(layer_id), pools[1].get_kv_scales(layer_id), strict=True):
+            if a is None or b is None:
+                assert a is None and b is None
+            else:  # int8: per slot and head; fp8: 0-d per layer
+                assert torch.equal(a, b) if a.dim() == 0 else torch.equal(a[written], b[written])
 
 
 def _ext(**over: object) -> dict:

@@ -21,8 +21,12 @@ refused (``prepare`` returns False) and the caller falls back to the gather path
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from radixgen.radix.memory_pool import TokenToKVPool
 
 # free positions kept past the longest sequence at a rebuild, so the next steps append without rebuilding
 CAP_HEADROOM = 64
@@ -90,7 +94,8 @@ class DenseDecodeKV:
         Args:
             req_pool_indices / seq_lens: per request of the batch, in batch order (lengths include the new token).
             req_to_token: the int32 request→slot table.
-            num_layers: layers of the model; kv_shape: ``(Hkv, D)``; dtype: the K/V dtype.
+            num_layers: layers of the model; kv_shape: ``(Hkv, D)``; dtype: the copy's dtype (the model dtype: a
+                quantized pool's K/V are held dequantized).
             starts: per request, the first position the copy holds (default 0): a request's dense row holds
                 positions ``start..seq_len-1`` (e.g. only the suffix after a shared prefix); lengths in the
                 returned step (``valid``, ``buckets``) count from ``start``.
@@ -143,19 +148,20 @@ class DenseDecodeKV:
         )
 
     def layer_kv(
-        self, layer_id: int, step: DenseStep, k_new: torch.Tensor, v_new: torch.Tensor, k_buf: torch.Tensor,
-        v_buf: torch.Tensor,
+        self, layer_id: int, step: DenseStep, k_new: torch.Tensor, v_new: torch.Tensor, pool: TokenToKVPool
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Bring layer ``layer_id``'s dense K/V up to date and return them, each ``[bs, Hkv, cap, D]``.
 
-        ``k_new``/``v_new`` ``[bs, Hkv, D]`` (batch order) are the step's new K/V, already written to the pool
-        buffers ``k_buf``/``v_buf`` ``[slots, Hkv, D]``.
+        ``k_new``/``v_new`` ``[bs, Hkv, D]`` (batch order) are the step's new K/V as read back from ``pool``
+        (already written there); a rebuild reads the pool through ``pool.get_kv`` (dequantized to the copy's
+        dtype when the pool is quantized).
         """
         dk, dv = self._k[layer_id], self._v[layer_id]
         if step.rebuild_index is not None and not self._built[layer_id]:
             bs, hkv, cap, d = dk.shape
-            dk.copy_(k_buf.index_select(0, step.rebuild_index).view(bs, cap, hkv, d).transpose(1, 2))
-            dv.copy_(v_buf.index_select(0, step.rebuild_index).view(bs, cap, hkv, d).transpose(1, 2))
+            keys, values = pool.get_kv(layer_id, step.rebuild_index, dk.dtype)  # [bs*cap, Hkv, D] each
+            dk.copy_(keys.view(bs, cap, hkv, d).transpose(1, 2))
+            dv.copy_(values.view(bs, cap, hkv, d).transpose(1, 2))
             self._built[layer_id] = True
         else:
             bs, hkv, cap, d = dk.shape

@@ -21,8 +21,12 @@ indices for all layers.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from radixgen.radix.memory_pool import TokenToKVPool
 
 # shortest shared prefix (tokens) worth a group, and the fewest requests in one
 MIN_PREFIX = 64
@@ -119,13 +123,14 @@ def plan_step(groups: list[tuple[list[int], int]], rows: torch.Tensor, bs: int) 
 
 
 def prefix_attention(
-    qg: torch.Tensor, k_buf: torch.Tensor, v_buf: torch.Tensor, step: SharedPrefixStep, scale: float
+    qg: torch.Tensor, pool: TokenToKVPool, layer_id: int, step: SharedPrefixStep, scale: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Attention of the grouped requests over their groups' shared prefixes (one fused call per group).
 
     Args:
         qg: ``[bs, Hkv, G, D]`` the whole batch's queries (batch order), any float dtype.
-        k_buf, v_buf: the layer's pool buffers ``[slots, Hkv, D]``.
+        pool, layer_id: the KV pool and layer the prefixes are read from (``pool.get_kv``: dequantized to qg's
+            dtype; a view of the pool for consecutive slots of unquantized storage in qg's dtype).
     Returns:
         ``(out [n, Hkv, G, D] in qg's dtype, lse [n, Hkv, G] float32)`` for ``step.rows`` in order.
     """
@@ -136,12 +141,9 @@ def prefix_attention(
     lse1 = torch.empty(n, hkv, group, dtype=torch.float32, device=qg.device)
     for b0, b1, index in step.groups:
         g = b1 - b0
-        if isinstance(index, slice):
-            keys, values = k_buf[index], v_buf[index]  # [P, Hkv, D] views of the pool
-        else:
-            keys, values = k_buf.index_select(0, index), v_buf.index_select(0, index)  # [P, Hkv, D]
-        keys = keys.to(qg.dtype).transpose(0, 1)[None]  # [1, Hkv, P, D]
-        values = values.to(qg.dtype).transpose(0, 1)[None]  # [1, Hkv, P, D]
+        keys, values = pool.get_kv(layer_id, index, qg.dtype)  # [P, Hkv, D] each
+        keys = keys.transpose(0, 1)[None]  # [1, Hkv, P, D]
+        values = values.transpose(0, 1)[None]  # [1, Hkv, P, D]
         qb = q[b0:b1].transpose(0, 1).reshape(1, hkv, g * group, d)  # [1, Hkv, g*G, D]
         out, lse = flash_with_lse(qb, keys, values, None, scale)  # [1, Hkv, g*G, D], [1, Hkv, g*G]
         o1[b0:b1] = out.view(hkv, g, group, d).transpose(0, 1)  # [g, Hkv, G, D]

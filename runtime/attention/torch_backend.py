@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from radixgen.radix.memory_pool import TokenToKVPool
 from radixgen.runtime.attention.base import AttentionBackend, AttentionLayer
 from radixgen.runtime.attention.dense_decode_kv import DenseDecodeKV
 from radixgen.runtime.attention.shared_prefix import (
@@ -41,8 +42,13 @@ class TorchAttentionBackend(AttentionBackend):
     Every SDPA call gets 4-D inputs: with 3-D inputs torch 2.13 takes the unfused math path on CPU (it
     materialises the ``[H, L, L]`` scores; 10-16x slower for a 512-token prompt). Extend uses ``enable_gqa``
     (the fused CPU kernel reads each KV head for its G query heads, no copy); decode folds the G query heads of a
-    KV head into the query-length dimension. New K/V are rounded to the pool dtype before use so extend sees
-    exactly what later decode steps read back.
+    KV head into the query-length dimension. New K/V go through the pool's storage before use (``store_kv``:
+    rounded to the storage dtype, or quantized and dequantized), so extend sees exactly what later decode steps
+    read back.
+
+    Quantized KV (``--kv-cache-dtype int8 | fp8_*``): every read of the pool goes through ``pool.get_kv``, which
+    dequantizes the gathered slots to q's dtype; the dense decode copy holds dequantized K/V in the model dtype,
+    so decode steps that append to it dequantize only the new token.
 
     Args:
         dense_decode_kv_bytes: memory budget of the dense decode KV copy (all layers, K and V); 0 disables it.
@@ -84,7 +90,7 @@ class TorchAttentionBackend(AttentionBackend):
                     table,
                     pool.num_layers,
                     (pool.num_kv_heads, pool.head_dim),
-                    pool.dtype,
+                    pool.model_dtype,
                     starts=starts if groups else None,
                 )
                 if meta["dense_step"] is not None:
@@ -121,19 +127,16 @@ class TorchAttentionBackend(AttentionBackend):
         num_tokens = q.shape[0]
         k = k.view(num_tokens, layer.num_kv_heads, layer.head_dim)  # [T, Hkv, D]
         v = v.view(num_tokens, layer.num_kv_heads, layer.head_dim)  # [T, Hkv, D]
-        pool.set_kv_buffer(layer.layer_id, batch.out_cache_loc, k, v)
-        batch.metadata["new_k"], batch.metadata["new_v"] = k.to(pool.dtype).to(q.dtype), v.to(pool.dtype).to(q.dtype)
-        k_buf, v_buf = pool.get_kv_buffer(layer.layer_id)
+        meta = batch.metadata  # new_k/new_v: [T, Hkv, D] each as stored (rounded or quantized), read back as q's dtype
+        meta["new_k"], meta["new_v"] = pool.store_kv(layer.layer_id, batch.out_cache_loc, k, v, q.dtype)
         q = q.view(num_tokens, layer.num_heads, layer.head_dim)  # [T, Hq, D]
         if batch.mode == ForwardMode.DECODE:
-            out = self._decode(q, k_buf, v_buf, layer, batch)
+            out = self._decode(q, pool, layer, batch)
         else:
-            out = self._extend(q, k_buf, v_buf, layer, batch)
+            out = self._extend(q, pool, layer, batch)
         return out.reshape(num_tokens, layer.num_heads * layer.head_dim)  # [T, Hq*D]
 
-    def _extend(
-        self, q: torch.Tensor, k_buf: torch.Tensor, v_buf: torch.Tensor, layer: AttentionLayer, batch: ForwardBatch
-    ) -> torch.Tensor:
+    def _extend(self, q: torch.Tensor, pool: TokenToKVPool, layer: AttentionLayer, batch: ForwardBatch) -> torch.Tensor:
         out = torch.empty_like(q)
         group = layer.num_heads // layer.num_kv_heads
         starts = batch.extend_start_loc.tolist()
@@ -152,8 +155,7 @@ class TorchAttentionBackend(AttentionBackend):
                 # takes SDPA's fused causal kernel (no mask tensor)
                 ki, vi, mask = new_k[s : s + ext], new_v[s : s + ext], None  # [ext, Hkv, D]
             else:
-                ki = k_buf.index_select(0, kv_index).to(q.dtype)  # [seq, Hkv, D]
-                vi = v_buf.index_select(0, kv_index).to(q.dtype)  # [seq, Hkv, D]
+                ki, vi = pool.get_kv(layer.layer_id, kv_index, q.dtype)  # [seq, Hkv, D] each
                 q_pos = torch.arange(prefix, seq, device=q.device)
                 mask = torch.arange(seq, device=q.device)[None, :] <= q_pos[:, None]  # [ext, seq], causal offset
             out[s : s + ext] = F.scaled_dot_product_attention(
@@ -167,9 +169,7 @@ class TorchAttentionBackend(AttentionBackend):
             )[0].transpose(0, 1)  # [ext, Hq, D]
         return out
 
-    def _decode(
-        self, q: torch.Tensor, k_buf: torch.Tensor, v_buf: torch.Tensor, layer: AttentionLayer, batch: ForwardBatch
-    ) -> torch.Tensor:
+    def _decode(self, q: torch.Tensor, pool: TokenToKVPool, layer: AttentionLayer, batch: ForwardBatch) -> torch.Tensor:
         bs = q.shape[0]
         hkv, d = layer.num_kv_heads, layer.head_dim
         group = layer.num_heads // hkv
@@ -190,7 +190,7 @@ class TorchAttentionBackend(AttentionBackend):
         if step is not None:
             assert self.dense is not None
             keys, values = self.dense.layer_kv(
-                layer.layer_id, step, batch.metadata["new_k"], batch.metadata["new_v"], k_buf, v_buf
+                layer.layer_id, step, batch.metadata["new_k"], batch.metadata["new_v"], pool
             )  # each [bs, Hkv, cap, D], rows in window-length order
             qs = qg.index_select(0, step.order)  # [bs, Hkv, G, D] in dense-row order
             out = torch.empty_like(qs)
@@ -209,8 +209,9 @@ class TorchAttentionBackend(AttentionBackend):
             out = torch.empty_like(qg)
             for rows, index, valid in batch.metadata["decode_buckets"]:
                 n, max_len = valid.shape
-                keys = k_buf.index_select(0, index).view(n, max_len, hkv, d).to(q.dtype).transpose(1, 2)  # [n,Hkv,L,D]
-                values = v_buf.index_select(0, index).view(n, max_len, hkv, d).to(q.dtype).transpose(1, 2)
+                keys, values = pool.get_kv(layer.layer_id, index, q.dtype)  # [n*L, Hkv, D] each
+                keys = keys.view(n, max_len, hkv, d).transpose(1, 2)  # [n, Hkv, L, D]
+                values = values.view(n, max_len, hkv, d).transpose(1, 2)
                 res = attend(qg[rows], keys, values, valid)
                 if lse is None:
                     out[rows] = res  # [n, Hkv, G, D]
@@ -218,7 +219,7 @@ class TorchAttentionBackend(AttentionBackend):
                     out[rows], lse[rows] = res
         if shared is not None:
             assert lse is not None  # computed whenever groups exist
-            o1, lse1 = prefix_attention(qg, k_buf, v_buf, shared, layer.scaling)  # [n, Hkv, G, D], [n, Hkv, G]
+            o1, lse1 = prefix_attention(qg, pool, layer.layer_id, shared, layer.scaling)  # [n, Hkv, G, D], [n, Hkv, G]
             rows = shared.rows
             out[rows] = merge_attention(o1, lse1, out[rows], lse[rows]).to(q.dtype)  # [n, Hkv, G, D]
         return out.view(bs, layer.num_heads, d)  # [bs, Hq, D]

@@ -1,9 +1,11 @@
-"""Model configuration read from a Hugging Face model directory (config.json + generation_config.json).
+"""Model configuration read from a Hugging Face model directory (config.json + generation_config.json) or a
+GGUF file.
 
-This module imports no torch, so light processes (tokenizer manager, server) can read a model's limits and
-special tokens cheaply. Both config.json layouts are understood: the transformers < 5 one (top-level
-``rope_theta`` and ``rope_scaling``) and the transformers >= 5 one (``rope_parameters`` holding
-``rope_theta`` and ``rope_type``).
+This module imports no torch, so light processes (tokenizer manager, server) can read a plain Hugging Face
+model's limits and special tokens cheaply; a GGUF file or a compressed-tensors ``quantization_config`` imports
+its loader (``gguf_loader`` / ``compressed_tensors``, which use torch). Both config.json layouts are understood:
+the transformers < 5 one (top-level ``rope_theta`` and ``rope_scaling``) and the transformers >= 5 one
+(``rope_parameters`` holding ``rope_theta`` and ``rope_type``).
 """
 
 from __future__ import annotations
@@ -12,6 +14,9 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from radixgen.runtime.models.checkpoint_path import find_gguf_file
+from radixgen.runtime.models.quant_config import QuantizationConfig
 
 SUPPORTED_ARCHITECTURES: tuple[str, ...] = (
     "LlamaForCausalLM",
@@ -27,6 +32,9 @@ _MODEL_TYPE_TO_ARCH = {
 }
 _MODEL_TYPE_TO_ARCH_INV = {arch: model_type for model_type, arch in _MODEL_TYPE_TO_ARCH.items()}
 SUPPORTED_ROPE_SCALING: tuple[str, ...] = ("linear", "llama3")
+# how the weights are stored: a Hugging Face directory of float safetensors, one GGUF file (llama.cpp), or a
+# Hugging Face directory of compressed-tensors safetensors (llmcompressor's W8A16 / W4A16)
+CHECKPOINT_FORMATS: tuple[str, ...] = ("safetensors", "gguf", "compressed-tensors")
 
 
 @dataclass(frozen=True)
@@ -92,6 +100,13 @@ class ModelConfig:
     ``eos_token_ids`` is the union of config.json's and generation_config.json's ``eos_token_id`` (each an
     int or a list), in order of first appearance. ``torch_dtype`` is the checkpoint's dtype name, if given.
 
+    Checkpoint fields: ``checkpoint_format`` is one of ``CHECKPOINT_FORMATS`` (which reader ``load_model``
+    uses). ``checkpoint_quantization`` is the weight-only layout a pre-quantized checkpoint maps onto (GGUF Q8_0
+    → int8wo, Q4_0 / Q4_K → int4wo-32, compressed-tensors W4A16 group g → int4wo-g; see
+    ``loader.resolve_quantization``), None for float weights or when no layout matches (then the weights are
+    dequantized). ``checkpoint_weight_format`` names the stored format for logs (``"GGUF Q4_K_M"``,
+    ``"compressed-tensors W4A16 (group 128, symmetric, pack-quantized)"``); None for float safetensors.
+
     Raises:
         ValueError: a field is out of range or inconsistent (the message names the field).
     """
@@ -122,8 +137,15 @@ class ModelConfig:
     bos_token_id: int | None = None
     eos_token_ids: tuple[int, ...] = field(default_factory=tuple)
     torch_dtype: str | None = None
+    checkpoint_format: str = "safetensors"
+    checkpoint_quantization: QuantizationConfig | None = None
+    checkpoint_weight_format: str | None = None
 
     def __post_init__(self) -> None:
+        if self.checkpoint_format not in CHECKPOINT_FORMATS:
+            raise ValueError(f"ModelConfig.checkpoint_format {self.checkpoint_format!r} not in {CHECKPOINT_FORMATS}")
+        if not isinstance(self.checkpoint_quantization, QuantizationConfig | None):
+            raise ValueError(f"ModelConfig.checkpoint_quantization {self.checkpoint_quantization!r} is not a config")
         if self.architecture not in SUPPORTED_ARCHITECTURES:
             raise ValueError(
                 f"unsupported architecture {self.architecture!r}; "
@@ -187,25 +209,48 @@ class ModelConfig:
 
     @classmethod
     def from_pretrained(cls, model_path: str) -> ModelConfig:
-        """Read ``config.json`` (and ``generation_config.json`` when present) of a Hugging Face directory.
+        """Read a model's configuration: ``config.json`` (and ``generation_config.json`` when present) of a
+        Hugging Face directory, or the metadata of a GGUF file (``model_path`` is the ``.gguf`` file or a
+        directory holding one; see ``checkpoint_path.find_gguf_file`` and ``gguf_loader.gguf_model_config``).
+
+        A config.json with a ``quantization_config`` is a compressed-tensors checkpoint
+        (``compressed_tensors.checkpoint_layout``); any other ``quant_method`` is refused.
 
         Raises:
-            ValueError: ``model_path`` is not a directory or has no (valid) config.json; the architecture is
-                not one of ``SUPPORTED_ARCHITECTURES``; ``rope_scaling`` is of an unsupported type; a required
-                key is missing; or a value fails validation.
+            ValueError: ``model_path`` is not a directory or GGUF file, or has no (valid) config.json; the
+                architecture is not one of ``SUPPORTED_ARCHITECTURES``; ``rope_scaling`` is of an unsupported type;
+                a required key is missing; a value fails validation; an unreadable GGUF file or unsupported
+                quantization. Every message names ``model_path``.
         """
+        gguf_file = find_gguf_file(model_path)
+        if gguf_file is not None:
+            from radixgen.runtime.models.gguf_loader import gguf_model_config
+
+            return gguf_model_config(model_path, gguf_file)
         path = Path(model_path)
         if not path.is_dir():
-            raise ValueError(f"model_path {model_path!r} is not a directory")
+            raise ValueError(f"model_path {model_path!r} is not a directory or a .gguf file")
         raw = _read_json(path / "config.json", model_path, required=True)
         gen = _read_json(path / "generation_config.json", model_path, required=False)
+        return cls.from_hf_config(raw, model_path, gen)
 
+    @classmethod
+    def from_hf_config(
+        cls, raw: dict[str, Any], model_path: str, generation: dict[str, Any] | None = None
+    ) -> ModelConfig:
+        """A config from a parsed config.json dict (``raw``) and generation_config.json dict (``generation``);
+        ``model_path`` is recorded and named in errors. The GGUF loader builds such a dict from GGUF metadata.
+
+        Raises:
+            ValueError: as ``from_pretrained``.
+        """
+        gen = generation or {}
         arch = _architecture(raw, model_path)
         family = _MODEL_TYPE_TO_ARCH_INV[arch]
 
         def need(key: str) -> Any:
             if raw.get(key) is None:
-                raise ValueError(f"config.json of model_path {model_path!r} lacks required key {key!r}")
+                raise ValueError(f"the config of model_path {model_path!r} lacks required key {key!r}")
             return raw[key]
 
         hidden, heads = int(need("hidden_size")), int(need("num_attention_heads"))
@@ -225,6 +270,16 @@ class ModelConfig:
         bos = raw.get("bos_token_id")
         if bos is None:
             bos = gen.get("bos_token_id")
+        checkpoint: dict[str, Any] = {}
+        if raw.get("quantization_config") is not None:
+            from radixgen.runtime.models.compressed_tensors import checkpoint_layout
+
+            quant, weight_format = checkpoint_layout(raw["quantization_config"], model_path)
+            checkpoint = {
+                "checkpoint_format": "compressed-tensors",
+                "checkpoint_quantization": quant,
+                "checkpoint_weight_format": weight_format,
+            }
         return cls(
             model_path=str(model_path),
             architecture=arch,
@@ -252,6 +307,7 @@ class ModelConfig:
             bos_token_id=None if bos is None else int(bos),
             eos_token_ids=tuple(eos),
             torch_dtype=raw.get("torch_dtype") or raw.get("dtype"),
+            **checkpoint,
         )
 
 

@@ -21,6 +21,8 @@ from torch import nn
 
 from radixgen.runtime.attention.base import AttentionLayer
 from radixgen.runtime.models.config import ModelConfig
+from radixgen.runtime.models.linear import LinearKernel, convert_linear, cpu_float_kernel
+from radixgen.runtime.models.quant_config import QuantizationConfig
 from radixgen.runtime.models.rope import RotaryEmbedding, apply_rotary
 
 if TYPE_CHECKING:
@@ -172,6 +174,8 @@ class LlamaForCausalLM(nn.Module):
             if config.tie_word_embeddings
             else nn.Linear(config.hidden_size, config.vocab_size, bias=False, dtype=dtype)
         )
+        self.logits_proj: LinearKernel | None = None  # set by process_weights_after_loading
+        self.weights_processed = False
         self.rotary_emb = RotaryEmbedding(
             config.head_dim, config.context_len, config.rope_theta, config.rope_scaling
         )
@@ -195,26 +199,61 @@ class LlamaForCausalLM(nn.Module):
         return self.model.norm(hidden)
 
     @torch.no_grad()
-    def use_column_major_linears(self) -> None:
-        """Store every decoder-layer projection weight ``[out, in]`` column-major (``w.t()`` contiguous), in place.
+    def process_weights_after_loading(self, quant: QuantizationConfig | None = None) -> None:
+        """Swap every projection's ``nn.Linear`` for the kernel module of its weight format, in place.
 
-        Same values and shapes, so nothing else changes, but ``F.linear`` then runs MKL's non-transposed float32
-        GEMM, which on CPU is faster at decode batch sizes (measured at M = 32/64, 1 thread: 15-40% faster for
-        the qkv / o / gate_up / down shapes of bench-llama-40m; equal at M = 4096). The LM head stays
-        row-major: tied to the embedding table, whose row lookups need that layout.
+        Called once after the checkpoint (or dummy weights) is loaded (vLLM's hook of the same name). Each
+        decoder-layer projection becomes ``convert_linear(weight, bias, quant)`` (oneDNN-prepacked float on CPU,
+        torchao int8 / int4 weight-only with ``quant``; see ``radixgen.runtime.models.linear``). The LM head gets
+        its own kernel module on CPU too (quantized only with ``quant.quantize_lm_head``); with tied embeddings
+        that is a prepacked or quantized copy of the table, which the embedding lookup keeps reading in float —
+        except a tied float32 head, which keeps reading the table itself.
+        ``hf_weight_views`` is unavailable afterwards (the weights are repacked).
+
+        Raises:
+            ValueError: a weight shape the quantization cannot take (names ``quantization``).
         """
         for module in self.model.layers:
             layer = cast(LlamaDecoderLayer, module)
-            attn, mlp = cast(LlamaAttention, layer.self_attn), cast(LlamaMLP, layer.mlp)
-            linears = (attn.qkv_proj, attn.o_proj, mlp.gate_up_proj, mlp.down_proj)
-            for linear in cast(tuple[nn.Linear, ...], linears):
-                linear.weight.data = linear.weight.data.t().contiguous().t()  # [out, in] view of [in, out] storage
+            attn, mlp = layer.self_attn, layer.mlp
+            for owner, name in ((attn, "qkv_proj"), (attn, "o_proj"), (mlp, "gate_up_proj"), (mlp, "down_proj")):
+                linear = getattr(owner, name)
+                setattr(owner, name, convert_linear(linear.weight, linear.bias, quant))
+        head = self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
+        head_quant = quant if quant is not None and quant.quantize_lm_head else None
+        tied_float32 = self.lm_head is None and head_quant is None and cpu_float_kernel(head.dtype) == "colmajor"
+        if head_quant is not None or (head.device.type == "cpu" and not tied_float32):
+            # a prepacked / quantized head (a copy of the table when tied); a tied float32 head keeps reading the
+            # embedding table (row-major: equal to a column-major copy at M = 1, and no extra memory)
+            self.logits_proj = convert_linear(head, None, head_quant)
+            self.lm_head = None
+        self.weights_processed = True
+
+    def weight_report(self) -> dict[str, object]:
+        """Weight formats and bytes for ``/get_server_info``: ``{"formats": {format: count}, "bytes": int}``.
+
+        ``bytes`` counts the projections in their stored format (scales and zero points included, a tied LM
+        head's packed copy included), plus the embedding table, norms and biases.
+        """
+        formats: dict[str, int] = {}
+        total = 0
+        for module in self.modules():
+            if isinstance(module, LinearKernel):
+                formats[module.weight_format] = formats.get(module.weight_format, 0) + 1
+                total += module.weight_bytes
+                params = [] if module.bias is None else [module.bias]
+            else:
+                params = list(module.parameters(recurse=False))
+            total += sum(p.numel() * p.element_size() for p in params)
+        return {"formats": formats, "bytes": total}
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Project hidden states ``[n, hidden_size]`` to float32 logits ``[n, vocab_size]``.
 
         The projection runs in the model dtype (as transformers does) and is then upcast.
         """
+        if self.logits_proj is not None:
+            return self.logits_proj(hidden).float()  # [n, vocab_size]
         weight = self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
         return F.linear(hidden, weight).float()  # [n, vocab_size]
 
@@ -225,7 +264,12 @@ class LlamaForCausalLM(nn.Module):
         checkpoint tensor's shape: ``q_proj``/``k_proj``/``v_proj`` are row ranges of ``qkv_proj``
         (``[q_size | kv_size | kv_size]``), ``gate_proj``/``up_proj`` row halves of ``gate_up_proj``.
         With tied embeddings there is no ``lm_head.weight`` entry.
+
+        Raises:
+            RuntimeError: after ``process_weights_after_loading`` (the projections are repacked).
         """
+        if self.weights_processed:
+            raise RuntimeError("hf_weight_views: the weights were repacked by process_weights_after_loading")
         c = self.config
         q, kv, inter = c.q_size, c.kv_size, c.intermediate_size
         views: dict[str, torch.Tensor] = {

@@ -1,14 +1,21 @@
-"""Build a model from a ``ModelConfig``: weights from safetensors files, or random ("dummy") weights."""
+"""Build a model from a ``ModelConfig``: weights from safetensors files (float or compressed-tensors), a GGUF
+file, or random ("dummy") weights."""
 
 from __future__ import annotations
 
 import json
+import logging
+from collections.abc import Collection, Iterator
 from pathlib import Path
+from typing import Any, Protocol
 
 import torch
 
 from radixgen.runtime.models.config import ModelConfig
 from radixgen.runtime.models.llama import LlamaForCausalLM
+from radixgen.runtime.models.quant_config import QuantizationConfig
+
+logger = logging.getLogger(__name__)
 
 LOAD_FORMATS: tuple[str, ...] = ("auto", "safetensors", "dummy")
 SUPPORTED_DTYPES: tuple[torch.dtype, ...] = (torch.float32, torch.bfloat16, torch.float16)
@@ -21,19 +28,26 @@ def load_model(
     load_format: str = "auto",
     device: str | torch.device = "cpu",
     seed: int = 0,
+    quantization: QuantizationConfig | None = None,
+    process_weights: bool = True,
 ) -> LlamaForCausalLM:
     """Create the model for ``config`` on ``device`` with ``dtype`` parameters, in eval mode, without grads.
 
     Args:
         config: model configuration (``ModelConfig.from_pretrained``).
         dtype: float32 (default), bfloat16 or float16; checkpoint tensors are cast to it.
-        load_format: ``"auto"`` / ``"safetensors"``: read ``*.safetensors`` in ``config.model_path`` (one
-            file, or the shards listed by ``model.safetensors.index.json``). ``"dummy"``: random weights from
+        load_format: ``"auto"``: read the checkpoint ``config.checkpoint_format`` names (``checkpoint_reader``:
+            a GGUF file, compressed-tensors or float safetensors). ``"safetensors"``: read ``*.safetensors`` in
+            ``config.model_path`` (one file, or the shards listed by ``model.safetensors.index.json``; dequantized
+            when compressed-tensors). ``"dummy"``: random weights from
             the config alone (no files read), deterministic for ``seed`` on a given device: linear and
             embedding weights ~ N(0, initializer_range), biases 0, norm weights 1.
-        device: where the parameters live. On CPU the decoder-layer projection weights are stored column-major
-            (``LlamaForCausalLM.use_column_major_linears``).
+        device: where the parameters live.
         seed: the dummy-weights seed.
+        quantization: weight-only quantization of the projections (``QuantizationConfig``), or None.
+        process_weights: convert the projections to their kernel modules
+            (``LlamaForCausalLM.process_weights_after_loading``: oneDNN-prepacked on CPU, or quantized). False
+            keeps plain ``nn.Linear`` weights, e.g. to copy them into a reference model with ``hf_weight_views``.
 
     Checkpoint names are the Hugging Face ones (``model.embed_tokens.weight``,
     ``model.layers.N.self_attn.q_proj.weight``, ``...mlp.gate_proj.weight``, ``model.norm.weight``,
@@ -43,7 +57,8 @@ def load_model(
     Raises:
         ValueError: unsupported ``dtype`` or ``load_format``; no safetensors file in ``model_path``; a shard
             named by the index is absent; the checkpoint has unknown tensors or lacks expected ones (both
-            listed); a tensor's shape differs from the model's (the tensor is named).
+            listed); a tensor's shape differs from the model's (the tensor is named); an unreadable GGUF file or
+            compressed-tensors module (named).
     """
     if dtype not in SUPPORTED_DTYPES:
         raise ValueError(f"load_model: dtype {dtype} not supported (supported: {list(SUPPORTED_DTYPES)})")
@@ -51,19 +66,21 @@ def load_model(
         raise ValueError(
             f"load_model: load_format {load_format!r} not supported (supported: {list(LOAD_FORMATS)})"
         )
-    files = None if load_format == "dummy" else safetensors_files(config.model_path)
+    reader = None if load_format == "dummy" else checkpoint_reader(config, load_format)
     # Build on the meta device (no allocation, no default init), then allocate on the target device.
     with torch.device("meta"):
         model = LlamaForCausalLM(config, dtype=dtype)
     model = model.to_empty(device=device)
     model.requires_grad_(False)
     with torch.no_grad():
-        if files is None:
+        if reader is None:
             _init_dummy(model, seed)
         else:
-            _load_safetensors(model, files)
-    if torch.device(device).type == "cpu":
-        model.use_column_major_linears()  # faster CPU GEMMs at small batch; see its docstring
+            _load_checked(model, reader)
+    if process_weights:
+        model.process_weights_after_loading(quantization)
+    elif quantization is not None:
+        raise ValueError("load_model: quantization needs process_weights=True")
     return model.eval()
 
 
@@ -103,17 +120,115 @@ def _listing(names: list[str]) -> str:
     return shown + (f", ... ({len(names) - _MAX_LISTED} more)" if len(names) > _MAX_LISTED else "")
 
 
-def _load_safetensors(model: LlamaForCausalLM, files: list[Path]) -> None:
-    """Check the checkpoint's names and shapes against the model before reading any data, then copy."""
-    from safetensors import safe_open
+class CheckpointReader(Protocol):
+    """A checkpoint's float tensors under Hugging Face names (``SafetensorsWeights``,
+    ``gguf_loader.GGUFWeights``, ``compressed_tensors.CompressedTensorsWeights``)."""
 
+    def shapes(self, expected: Collection[str]) -> dict[str, tuple[int, ...]]:
+        """``{name: shape}`` of every tensor the checkpoint holds, without reading tensor data (a reader that
+        renames uses ``expected``, the model's names, to resolve them; names it cannot map are reported as
+        stored)."""
+        ...
+
+    def tensors(self, names: Collection[str]) -> Iterator[tuple[str, torch.Tensor]]:
+        """``(name, tensor)`` for each of ``names`` (which ``shapes`` reported), float (dequantized) tensors of
+        the reported shapes, one at a time."""
+        ...
+
+
+def checkpoint_reader(config: ModelConfig, load_format: str = "auto") -> CheckpointReader:
+    """The reader of ``config``'s weights, by ``config.checkpoint_format``: GGUF, compressed-tensors (over the
+    directory's safetensors) or plain safetensors.
+
+    Raises:
+        ValueError: ``load_format="safetensors"`` for a GGUF model; as ``safetensors_files``; an unreadable
+            GGUF file or quantization_config (naming model_path).
+    """
+    if config.checkpoint_format == "gguf":
+        if load_format == "safetensors":
+            raise ValueError(
+                f"model_path {config.model_path!r} is a GGUF checkpoint: load_format 'safetensors' cannot read it "
+                "(use 'auto')"
+            )
+        from radixgen.runtime.models.gguf_loader import GGUFWeights
+
+        return GGUFWeights(config)
+    weights = SafetensorsWeights(safetensors_files(config.model_path))
+    if config.checkpoint_format == "compressed-tensors":
+        from radixgen.runtime.models.compressed_tensors import CompressedTensorsWeights
+
+        return CompressedTensorsWeights(weights, config.model_path)
+    return weights
+
+
+class SafetensorsWeights:
+    """The tensors of safetensors files by their stored names (a ``CheckpointReader``); the file handles stay
+    open (memory-mapped) while the reader lives."""
+
+    def __init__(self, files: list[Path]) -> None:
+        from safetensors import safe_open
+
+        self._handles: dict[str, Any] = {}
+        self._shapes: dict[str, tuple[int, ...]] = {}
+        for file in files:
+            handle = safe_open(str(file), framework="pt", device="cpu")
+            for name in handle.keys():
+                self._handles[name] = handle
+                self._shapes[name] = tuple(handle.get_slice(name).get_shape())
+
+    def shapes(self, expected: Collection[str]) -> dict[str, tuple[int, ...]]:
+        """Every stored tensor's shape (the returned dict is shared: do not modify it)."""
+        return self._shapes
+
+    def get(self, name: str) -> torch.Tensor:
+        """One stored tensor, as stored (a ``KeyError`` for an unknown name)."""
+        return self._handles[name].get_tensor(name)
+
+    def tensors(self, names: Collection[str]) -> Iterator[tuple[str, torch.Tensor]]:
+        """The stored tensors among ``names``, in file order."""
+        for name in self._shapes:
+            if name in names:
+                yield name, self.get(name)
+
+
+def resolve_quantization(
+    config: ModelConfig, requested: QuantizationConfig | None, dtype: torch.dtype = torch.float32
+) -> QuantizationConfig | None:
+    """The weight-only quantization the runner applies after loading (``load_model(quantization=...)``):
+    ``requested`` (``--quantization``) when given, else the layout a pre-quantized checkpoint maps onto
+    (``config.checkpoint_quantization``: GGUF Q8_0 → int8wo, Q4_0 / Q4_K → int4wo-32, compressed-tensors
+    W4A16 group g → int4wo-g). Logs which, e.g. "GGUF Q8_0 tensors mapped onto int8wo (re-quantized per
+    channel)" or "GGUF F16 tensors dequantized to float32 (no matching layout)"; nothing for float safetensors.
+
+    Args:
+        config: the model's config (``ModelConfig.from_pretrained``).
+        requested: the user's ``ServerArgs.quantization_config`` (None: not given).
+        dtype: the model dtype the dequantized weights are held in (named in the log).
+    """
+    stored = config.checkpoint_weight_format
+    mapped = config.checkpoint_quantization
+    if requested is not None:
+        if stored is not None:
+            logger.info(
+                "%s tensors dequantized, then re-quantized onto %s (--quantization; the checkpoint maps onto %s)",
+                stored, requested.name, mapped.name if mapped is not None else "none",
+            )
+        return requested
+    if stored is None:
+        return None
+    if mapped is None:
+        logger.info("%s tensors dequantized to %s (no matching layout)", stored, str(dtype).removeprefix("torch."))
+        return None
+    how = "per channel" if mapped.method == "int8wo" else f"per group of {mapped.group_size}"
+    logger.info("%s tensors mapped onto %s (re-quantized %s)", stored, mapped.name, how)
+    return mapped
+
+
+def _load_checked(model: LlamaForCausalLM, reader: CheckpointReader) -> None:
+    """Check the checkpoint's names and shapes against the model before reading any data, then copy."""
     model_path = model.config.model_path
     views = model.hf_weight_views()
-    located: dict[str, tuple[Path, tuple[int, ...]]] = {}
-    for file in files:
-        with safe_open(str(file), framework="pt", device="cpu") as f:
-            for name in f.keys():
-                located[name] = (file, tuple(f.get_slice(name).get_shape()))
+    located = reader.shapes(views.keys())
 
     def ignored(name: str) -> bool:
         return name.endswith("rotary_emb.inv_freq") or (
@@ -127,17 +242,14 @@ def _load_safetensors(model: LlamaForCausalLM, files: list[Path]) -> None:
     if missing:
         raise ValueError(f"model_path {model_path!r}: tensors missing from checkpoint: {_listing(missing)}")
     for name, view in views.items():
-        shape = located[name][1]
+        shape = located[name]
         if shape != tuple(view.shape):
             raise ValueError(
                 f"model_path {model_path!r}: tensor {name!r} has shape {list(shape)}, "
                 f"expected {list(view.shape)}"
             )
-    for file in files:
-        with safe_open(str(file), framework="pt", device="cpu") as f:
-            for name in f.keys():
-                if name in views and located[name][0] == file:
-                    views[name].copy_(f.get_tensor(name))
+    for name, tensor in reader.tensors(set(views)):
+        views[name].copy_(tensor)
 
 
 def _init_dummy(model: LlamaForCausalLM, seed: int) -> None:

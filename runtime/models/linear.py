@@ -1,0 +1,255 @@
+"""How a linear layer's weight is stored and multiplied: one module per weight format, chosen after loading.
+
+Checkpoints load into plain ``nn.Linear`` parameters (``[out_features, in_features]``, the Hugging Face layout);
+``convert_linear`` then replaces each projection with the module that runs it fastest on its device:
+
+- ``OneDNNLinear`` (CPU, bfloat16): the weight reordered once into oneDNN's blocked layout
+  (``torch.ops.mkldnn._reorder_linear_weight``), multiplied by ``_linear_pointwise`` — the prepacking inductor
+  applies with ``freezing``. Measured on this project's CPU (AVX-512 + AMX, 2 threads), summed over the 32
+  projections of bench-llama-40m: bfloat16 at M = 1 goes from 8.6 ms (unpacked ``F.linear``) to 4.1 ms and the
+  32000 x 512 LM head from 1.28 to 0.76 ms (1 thread, single projections: 1024 x 512 145 -> 56 us, 512 x 1408
+  278 -> 70 us).
+- ``DenseLinear(column_major=True)`` (CPU, float32): ``F.linear`` over a column-major weight, i.e. MKL's
+  non-transposed SGEMM. oneDNN's float32 path costs 15-25 us more per call at M = 1 (1024 x 512: 112 vs 52 us;
+  stories260K's tiny projections: 27 vs 2 us), which at batch 1 outweighs its 10-50% gain at M = 16-64.
+- ``Int8WeightOnlyLinear``: torchao's ``Int8Tensor`` (symmetric int8, one scale per output channel). On CPU
+  the product runs in aten's ``_weight_int8pack_mm`` (the kernel inductor emits for torchao's weight-only
+  int8 graph) on bfloat16 activations — 1.3 ms for the projections of bench-llama-40m at M = 1; torchao's
+  eager ``F.linear`` on the tensor dequantizes the whole weight every call instead (7-10 ms). Elsewhere
+  torchao's own ``F.linear`` dispatch.
+- ``Int4WeightOnlyLinear``: torchao's group-wise asymmetric int4 (``Int4OpaqueTensor``, the tinygemm CPU layout
+  read by ``_weight_int4pack_mm_for_cpu``; on CUDA torchao's ``Int4WeightOnlyConfig`` tensor), bfloat16
+  activations.
+- ``DenseLinear``: plain ``F.linear`` elsewhere (CUDA).
+
+Every module maps ``x [..., in_features]`` (the model dtype) to ``[..., out_features]`` in the same dtype and
+reports ``weight_bytes`` and ``weight_format`` for ``/get_server_info``.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from radixgen.runtime.models.quant_config import QuantizationConfig
+
+logger = logging.getLogger(__name__)
+
+
+class LinearKernel(nn.Module):
+    """Base: ``forward(x [..., in_features]) -> [..., out_features]`` in ``x.dtype``."""
+
+    in_features: int
+    out_features: int
+    weight_format: str
+    bias: nn.Parameter | None
+    _bytes: int
+
+    @property
+    def weight_bytes(self) -> int:
+        """Bytes held by the weight (and its scales / zero points, and padding), not counting the bias."""
+        return self._bytes
+
+
+def _tensor_bytes(t: torch.Tensor) -> int:
+    return t.numel() * t.element_size()
+
+
+class DenseLinear(LinearKernel):
+    """``F.linear`` over a ``[out, in]`` weight.
+
+    ``column_major``: store the weight as the ``[out, in]`` view of ``[in, out]`` storage, so that ``F.linear``
+    runs MKL's non-transposed GEMM — on CPU in float32 the fastest at decode batch sizes (see the module
+    docstring).
+    """
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, column_major: bool = False) -> None:
+        super().__init__()
+        self.out_features, self.in_features = weight.shape
+        if column_major:
+            weight = weight.t().contiguous().t()  # [out, in] view of [in, out] storage
+        self.weight = nn.Parameter(weight, requires_grad=False)
+        self.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
+        self.weight_format = str(weight.dtype).removeprefix("torch.") + ("-colmajor" if column_major else "")
+        self._bytes = _tensor_bytes(weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight, self.bias)
+
+
+def onednn_supports(dtype: torch.dtype) -> bool:
+    """Whether this torch build can prepack ``dtype`` weights for oneDNN on this CPU."""
+    if not torch.backends.mkldnn.is_available():
+        return False
+    if dtype == torch.float32:
+        return True
+    if dtype == torch.bfloat16:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return False
+
+
+def cpu_float_kernel(dtype: torch.dtype) -> str:
+    """The float kernel ``convert_linear`` picks on CPU: ``onednn`` (bfloat16 where oneDNN has it) or
+    ``colmajor`` (float32, and bfloat16 / float16 without oneDNN support)."""
+    return "onednn" if dtype == torch.bfloat16 and onednn_supports(dtype) else "colmajor"
+
+
+# the batch size oneDNN's reorder is told to expect: decode steps are small; any M works, the hint only picks
+# the blocking (1 and 16 measured within noise of each other at M = 1..64 for the bench-llama-40m shapes)
+_PACK_BATCH_HINT = 16
+
+
+class OneDNNLinear(LinearKernel):
+    """A float32 / bfloat16 weight prepacked for oneDNN's CPU GEMM (see the module docstring for the figures)."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+        super().__init__()
+        self.out_features, self.in_features = weight.shape
+        self.dtype = weight.dtype
+        self.weight_format = str(weight.dtype).removeprefix("torch.") + "-onednn"
+        self._bytes = _tensor_bytes(weight)
+        packed = torch.ops.mkldnn._reorder_linear_weight(weight.contiguous(), _PACK_BATCH_HINT)
+        self.register_buffer("packed_weight", packed, persistent=False)
+        self.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        x2 = x.reshape(-1, self.in_features).contiguous()  # [M, in]
+        y = torch.ops.mkldnn._linear_pointwise(x2, self.packed_weight, self.bias, "none", [], "")  # [M, out]
+        return y.reshape(*shape[:-1], self.out_features)
+
+
+def _quiet_torchao() -> Any:
+    """Import torchao.quantization with its import-time chatter (optional CUDA extension probes) silenced."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            import torchao.quantization as tq
+    finally:
+        root.setLevel(level)
+    return tq
+
+
+_INT8_K_BLOCK = 16
+_INT4_N_BLOCK = 16
+
+
+class Int8WeightOnlyLinear(LinearKernel):
+    """int8 weights with a per-output-channel scale (torchao ``Int8Tensor``, symmetric, per-row granularity).
+
+    Error bound: each weight is within half a quantization step (``max|w_row| / 127 / 2``) of its float value.
+    """
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+        super().__init__()
+        tq = _quiet_torchao()
+        from torchao.quantization import PerRow
+
+        self.out_features, self.in_features = weight.shape
+        self.weight_format = "int8wo"
+        qweight = tq.Int8Tensor.from_hp(weight.float(), PerRow())
+        self.cpu_kernel = weight.device.type == "cpu"
+        if self.cpu_kernel:
+            # the kernel's operands: int8 [out, in] and a bfloat16 scale [out] (its activation dtype)
+            # aten's kernel reads K in blocks of 16 at M > 1 (it crashes on other K): pad with zero columns
+            self.k_pad = -self.in_features % _INT8_K_BLOCK
+            qdata = F.pad(qweight.qdata, (0, self.k_pad)).contiguous()  # int8 [out, in + k_pad]
+            scale = qweight.scale.reshape(-1).to(torch.bfloat16)  # [out]
+            self.register_buffer("qdata", qdata, persistent=False)
+            self.register_buffer("scale", scale, persistent=False)
+            self._bytes = _tensor_bytes(qdata) + _tensor_bytes(scale)
+        else:
+            self.k_pad = 0
+            self.qweight = nn.Parameter(qweight, requires_grad=False)
+            self._bytes = _tensor_bytes(qweight.qdata) + _tensor_bytes(qweight.scale)
+        self.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.cpu_kernel:
+            return F.linear(x, self.qweight, self.bias)
+        shape = x.shape
+        x2 = x.reshape(-1, self.in_features).to(torch.bfloat16)  # [M, in]
+        if self.k_pad:
+            x2 = F.pad(x2, (0, self.k_pad))  # [M, in + k_pad]
+        y = torch.ops.aten._weight_int8pack_mm(x2.contiguous(), self.qdata, self.scale).to(x.dtype)  # [M, out]
+        if self.bias is not None:
+            y = y + self.bias
+        return y.reshape(*shape[:-1], self.out_features)
+
+
+class Int4WeightOnlyLinear(LinearKernel):
+    """int4 weights, asymmetric, one bfloat16 scale and zero point per ``group_size`` input channels of a row.
+
+    CPU: torchao's ``Int4OpaqueTensor`` (tinygemm layout for ``_weight_int4pack_mm_for_cpu``); CUDA: torchao's
+    ``Int4WeightOnlyConfig`` tensor. Activations are cast to bfloat16 for the product and back. The kernels
+    take ``out_features`` in multiples of 16 and ``in_features`` in whole groups, so other shapes are padded
+    with zero weights (zero columns meet zero-padded activations; padded outputs are sliced off): exact, at the
+    cost of the padding's bytes.
+    """
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, group_size: int) -> None:
+        super().__init__()
+        _quiet_torchao()
+        self.out_features, self.in_features = weight.shape
+        self.weight_format = f"int4wo-{group_size}"
+        self.k_pad = -self.in_features % group_size
+        n_pad = -self.out_features % _INT4_N_BLOCK
+        w = F.pad(weight.to(torch.bfloat16), (0, self.k_pad, 0, n_pad))  # [out + n_pad, in + k_pad]
+        if weight.device.type == "cpu":
+            from torchao.prototype.quantization.int4.int4_opaque_tensor import Int4OpaqueTensor
+
+            qweight: torch.Tensor = Int4OpaqueTensor.from_hp(w, [1, group_size])
+        else:
+            from torchao.quantization import Int4WeightOnlyConfig, quantize_
+
+            holder = nn.Linear(w.shape[1], w.shape[0], bias=False, dtype=w.dtype, device=w.device)
+            holder.weight.data = w
+            quantize_(holder, Int4WeightOnlyConfig(group_size=group_size))
+            qweight = holder.weight
+        self.qweight = nn.Parameter(qweight, requires_grad=False)
+        rows, cols = w.shape
+        self._bytes = rows * cols // 2 + 2 * 2 * rows * (cols // group_size)  # int4 values + bf16 scale, zero
+        self.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        x2 = x.reshape(-1, self.in_features).to(torch.bfloat16)  # [M, in]
+        if self.k_pad:
+            x2 = F.pad(x2, (0, self.k_pad))  # [M, in + k_pad]
+        y = F.linear(x2, self.qweight)[:, : self.out_features].to(x.dtype)  # [M, out]
+        if self.bias is not None:
+            y = y + self.bias
+        return y.reshape(*shape[:-1], self.out_features)
+
+
+def convert_linear(
+    weight: torch.Tensor, bias: torch.Tensor | None, quant: QuantizationConfig | None
+) -> LinearKernel:
+    """The kernel module for a loaded ``[out, in]`` weight (and optional ``[out]`` bias) on its device.
+
+    Args:
+        weight: the float weight, ``[out_features, in_features]``, on the target device.
+        bias: ``[out_features]`` or None; kept in the model dtype and added after the product.
+        quant: weight-only quantization to apply, or None for the float kernels.
+    Raises:
+        ValueError: int4 with ``in_features`` not a multiple of the group size (names ``quantization``).
+    """
+    weight = weight.detach()
+    bias = None if bias is None else bias.detach()
+    if quant is not None and quant.method == "int8wo":
+        return Int8WeightOnlyLinear(weight, bias)
+    if quant is not None and quant.method == "int4wo":
+        return Int4WeightOnlyLinear(weight, bias, quant.group_size)
+    if weight.device.type != "cpu":
+        return DenseLinear(weight, bias)
+    if cpu_float_kernel(weight.dtype) == "onednn":
+        return OneDNNLinear(weight, bias)
+    return DenseLinear(weight, bias, column_major=True)
