@@ -31,7 +31,9 @@ class Engine:
     """Generate with a local model, no server.
 
     ``Engine(model_path, **server_args)`` takes any ServerArgs field as a keyword (e.g. ``max_total_tokens``,
-    ``chunked_prefill_size``, ``disable_radix_cache``, ``schedule_policy``, ``load_format="dummy"``).
+    ``chunked_prefill_size``, ``disable_radix_cache``, ``schedule_policy``, ``load_format="dummy"``), speculative
+    decoding included (``speculative_algorithm="ngram"`` or ``"draft"`` with ``speculative_draft_model_path``,
+    ``speculative_num_draft_tokens``; responses then carry ``spec_verify_ct`` / ``spec_accept_length``).
 
     Raises:
         ValueError: an invalid server argument or model directory, naming it.
@@ -116,9 +118,9 @@ class Engine:
             **{k: v for k, v in vars(self.server_args).items()},
             "max_total_tokens": runner.max_total_tokens,
             "context_len": runner.context_len,
+            **runner.memory_report(),
             "kv_free_tokens": runner.allocator.available_size(),
             "kv_cached_tokens": sched.tree_cache.total_size(),
-            **runner.memory_report(),
             "kv_evictable_tokens": sched.tree_cache.evictable_size(),
             "num_retractions": sched.num_retractions,
             "step_timing": sched.step_timer.summary(),

@@ -98,6 +98,8 @@ class ReqOutput(msgspec.Struct):
     input_token_ids_logprobs: list[list[list[Any]]] | None = None  # per position: [logprob, id] of the asked ids
     output_token_ids_logprobs: list[list[list[Any]]] | None = None
     jump_forward_tokens: int = 0  # cumulative: outputs appended by grammar jump-forward (no forward each)
+    spec_verify_ct: int = 0  # cumulative: decode-phase target forwards while speculative decoding is on
+    spec_accepted_tokens: int = 0  # cumulative: draft tokens accepted (each forward emits accepted + 1)
 
 
 class SchedulerStats(msgspec.Struct):
@@ -117,6 +119,12 @@ class SchedulerStats(msgspec.Struct):
     max_total_tokens: int
     num_retractions: int = 0
     num_forward_steps: int = 0
+    # speculative decoding, cumulative: per-request verify forwards, draft tokens proposed / accepted, and
+    # spec_accept_hist[n] = forwards that emitted n tokens (empty when speculation is off)
+    spec_verify_forwards: int = 0
+    spec_proposed_tokens: int = 0
+    spec_accepted_tokens: int = 0
+    spec_accept_hist: list[int] = []
 
 
 class BatchTokenOut(msgspec.Struct, tag=True):
@@ -150,6 +158,7 @@ class SchedulerReady(msgspec.Struct, tag=True):
 
     context_len: longest prompt + output in tokens. vocab_size: valid token ids are [0, vocab_size).
     max_total_tokens: KV pool size in tokens. eos_token_ids: ids that end a request unless ignore_eos.
+    memory: ``ModelRunner.memory_report()`` (weight and KV formats and bytes), reported by /get_server_info.
     """
 
     context_len: int
@@ -157,8 +166,8 @@ class SchedulerReady(msgspec.Struct, tag=True):
     max_total_tokens: int
     eos_token_ids: list[int]
     pid: int = 0
+    memory: dict[str, Any] = msgspec.field(default_factory=dict)
 
-    memory: ``ModelRunner.memory_report()`` (weight and KV formats and bytes), reported by /get_server_info.
 
 class DetokRegister(msgspec.Struct, tag=True):
     """Scheduler → detokenizer, before any output of an accepted request: how to detokenize it.
@@ -166,7 +175,6 @@ class DetokRegister(msgspec.Struct, tag=True):
     prompt_tail: the last prompt tokens (decoding context for the first output token's word boundary).
     """
 
-    memory: dict[str, Any] = msgspec.field(default_factory=dict)
     rid: str
     prompt_tail: list[int]
     skip_special_tokens: bool = True

@@ -8,7 +8,10 @@ Names (all prefixed ``radixgen_``): ``requests_total{finish_reason}``, ``prompt_
 ``generation_tokens_total``, ``cached_tokens_total``, ``cache_hit_rate`` (cached / prompt tokens over all
 finished requests), histograms ``time_to_first_token_seconds``, ``time_per_output_token_seconds``,
 ``e2e_request_latency_seconds``, gauges ``num_running_reqs``, ``num_waiting_reqs``, ``kv_used_tokens``,
-``kv_cached_tokens``, ``kv_free_tokens``, ``max_total_tokens``, ``kv_usage`` (used / total).
+``kv_cached_tokens``, ``kv_free_tokens``, ``max_total_tokens``, ``kv_usage`` (used / total); with speculative
+decoding ``spec_accept_length`` (a histogram: tokens emitted per request per decode-phase target forward),
+``spec_proposed_tokens_total``, ``spec_accepted_tokens_total`` and ``spec_acceptance_rate`` (accepted / proposed
+draft tokens so far).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from radixgen.runtime.io_struct import SchedulerStats
 
 _LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+_ACCEPT_BUCKETS = (1, 2, 3, 4, 5, 6, 8, 10, 12, 16)
 _TPOT_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -56,8 +60,20 @@ class ServerMetrics:
         self.kv_free = Gauge("radixgen_kv_free_tokens", "Free KV slots", registry=r)
         self.kv_total = Gauge("radixgen_max_total_tokens", "KV pool size in tokens", registry=r)
         self.kv_usage = Gauge("radixgen_kv_usage", "kv_used_tokens / max_total_tokens", registry=r)
+        self.spec_accept_length = Histogram(
+            "radixgen_spec_accept_length",
+            "Tokens emitted per request per decode-phase target forward (speculative decoding)",
+            buckets=_ACCEPT_BUCKETS,
+            registry=r,
+        )
+        self.spec_proposed = Counter("radixgen_spec_proposed_tokens", "Draft tokens proposed", registry=r)
+        self.spec_accepted = Counter("radixgen_spec_accepted_tokens", "Draft tokens accepted", registry=r)
+        self.spec_acceptance_rate = Gauge(
+            "radixgen_spec_acceptance_rate", "Accepted / proposed draft tokens so far", registry=r
+        )
         self._prompt_total = 0
         self._cached_total = 0
+        self._spec_seen = SchedulerStats(0, 0, 0, 0, 0, 0, 0)  # the cumulative spec counters already recorded
 
     def observe_finished(
         self,
@@ -92,6 +108,22 @@ class ServerMetrics:
         self.kv_free.set(stats.kv_free_tokens)
         self.kv_total.set(stats.max_total_tokens)
         self.kv_usage.set(stats.kv_used_tokens / stats.max_total_tokens if stats.max_total_tokens else 0.0)
+        self._observe_spec(stats)
+
+    def _observe_spec(self, stats: SchedulerStats) -> None:
+        """Fold the growth of the scheduler's cumulative speculation counters into the spec metrics."""
+        seen = self._spec_seen
+        if stats.spec_verify_forwards <= seen.spec_verify_forwards:
+            return
+        old_hist = seen.spec_accept_hist
+        for n, count in enumerate(stats.spec_accept_hist):
+            for _ in range(count - (old_hist[n] if n < len(old_hist) else 0)):
+                self.spec_accept_length.observe(n)
+        self.spec_proposed.inc(stats.spec_proposed_tokens - seen.spec_proposed_tokens)
+        self.spec_accepted.inc(stats.spec_accepted_tokens - seen.spec_accepted_tokens)
+        if stats.spec_proposed_tokens:
+            self.spec_acceptance_rate.set(stats.spec_accepted_tokens / stats.spec_proposed_tokens)
+        self._spec_seen = stats
 
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric."""

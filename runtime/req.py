@@ -56,6 +56,11 @@ class Req:
     has accepted exactly ``output_ids`` and survives retraction. ``jump_forward_tokens`` counts the outputs
     appended by jump-forward (no forward each); ``jump_requeues`` how often the request went back through an
     extend to prefill them.
+
+    Speculative decoding (runtime/speculative): ``spec_verify_ct`` counts the request's decode-phase target
+    forwards while speculation is on, ``spec_draft_tokens`` the draft tokens proposed to it and
+    ``spec_accepted_tokens`` those accepted (each forward emits accepted + 1 tokens); ``draft_state`` is the draft
+    model's KV state of the request (owned by the draft proposer), None without one.
     """
 
     def __init__(
@@ -98,6 +103,10 @@ class Req:
         self.grammar: GrammarMatcher | None = None
         self.jump_forward_tokens = 0
         self.jump_requeues = 0
+        self.spec_verify_ct = 0
+        self.spec_draft_tokens = 0
+        self.spec_accepted_tokens = 0
+        self.draft_state: Any = None
         self.stop_tail = ""  # detokenized tail used for stop-string matching
         self.stop_text = ""  # the whole detokenized output, for stop regexes (kept only when there are some)
         self.stop_detok: Any = None

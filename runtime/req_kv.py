@@ -7,6 +7,8 @@ everything a request holds. After SGLang's cache_finished_req / cache_unfinished
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from radixgen.radix import ReqToTokenPool, TokenSlotAllocator
@@ -31,6 +33,8 @@ class ReqKVManager:
         self.allocator = allocator
         self.tree_cache = cache
         self.reuse = not isinstance(cache, NoReuseCache)
+        # called with each request whose memory ``release`` gives back (the draft model drops its KV state then)
+        self.release_hooks: list[Callable[[Req], None]] = []
 
     def available_tokens(self) -> int:
         """Slots that can be handed out now: free plus evictable (tokens)."""
@@ -89,6 +93,21 @@ class ReqKVManager:
             table[req.req_pool_idx, req.kv_len : req.kv_len + n] = slots[offset : offset + n].to(torch.int32)
             offset += n
 
+    def truncate(self, req: Req, kv_len: int) -> None:
+        """Keep only ``req_to_token[row, :kv_len]``: the request's slots after it (KV of rejected draft tokens) go
+        back to the free list at once and ``req.kv_len`` becomes ``kv_len``.
+
+        Raises:
+            ValueError: ``kv_len`` is below the cached prefix or above the current ``kv_len``.
+        """
+        assert req.req_pool_idx is not None
+        if not req.prefix_len <= kv_len <= req.kv_len:
+            raise ValueError(f"truncate: kv_len {kv_len} outside [{req.prefix_len}, {req.kv_len}] of {req}")
+        if kv_len < req.kv_len:
+            dropped = self.req_to_token_pool.req_to_token[req.req_pool_idx, kv_len : req.kv_len]
+            self.allocator.free(dropped.to(torch.int64))
+            req.kv_len = kv_len
+
     def _insert(self, req: Req) -> list[int]:
         """Insert ``seq[:kv_len]`` into the cache and free the request's slots that duplicate cached tokens."""
         assert req.req_pool_idx is not None
@@ -117,6 +136,8 @@ class ReqKVManager:
         """Give back everything a request holds: its KV goes into the cache, its lock and its row are dropped."""
         if req.req_pool_idx is None:
             return
+        for hook in self.release_hooks:
+            hook(req)
         self._insert(req)
         if req.last_node is not None:
             self.tree_cache.dec_lock_ref(req.last_node)

@@ -53,6 +53,8 @@ class RequestState:
         self.completion_tokens = 0
         self.cached_tokens = 0
         self.jump_forward_tokens = 0
+        self.spec_verify_ct = 0
+        self.spec_accepted_tokens = 0
         self.error: tuple[int, str, str | None] | None = None
         self.updated = False
         self._sent_ids = self._sent_text = 0  # what the last response() covered (for intervals and deltas)
@@ -79,6 +81,8 @@ class RequestState:
         self.completion_tokens = out.completion_tokens
         self.cached_tokens = out.cached_tokens
         self.jump_forward_tokens = out.jump_forward_tokens
+        self.spec_verify_ct = out.spec_verify_ct
+        self.spec_accepted_tokens = out.spec_accepted_tokens
         if self.return_logprob:
             self.logprobs.extend(out)
         if out.finish_reason is not None:
@@ -109,7 +113,8 @@ class RequestState:
 
         meta_info: ``id``, ``finish_reason`` (``FinishReason.to_json()`` or None), ``prompt_tokens``,
         ``completion_tokens``, ``cached_tokens``, ``jump_forward_tokens`` (outputs appended by grammar
-        jump-forward without a forward each), ``e2e_latency`` (seconds), and the logprob lists (entries
+        jump-forward without a forward each), ``e2e_latency`` (seconds), with speculative decoding ``spec_verify_ct``
+        and ``spec_accept_length`` (tokens emitted per decode-phase target forward), and the logprob lists (entries
         ``[logprob, token_id, text or None]``) with ``output_token_logprobs_length`` when logprobs were asked for.
         With ``incremental`` (SGLang's ``--incremental-streaming-output``) ``text``, ``output_ids`` and the output
         logprob lists hold only what is new since the previous response.
@@ -126,6 +131,9 @@ class RequestState:
             "jump_forward_tokens": self.jump_forward_tokens,
             "e2e_latency": self.e2e_latency(),
         }
+        if self.spec_verify_ct:  # speculative decoding (SGLang's fields): tokens per decode-phase target forward
+            meta["spec_verify_ct"] = self.spec_verify_ct
+            meta["spec_accept_length"] = (self.spec_verify_ct + self.spec_accepted_tokens) / self.spec_verify_ct
         if self.return_logprob:
             meta.update(self.logprobs.meta(ids_from))
         out: dict[str, Any] = {

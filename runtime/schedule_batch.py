@@ -37,6 +37,9 @@ class ScheduleBatch:
         sample_rows: for each sampled request, its row in the computed logits.
         input_lp: per request, ``(first_position, logits_row_indices)``: the logits rows predicting prompt
             positions ``first_position, first_position + 1, ...``.
+        drafts: a speculative verify batch (runtime/speculative): per request the draft tokens ``d_1..d_K`` that
+            follow its sequence; the request's new tokens are its last token and the drafts, and its logits rows
+            are all ``K + 1`` positions from ``sample_rows[sample_index[i]]`` on. None for any other batch.
     """
 
     mode: ForwardMode
@@ -50,10 +53,18 @@ class ScheduleBatch:
     sample_index: list[int] = field(default_factory=list)
     sample_rows: list[int] = field(default_factory=list)
     input_lp: list[tuple[int, list[int]]] = field(default_factory=list)
+    drafts: list[list[int]] | None = None
 
     @classmethod
-    def build(cls, mode: ForwardMode, items: list[tuple[Req, int]], out_cache_loc: torch.Tensor) -> ScheduleBatch:
-        """Lay out ``items`` (request, number of new tokens) for one forward."""
+    def build(
+        cls,
+        mode: ForwardMode,
+        items: list[tuple[Req, int]],
+        out_cache_loc: torch.Tensor,
+        drafts: list[list[int]] | None = None,
+    ) -> ScheduleBatch:
+        """Lay out ``items`` (request, number of new tokens) for one forward; with ``drafts`` (a verify batch) each
+        request's new tokens end with its draft tokens and every draft position gets a logits row."""
         batch = cls(
             mode=mode,
             reqs=[r for r, _ in items],
@@ -62,11 +73,13 @@ class ScheduleBatch:
             input_ids=[],
             req_pool_indices=[r.req_pool_idx for r, _ in items],  # type: ignore[misc]
             out_cache_loc=out_cache_loc,
+            drafts=drafts,
         )
         base = 0
-        for req, n in items:
+        for i, (req, n) in enumerate(items):
             start = req.kv_len
-            seq = req.seq()
+            tail = len(drafts[i]) if drafts is not None else 0
+            seq = req.seq() + drafts[i] if drafts is not None else req.seq()
             batch.input_ids.extend(seq[start : start + n])
             # input logprobs: prompt position p is predicted by the logits at position p - 1
             n_prompt = len(req.origin_input_ids)
@@ -78,10 +91,10 @@ class ScheduleBatch:
                     rows.append(len(batch.logits_rows))
                     batch.logits_rows.append(base + (p - 1 - start))
             batch.input_lp.append((first_p, rows))
-            if start + n == req.seq_len and len(req.output_ids) < req.sampling_params.max_new_tokens:
+            if start + n == req.seq_len + tail and len(req.output_ids) < req.sampling_params.max_new_tokens:
                 batch.sample_index.append(len(batch.sample_rows))
                 batch.sample_rows.append(len(batch.logits_rows))
-                batch.logits_rows.append(base + n - 1)
+                batch.logits_rows.extend(range(base + n - 1 - tail, base + n))
             else:
                 batch.sample_index.append(-1)
             base += n
@@ -91,8 +104,23 @@ class ScheduleBatch:
         """int64 ``[num_logits_rows]`` token indices whose logits the model runner computes."""
         return torch.tensor(self.logits_rows, dtype=torch.int64)
 
+    @property
+    def is_verify(self) -> bool:
+        """A speculative verify forward (running requests, K + 1 positions each), not a prefill."""
+        return self.drafts is not None
+
+    @property
+    def is_prefill(self) -> bool:
+        return self.mode == ForwardMode.EXTEND and self.drafts is None
+
     def sampling_reqs(self) -> list[Req]:
         return [r for r, i in zip(self.reqs, self.sample_index, strict=True) if i >= 0]
+
+    def tokens_per_req(self, next_ids: torch.Tensor) -> list[list[int]]:
+        """The sampled ids (int64 ``[num_sampling]``) as one list per request: ``[token]``, or ``[]`` for a request
+        that does not sample this step."""
+        ids = next_ids.tolist()
+        return [[ids[j]] if j >= 0 else [] for j in self.sample_index]
 
     def sample(
         self,
@@ -142,36 +170,39 @@ class ScheduleBatch:
         )
         return sampler.sample(rows, info)
 
-    def gather_logprobs(self, logits: torch.Tensor, next_ids: torch.Tensor) -> None:
-        """Append input- and output-token logprobs (deltas) to the requests that asked for them."""
+    def compute_logprobs(self, logits: torch.Tensor) -> torch.Tensor | None:
+        """float32 ``[num_logits_rows, vocab]`` log-softmax of the raw logits, or None when no request asked."""
         if not any(r.return_logprob for r in self.reqs):
+            return None
+        return compute_logprobs(logits)
+
+    def append_logprobs(self, i: int, logprobs: torch.Tensor | None, tokens: list[int]) -> None:
+        """Append request ``i``'s input-token logprobs and the output logprobs of ``tokens`` (the tokens it emits
+        this step, in order: token ``j`` was drawn from its sampling row ``j``) to its deltas, if it asked; call
+        before its ``kv_len`` advances."""
+        req = self.reqs[i]
+        if logprobs is None or not req.return_logprob:
             return
-        logprobs = compute_logprobs(logits)  # [num_logits_rows, vocab]
-        next_list = next_ids.tolist()
-        for i, req in enumerate(self.reqs):
-            if not req.return_logprob:
-                continue
-            k = req.top_logprobs_num
-            first_p, rows = self.input_lp[i]
-            asked = req.token_ids_logprob
-            if req.input_logprob_pos == 0 and req.kv_len == 0 and len(req.origin_input_ids) > 0:
-                req.delta_input_logprobs.append([None, req.origin_input_ids[0]])
-                req.delta_input_top.append([])
-                if asked:
-                    req.delta_input_ids_lp.append([])
-                req.input_logprob_pos = 1
-            if rows:
-                idx = torch.tensor(rows, dtype=torch.int64)
-                targets = torch.tensor(req.origin_input_ids[first_p : first_p + len(rows)], dtype=torch.int64)
-                dst = (req.delta_input_logprobs, req.delta_input_top, req.delta_input_ids_lp)
-                _append(dst, logprobs[idx], targets, k, asked)
-                req.input_logprob_pos = first_p + len(rows)
-            j = self.sample_index[i]
-            if j >= 0:
-                row = logprobs[self.sample_rows[j] : self.sample_rows[j] + 1]
-                tok = torch.tensor([next_list[j]], dtype=torch.int64)
-                dst = (req.delta_output_logprobs, req.delta_output_top, req.delta_output_ids_lp)
-                _append(dst, row, tok, k, asked)
+        k = req.top_logprobs_num
+        first_p, rows = self.input_lp[i]
+        asked = req.token_ids_logprob
+        if req.input_logprob_pos == 0 and req.kv_len == 0 and len(req.origin_input_ids) > 0:
+            req.delta_input_logprobs.append([None, req.origin_input_ids[0]])
+            req.delta_input_top.append([])
+            if asked:
+                req.delta_input_ids_lp.append([])
+            req.input_logprob_pos = 1
+        if rows:
+            idx = torch.tensor(rows, dtype=torch.int64)
+            targets = torch.tensor(req.origin_input_ids[first_p : first_p + len(rows)], dtype=torch.int64)
+            dst = (req.delta_input_logprobs, req.delta_input_top, req.delta_input_ids_lp)
+            _append(dst, logprobs[idx], targets, k, asked)
+            req.input_logprob_pos = first_p + len(rows)
+        j = self.sample_index[i]
+        if j >= 0 and tokens:
+            first = self.sample_rows[j]
+            dst = (req.delta_output_logprobs, req.delta_output_top, req.delta_output_ids_lp)
+            _append(dst, logprobs[first : first + len(tokens)], torch.tensor(tokens, dtype=torch.int64), k, asked)
 
 
 def _append(

@@ -30,6 +30,7 @@ from radixgen.runtime.sampler import Sampler
 from radixgen.runtime.schedule_batch import ScheduleBatch
 from radixgen.runtime.schedule_policy import PrefillAdder, order_waiting, prefix_match_key
 from radixgen.runtime.server_args import ServerArgs
+from radixgen.runtime.speculative import create_spec_worker
 from radixgen.runtime.step_timing import StepTimer
 from radixgen.runtime.stop_checker import StopChecker
 
@@ -70,6 +71,11 @@ class Scheduler:
     ``self.grammar`` (runtime/constrained.py): compiled off-thread while they wait in its queue, masked in
     ``sample``, advanced in ``process_result``.
 
+    Speculative decoding (``speculative_algorithm``; runtime/speculative/worker.py): ``self.spec`` proposes draft
+    tokens for the running requests in ``_schedule_decode``; the decode step is then an extend over each request's
+    last token and its drafts (a verify batch), ``sample`` accepts drafts instead of sampling one token, and
+    ``process_result`` commits the emitted tokens and frees the KV of rejected ones.
+
     Counters for tests and metrics: ``num_retractions``, ``num_forward_steps``, ``num_extend_steps``;
     ``step_timer`` (runtime/step_timing.py) accumulates the wall time of each step's phases.
     """
@@ -91,6 +97,7 @@ class Scheduler:
         self.stop_checker = StopChecker(tokenizer, self.eos_token_ids)
         self.sampler = Sampler(seed=server_args.random_seed)
         self.grammar = GrammarHooks(server_args, tokenizer, model_runner.vocab_size, self.eos_token_ids)
+        self.spec = create_spec_worker(server_args, model_runner, self.kv, self.sampler, self.eos_token_ids)
         self.reqs: dict[str, Req] = {}  # every live request, whatever its status
         self.waiting: list[Req] = []
         self.running: list[Req] = []  # requests in the decode phase (kv_len == seq_len - 1)
@@ -205,10 +212,11 @@ class Scheduler:
         if batch is None:
             return outputs
         logits = self.forward(batch)
-        next_ids = self.sample(batch, logits)
-        outputs.extend(self.process_result(batch, logits, next_ids))
+        tokens, logits = self.sample(batch, logits)
+        outputs.extend(self.process_result(batch, logits, tokens))
         timer.lap("output")
-        timer.end("decode" if batch.mode == ForwardMode.DECODE else "extend", len(batch.reqs))
+        mode = "verify" if batch.is_verify else "decode" if batch.mode == ForwardMode.DECODE else "extend"
+        timer.end(mode, len(batch.reqs))
         return outputs
 
     def schedule(self) -> ScheduleBatch | None:
@@ -225,7 +233,7 @@ class Scheduler:
     def forward(self, batch: ScheduleBatch) -> torch.Tensor:
         """Run the model; float32 logits ``[len(batch.logits_rows), vocab]``."""
         self.num_forward_steps += 1
-        self.num_extend_steps += int(batch.mode == ForwardMode.EXTEND)
+        self.num_extend_steps += int(batch.is_prefill)
         prepare = getattr(self.runner, "prepare", None)  # optional: split out to time batch preparation
         if prepare is None:
             logits = self.runner.forward(batch, batch.logits_rows_tensor())
@@ -239,38 +247,46 @@ class Scheduler:
         self.step_timer.lap("forward")
         return logits
 
-    def sample(self, batch: ScheduleBatch, logits: torch.Tensor) -> torch.Tensor:
-        """Sample the next token of every request whose sequence end was computed: int64 ``[num_sampling]``."""
-        next_ids = batch.sample(self.sampler, logits, self.eos_token_ids, self.runner.vocab_size, self._grammar_mask)
+    def sample(self, batch: ScheduleBatch, logits: torch.Tensor) -> tuple[list[list[int]], torch.Tensor]:
+        """The tokens each request emits this step — one sampled token per request whose sequence end was computed
+        (``[]`` for the others), or on a verify batch its accepted drafts plus one — and the logits that logprobs
+        are read from."""
+        if batch.drafts is not None:
+            assert self.spec is not None
+            keep_raw = any(r.return_logprob for r in batch.reqs)
+            tokens, logits = self.spec.verify(batch.reqs, logits, keep_raw)
+        else:
+            vocab = self.runner.vocab_size
+            next_ids = batch.sample(self.sampler, logits, self.eos_token_ids, vocab, self._grammar_mask)
+            tokens = batch.tokens_per_req(next_ids)
         self.step_timer.lap("sample")
-        return next_ids
+        return tokens, logits
 
     def _grammar_mask(self, reqs: list[Req], rows: torch.Tensor) -> None:
         self.step_timer.lap("sample")
         self.grammar.mask_logits(reqs, rows)
         self.step_timer.lap("grammar")
 
-    def process_result(self, batch: ScheduleBatch, logits: torch.Tensor, next_ids: torch.Tensor) -> list[ReqOutput]:
-        """Append tokens, gather logprobs, check stops, finish and cache finished requests, emit outputs."""
-        batch.gather_logprobs(logits, next_ids)
-        next_list = next_ids.tolist()
+    def process_result(self, batch: ScheduleBatch, logits: torch.Tensor, tokens: list[list[int]]) -> list[ReqOutput]:
+        """Append tokens, gather logprobs, check stops, finish and cache finished requests, emit outputs.
+
+        ``tokens[i]`` are the tokens request ``i`` emits (see ``sample``); they are appended one by one and a stop
+        (eos, stop string, grammar end, max_new_tokens) drops the rest. On a verify batch the KV of dropped and
+        rejected positions is freed at once."""
+        logprobs = batch.compute_logprobs(logits)
+        decode_phase = batch.mode == ForwardMode.DECODE or batch.is_verify
         outputs: list[ReqOutput] = []
         for i, (req, ext) in enumerate(zip(batch.reqs, batch.extend_lens, strict=True)):
+            emitted = self._append_tokens(req, tokens[i])
+            batch.append_logprobs(i, logprobs, tokens[i][:emitted])
             req.kv_len += ext
-            tok_idx = batch.sample_index[i]
-            if tok_idx >= 0:
-                tok = next_list[tok_idx]
-                req.output_ids.append(tok)
-                req.new_token_ids.append(tok)
-                if req.grammar is not None:
-                    self.step_timer.lap("output")
-                    self.grammar.accept(req, tok)
-                    self.step_timer.lap("grammar")
-                if not req.finished:
-                    self.stop_checker.check(req, tok)
-            elif req.kv_len == req.seq_len and req.sampling_params.max_new_tokens == 0:
+            if decode_phase and self.spec is not None:
+                if batch.is_verify:
+                    self.kv.truncate(req, req.kv_len - ext + emitted)  # KV of the emitted tokens but the last
+                self.spec.commit(req, ext - 1, len(tokens[i]), emitted)
+            if not tokens[i] and req.kv_len == req.seq_len and req.sampling_params.max_new_tokens == 0:
                 req.finished_reason = FinishReason.length_reached(0)
-            if batch.mode == ForwardMode.EXTEND and not req.finished:
+            if batch.is_prefill and not req.finished:
                 self.kv.cache_unfinished(req)
             is_chunked = req is self.chunked_req  # (a bool: an `is` test would narrow req to Optional for mypy)
             if is_chunked and req.kv_len < req.seq_len:
@@ -285,17 +301,33 @@ class Scheduler:
                     self.running.remove(req)
                 self.kv.release(req)
                 self._retire(req)
-            elif tok_idx >= 0 and self.grammar.jump_forward(req, self.stop_checker):
+            elif tokens[i] and self.grammar.jump_forward(req, self.stop_checker):
                 self._requeue_after_jump(req)
-            elif batch.mode == ForwardMode.EXTEND:
+            elif batch.is_prefill:
                 req.set_status(ReqStatus.RUNNING)
                 self.running.append(req)
             outputs.append(self._make_output(req))
-        if batch.mode == ForwardMode.DECODE:
+        if decode_phase:
             self.new_token_ratio = max(
                 self.new_token_ratio - self.args.new_token_ratio_decay, self.args.min_new_token_ratio
             )
         return outputs
+
+    def _append_tokens(self, req: Req, tokens: list[int]) -> int:
+        """Append ``tokens`` to ``req``'s outputs through the grammar and the stop checker, stopping at the first
+        one that finishes it; returns how many were appended."""
+        for n, tok in enumerate(tokens, 1):
+            req.output_ids.append(tok)
+            req.new_token_ids.append(tok)
+            if req.grammar is not None:
+                self.step_timer.lap("output")
+                self.grammar.accept(req, tok)
+                self.step_timer.lap("grammar")
+            if not req.finished:
+                self.stop_checker.check(req, tok)
+            if req.finished:
+                return n
+        return len(tokens)
 
     # ------------------------------------------------------------------ extend
     def _schedule_extend(self) -> ScheduleBatch | None:
@@ -353,6 +385,11 @@ class Scheduler:
             return None
         while len(self.running) > 1 and self._free_or_evictable() < len(self.running):
             self._retract_one()
+        if self.spec is not None:
+            drafts = self.spec.propose(self.running, self._free_or_evictable() - len(self.running))
+            if drafts is not None:  # a verify batch: each request's last token and its drafts
+                items = [(r, 1 + len(d)) for r, d in zip(self.running, drafts, strict=True)]
+                return self._build_batch(ForwardMode.EXTEND, items, drafts)
         return self._build_batch(ForwardMode.DECODE, [(r, 1) for r in self.running])
 
     def _free_or_evictable(self) -> int:
@@ -401,10 +438,12 @@ class Scheduler:
         self.waiting.append(req)
 
     # ------------------------------------------------------------------ memory
-    def _build_batch(self, mode: ForwardMode, items: list[tuple[Req, int]]) -> ScheduleBatch:
+    def _build_batch(
+        self, mode: ForwardMode, items: list[tuple[Req, int]], drafts: list[list[int]] | None = None
+    ) -> ScheduleBatch:
         self.step_timer.lap("schedule")
         slots = self.kv.alloc_slots(sum(n for _, n in items))
-        batch = ScheduleBatch.build(mode, items, slots)
+        batch = ScheduleBatch.build(mode, items, slots, drafts)
         self.kv.write_slots(items, slots)
         self.step_timer.lap("prepare")
         return batch
@@ -431,6 +470,8 @@ class Scheduler:
             completion_tokens=len(req.output_ids),
             cached_tokens=req.cached_tokens,
             jump_forward_tokens=req.jump_forward_tokens,
+            spec_verify_ct=req.spec_verify_ct,
+            spec_accepted_tokens=req.spec_accepted_tokens,
         )
         if req.return_logprob:
             out.input_token_logprobs = req.delta_input_logprobs
@@ -467,3 +508,5 @@ class Scheduler:
         for r in self.running:
             assert r.status is ReqStatus.RUNNING and r.req_pool_idx is not None, f"{r} in the running batch"
         self.kv.check_integrity(queued)
+        if self.spec is not None:
+            self.spec.check_integrity(queued)

@@ -91,6 +91,7 @@ class SchedulerLoop:
             max_total_tokens=total,
             num_retractions=s.num_retractions,
             num_forward_steps=s.num_forward_steps,
+            **(s.spec.stats.scheduler_fields() if s.spec is not None else {}),
         )
 
     # ------------------------------------------------------------------ handlers
