@@ -49,6 +49,7 @@ from radixgen.ir import (
 from radixgen.program import Program, flush_cache, function, get_server_info, set_default_backend
 from radixgen.sampling import SamplingParams
 from radixgen.state import ProgramState, ProgramStateGroup
+from radixgen.tools import ToolCall, ToolCalls
 from radixgen.typed import TypedOutputError
 
 __version__ = "0.1.0"
@@ -84,6 +85,8 @@ __all__ = [
     "Runtime",
     "RuntimeEndpoint",
     "SamplingParams",
+    "ToolCall",
+    "ToolCalls",
     "TypedOutputError",
     "assistant",
     "assistant_begin",

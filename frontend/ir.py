@@ -18,6 +18,7 @@ from typing import Any, Literal, NoReturn
 from radixgen.choices import ChoicesMethod, resolve_choices_method
 from radixgen.reasoning import reasoning_format
 from radixgen.sampling import SamplingParams
+from radixgen.tools import ToolSpec, openai_tool_choice, tool_specs
 
 Role = Literal["system", "user", "assistant"]
 ROLES: tuple[Role, ...] = ("system", "user", "assistant")
@@ -43,11 +44,13 @@ class _ExprOps:
 
 @dataclass(frozen=True)
 class Gen(_ExprOps):
-    """Generate text into variable ``name`` (None = anonymous) with ``params``; ``dtype`` parses the result."""
+    """Generate text into variable ``name`` (None = anonymous) with ``params``; ``dtype`` parses the result;
+    ``tools`` (with ``params.tools``): the variable holds the typed tool calls (``radixgen.tools.ToolCalls``)."""
 
     name: str | None
     params: SamplingParams
     dtype: type | None = None
+    tools: tuple[ToolSpec, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -141,6 +144,9 @@ def gen(
     json_schema: Any = None,
     *,
     ebnf: str | None = None,
+    tools: Sequence[Any] | None = None,
+    tool_choice: Any = None,
+    parallel_tool_calls: bool | None = None,
 ) -> Gen | Select:
     """Generate into variable ``name``: ``s += rg.gen("answer", max_tokens=64, stop="\\n")`` (SGLang's ``sgl.gen``,
     same parameters in the same order, plus ``ebnf``).
@@ -151,7 +157,10 @@ def gen(
     token), ``output_top_logprobs``, and from ``logprob_start_len`` on the input ones. ``choices=[...]`` makes it
     a ``select``. ``dtype`` in {int, float, bool, str} (or their names) constrains the text with the matching
     regex and the variable holds the parsed value. ``json_schema`` given as a Pydantic model class makes the
-    variable the validated instance.
+    variable the validated instance. ``tools=[function | Pydantic model | schema dict]`` (with ``tool_choice``
+    ``"auto"`` / ``"none"`` / ``"required"`` / a tool or its name, and ``parallel_tool_calls``) makes the gen an
+    OpenAI tool-calling chat completion (first thing in an assistant turn): the variable is a ``radixgen.tools
+    .ToolCalls`` list of typed calls, ``.content`` the text outside them (see ``radixgen.tools``).
 
     Raises:
         TypeError: an unknown parameter name. ValueError: an invalid value (the message names the field).
@@ -159,6 +168,14 @@ def gen(
     # first statement: locals() holds exactly the parameters; keep the sampling ones that were given
     params = {k: v for k, v in locals().items() if k in _SAMPLING_NAMES and v is not None}
     _check_name(name)
+    specs: tuple[ToolSpec, ...] = ()
+    if tools is not None:
+        if choices is not None or dtype is not None:
+            raise ValueError("tools: cannot be combined with choices or dtype")
+        specs = tool_specs(tools)
+        params["tools"] = tuple(s.tool for s in specs)
+        if tool_choice is not None:
+            params["tool_choice"] = openai_tool_choice(tool_choice, specs)
     if choices is not None:
         if params.keys() - {"temperature"} or dtype is not None:
             raise ValueError("choices: gen with choices is a select; only temperature may be given with it")
@@ -174,10 +191,13 @@ def gen(
         if sampling.regex is not None or sampling.json_schema is not None or sampling.ebnf is not None:
             raise ValueError("dtype: cannot be combined with regex, json_schema or ebnf")
         sampling = sampling.with_updates(regex=DTYPE_REGEX[dtype])
-    return Gen(name, sampling, dtype)
+    return Gen(name, sampling, dtype, specs)
 
 
-_NOT_TYPED = frozenset({"min_tokens", "dtype", "choices", "choices_method", "regex", "json_schema", "ebnf"})
+_NOT_TYPED = frozenset(
+    {"min_tokens", "dtype", "choices", "choices_method", "regex", "json_schema", "ebnf", "tools", "tool_choice",
+     "parallel_tool_calls"}
+)
 
 
 def _typed_gen(dtype: type, api_name: str) -> Callable[..., Gen]:

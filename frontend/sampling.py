@@ -44,6 +44,9 @@ class SamplingParams:
         per position; return_text_in_logprobs: each logprob entry carries its token's text (default True).
         regex / json_schema / ebnf: at most one constraint. ``json_schema`` is a JSON-schema string or dict,
         or a Pydantic model class — then the variable becomes the parsed, validated model instance.
+        tools / tool_choice / parallel_tool_calls: OpenAI tool calling (``tools``: OpenAI tool dicts, built by
+        ``rg.gen(tools=[...])`` from functions / models / dicts, see ``radixgen.tools``); such a gen is a chat
+        completion on every backend and cannot take a constraint.
     """
 
     max_tokens: int | None = None
@@ -66,9 +69,12 @@ class SamplingParams:
     regex: str | None = None
     json_schema: Any = None
     ebnf: str | None = None
+    tools: tuple[dict[str, Any], ...] | None = None
+    tool_choice: Any = None
+    parallel_tool_calls: bool | None = None
 
     def __post_init__(self) -> None:
-        for name in ("stop", "stop_token_ids", "stop_regex"):
+        for name in ("stop", "stop_token_ids", "stop_regex", "tools"):
             if isinstance(getattr(self, name), list):
                 object.__setattr__(self, name, tuple(getattr(self, name)))
         self._check_int("max_tokens", 0)
@@ -93,7 +99,8 @@ class SamplingParams:
         if self.stop_token_ids is not None and not all(_is_int(t) and t >= 0 for t in self.stop_token_ids):
             raise ValueError("stop_token_ids: must be a list of token ids (integers >= 0)")
         self._check_stop_regex()
-        for name in ("ignore_eos", "return_logprob", "return_text_in_logprobs"):
+        self._check_tools()
+        for name in ("ignore_eos", "return_logprob", "return_text_in_logprobs", "parallel_tool_calls"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, bool):
                 raise ValueError(f"{name}: must be a boolean")
@@ -112,6 +119,17 @@ class SamplingParams:
                 json.loads(schema)
             except json.JSONDecodeError as e:
                 raise ValueError(f"json_schema: not valid JSON ({e})") from e
+
+    def _check_tools(self) -> None:
+        if self.tools is None:
+            if self.tool_choice is not None or self.parallel_tool_calls is not None:
+                raise ValueError("tool_choice: needs tools")
+            return
+        if not self.tools or not all(isinstance(t, dict) and t.get("type") == "function" for t in self.tools):
+            raise ValueError("tools: must be a non-empty list of OpenAI tool dicts (rg.gen(tools=...) builds them)")
+        given = [n for n in ("regex", "json_schema", "ebnf") if getattr(self, n) is not None]
+        if given:
+            raise ValueError(f"{given[0]}: cannot be combined with tools")
 
     def _check_stop_regex(self) -> None:
         patterns = (self.stop_regex,) if isinstance(self.stop_regex, str) else self.stop_regex
@@ -243,7 +261,10 @@ class SamplingParams:
         out: dict[str, Any] = {"max_tokens": DEFAULT_MAX_TOKENS if self.max_tokens is None else self.max_tokens}
         if self.stop is not None:
             out["stop"] = self.stop_list()
-        out |= self._set_fields("n", "temperature", "top_p", "frequency_penalty", "presence_penalty")
+        out |= self._set_fields("n", "temperature", "top_p", "frequency_penalty", "presence_penalty", "tool_choice",
+                                "parallel_tool_calls")
+        if self.tools is not None:
+            out["tools"] = [dict(t) for t in self.tools]
         extra = self._set_fields("top_k", "min_p", "ignore_eos", "regex", "ebnf")
         if self.min_tokens is not None:
             extra["min_tokens"] = self.min_tokens

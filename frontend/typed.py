@@ -7,6 +7,7 @@ from typing import Any
 
 from radixgen.backends.base import GenOutput
 from radixgen.ir import Gen
+from radixgen.tools import parse_tool_calls
 
 
 class TypedOutputError(ValueError):
@@ -43,9 +44,19 @@ def parse_typed(gen: Gen, text: str, finish_reason: Any) -> Any:
         raise TypedOutputError(f"{gen.name or 'gen'}: output does not parse as {target}{hint}: {e}") from e
 
 
-def gen_value(gen: Gen, out: GenOutput) -> Any:
-    """The value of variable ``gen.name`` for the output ``out``: ``parse_typed`` of its text, or for an ``n`` > 1
-    gen the list of every sample's (SGLang stores the list). Raises TypedOutputError like ``parse_typed``."""
-    if out.samples:
-        return [parse_typed(gen, s.text, s.meta.get("finish_reason")) for s in out.samples]
+def _value(gen: Gen, out: GenOutput) -> Any:
+    if gen.tools:
+        try:
+            return parse_tool_calls(gen.tools, out.meta.get("tool_calls") or [], out.meta.get("content"))
+        except ValueError as e:
+            raise TypedOutputError(f"{gen.name or 'gen'}: {e}") from e
     return parse_typed(gen, out.text, out.meta.get("finish_reason"))
+
+
+def gen_value(gen: Gen, out: GenOutput) -> Any:
+    """The value of variable ``gen.name`` for the output ``out``: ``parse_typed`` of its text (or the typed tool
+    calls of a gen with tools), or for an ``n`` > 1 gen the list of every sample's (SGLang stores the list).
+    Raises TypedOutputError like ``parse_typed``."""
+    if out.samples:
+        return [_value(gen, s) for s in out.samples]
+    return _value(gen, out)

@@ -166,3 +166,26 @@ class Backend(ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def check_chat_prompt(prompt: PromptView) -> None:
+    """Chat completions can only continue a conversation with a fresh assistant turn.
+
+    Raises:
+        BackendRequestError: the gen is not the first thing of an assistant turn after other turns, or text lies
+            outside role blocks.
+    """
+    if prompt.outside_text:
+        where = f"text outside any role block ({prompt.outside_text[:40]!r}) cannot be sent as a message"
+    elif prompt.open_role != "assistant":
+        where = f"gen is {f'inside a {prompt.open_role!r} block' if prompt.open_role else 'outside any role block'}"
+    elif prompt.open_content:
+        where = f"gen follows text already in the assistant turn ({prompt.open_content[:40]!r})"
+    elif not prompt.messages:
+        where = "there are no messages before the assistant turn"
+    else:
+        return
+    raise BackendRequestError(
+        f"chat model: {where}; a gen must be the first thing in `with s.assistant():`, after system/user turns, "
+        "with all text inside role blocks (or use is_chat_model=False with a chat_template)"
+    )

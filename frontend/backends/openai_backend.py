@@ -26,6 +26,7 @@ from radixgen.backends.base import (
     GenOutput,
     PromptView,
     SelectOutput,
+    check_chat_prompt,
 )
 from radixgen.backends.openai_output import Accumulator, usage_of
 from radixgen.choices import ChoicesMethod
@@ -154,11 +155,13 @@ class OpenAI(Backend):
         kw["model"] = self.model
         top_n = params.top_logprobs_num or 0
         if self.is_chat_model:
-            _check_chat_prompt(prompt)
+            check_chat_prompt(prompt)
             kw["messages"] = [dict(m) for m in prompt.messages]
             if params.return_logprob:
                 kw.update(logprobs=True, top_logprobs=top_n)
         else:
+            if params.tools is not None:
+                raise BackendRequestError("tools: a gen with tools is a chat completion; use is_chat_model=True")
             kw["prompt"] = prompt.text
             if "response_format" in kw:  # the SDK's completions.create has no such argument
                 kw["extra_body"] = {**kw.get("extra_body", {}), "response_format": kw.pop("response_format")}
@@ -260,24 +263,6 @@ class OpenAI(Backend):
     async def acache_prefix(self, prompt: PromptView) -> dict[str, Any]:
         """Async ``cache_prefix`` (a no-op returning {})."""
         return {}
-
-
-def _check_chat_prompt(prompt: PromptView) -> None:
-    """Chat completions can only continue a conversation with a fresh assistant turn."""
-    if prompt.outside_text:
-        where = f"text outside any role block ({prompt.outside_text[:40]!r}) cannot be sent as a message"
-    elif prompt.open_role != "assistant":
-        where = f"gen is {f'inside a {prompt.open_role!r} block' if prompt.open_role else 'outside any role block'}"
-    elif prompt.open_content:
-        where = f"gen follows text already in the assistant turn ({prompt.open_content[:40]!r})"
-    elif not prompt.messages:
-        where = "there are no messages before the assistant turn"
-    else:
-        return
-    raise BackendRequestError(
-        f"chat model: {where}; a gen must be the first thing in `with s.assistant():`, after system/user turns, "
-        "with all text inside role blocks (or use is_chat_model=False with a chat_template)"
-    )
 
 
 def _server_message(e: Any) -> str:

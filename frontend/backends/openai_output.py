@@ -1,14 +1,19 @@
 """How the ``OpenAI`` backend reads a completions / chat response (or a stream of chunks) into a ``GenOutput``:
-the text, logprobs and finish reason of every choice (``n`` > 1 gives several), and the usage."""
+the text, logprobs and finish reason of every choice (``n`` > 1 gives several), the usage, and the tool calls of a
+gen with tools (``meta["tool_calls"]``: ``{"id", "name", "arguments"}`` dicts, assembled from stream deltas by
+index; ``meta["content"]``; the text is ``radixgen.tools.calls_text``). ``RuntimeEndpoint`` reads its tool gens'
+JSON bodies the same way (``as_attrs``)."""
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
 from radixgen.backends.base import DeltaCallback, GenOutput
 from radixgen.sampling import SamplingParams
+from radixgen.tools import calls_text
 
 _FINISH = {"stop": "stop", "length": "length", "abort": "abort", "eos": "stop"}
 
@@ -28,12 +33,31 @@ class _Choice:
     lps: list[list[Any]] = field(default_factory=list)
     tops: list[list[list[Any]]] = field(default_factory=list)
     finish: dict[str, Any] | None = None
+    calls: dict[int, dict[str, str]] = field(default_factory=dict)
 
     def meta(self, with_logprobs: bool) -> dict[str, Any]:
         out: dict[str, Any] = {"finish_reason": self.finish}
         if with_logprobs:
             out |= {"output_token_logprobs": self.lps, "output_top_logprobs": self.tops}
         return out
+
+    def add_calls(self, tool_calls: Any) -> None:
+        """Take in a message's ``tool_calls`` or a delta's (announced with id and name, then argument fragments)."""
+        for k, tc in enumerate(tool_calls or ()):
+            index = getattr(tc, "index", None)
+            call = self.calls.setdefault(k if index is None else index, {"id": "", "name": "", "arguments": ""})
+            fn = getattr(tc, "function", None)
+            call["id"] = getattr(tc, "id", None) or call["id"]
+            call["name"] = getattr(fn, "name", None) or call["name"]
+            call["arguments"] += getattr(fn, "arguments", None) or ""
+
+    def output(self, with_logprobs: bool, tools: bool) -> GenOutput:
+        text = "".join(self.parts)
+        meta = self.meta(with_logprobs)
+        if not tools:
+            return GenOutput(text, meta)
+        calls = [c for _, c in sorted(self.calls.items())]
+        return GenOutput(calls_text(text or None, calls), meta | {"tool_calls": calls, "content": text or None})
 
 
 class Accumulator:
@@ -43,6 +67,7 @@ class Accumulator:
     def __init__(self, chat: bool, params: SamplingParams) -> None:
         self.chat = chat
         self.want_lp = bool(params.return_logprob)
+        self.tools = params.tools is not None
         self.top_n = params.top_logprobs_num or 0
         self.choices: dict[int, _Choice] = {}
         self.meta: dict[str, Any] = {}
@@ -59,10 +84,12 @@ class Accumulator:
             src = (getattr(choice, "delta", None) or getattr(choice, "message", None)) if self.chat else None
             text = (getattr(src, "content", None) if self.chat else choice.text) or ""
             acc.parts.append(text)
-            if choice.logprobs is not None and self.want_lp:
+            acc.add_calls(getattr(src, "tool_calls", None))
+            if getattr(choice, "logprobs", None) is not None and self.want_lp:
                 self._add_logprobs(acc, choice.logprobs)
-            if choice.finish_reason is not None:
-                acc.finish = {"type": _FINISH.get(choice.finish_reason, choice.finish_reason)}
+            reason = getattr(choice, "finish_reason", None)
+            if reason is not None:
+                acc.finish = {"type": _FINISH.get(reason, reason)}
                 if getattr(choice, "matched_stop", None) is not None:  # this project's / SGLang's extension
                     acc.finish["matched"] = choice.matched_stop
             if text and on_delta is not None and acc is self.choices.get(0):
@@ -83,8 +110,18 @@ class Accumulator:
     def output(self) -> GenOutput:
         """The single output, or ``GenOutput.gathered`` of the choices (the response's usage covers them all)."""
         meta = {**usage_of(None), **self.meta, "e2e_latency": time.perf_counter() - self.start}
-        outs = [GenOutput("".join(c.parts), c.meta(self.want_lp)) for _, c in sorted(self.choices.items())]
+        outs = [c.output(self.want_lp, self.tools) for _, c in sorted(self.choices.items())]
         if len(outs) > 1:
             return GenOutput.gathered(outs, **meta)
         only = outs[0] if outs else GenOutput("", _Choice().meta(self.want_lp))
         return GenOutput(only.text, {**meta, **only.meta})
+
+
+def as_attrs(obj: Any) -> Any:
+    """A decoded JSON body with attribute access (dicts become namespaces, recursively), as the ``openai`` client's
+    response objects read, so ``Accumulator`` takes either."""
+    if isinstance(obj, dict):
+        return SimpleNamespace(**{k: as_attrs(v) for k, v in obj.items()})
+    if isinstance(obj, list):
+        return [as_attrs(v) for v in obj]
+    return obj

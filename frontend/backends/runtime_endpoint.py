@@ -26,8 +26,10 @@ from radixgen.backends.base import (
     GenOutput,
     PromptView,
     SelectOutput,
+    check_chat_prompt,
 )
 from radixgen.backends.native_http import SseReader, connection_error, decode_json, status_error
+from radixgen.backends.openai_output import Accumulator, as_attrs
 from radixgen.chat_template import ChatTemplate, get_chat_template
 from radixgen.choices import ChoicesMethod
 from radixgen.sampling import SamplingParams
@@ -206,6 +208,8 @@ class RuntimeEndpoint(Backend):
         """One ``/generate``; with ``n`` > 1 the server answers a list (one item per sample), never streamed."""
         if stream and params.samples > 1:
             raise BackendRequestError("n: a streamed gen has one sample; stream only gens with n=1")
+        if params.tools is not None:
+            return (yield from self._tool_steps(prompt, params))
         text = yield from self._wire_text(prompt.text)
         body = {"text": text, "sampling_params": params.to_native(), **params.native_request_fields(), "stream": stream}
         out = yield ("STREAM" if stream else "POST", "/generate", body)
@@ -214,6 +218,18 @@ class RuntimeEndpoint(Backend):
         if isinstance(out, list):
             return GenOutput.gathered([GenOutput(o["text"], o["meta_info"]) for o in out])
         return GenOutput(out["text"], out["meta_info"])
+
+    def _tool_steps(self, prompt: PromptView, params: SamplingParams) -> Steps:
+        """A gen with tools: one ``/v1/chat/completions`` of the finished turns (the server renders the tools with
+        its template, enforces and parses the calls); not streamed."""
+        check_chat_prompt(prompt)
+        kw = params.to_openai()
+        body = {"messages": [dict(m) for m in prompt.messages], **kw.pop("extra_body", {}), **kw}
+        if params.return_logprob:
+            body.update(logprobs=True, top_logprobs=params.top_logprobs_num or 0)
+        acc = Accumulator(True, params)
+        acc.absorb(as_attrs((yield ("POST", "/v1/chat/completions", body))))
+        return acc.output()
 
     def _cache_steps(self, prompt: PromptView) -> Steps:
         body = {"text": (yield from self._wire_text(prompt.text)), "sampling_params": {"max_new_tokens": 0}}

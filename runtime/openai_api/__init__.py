@@ -19,6 +19,7 @@ from radixgen.runtime.openai_api.chat_templates import BUILTIN_TEMPLATES, resolv
 from radixgen.runtime.openai_api.completions import create_completion
 from radixgen.runtime.openai_api.protocol import ModelCard, ModelList
 from radixgen.runtime.openai_api.serving import ApiContext
+from radixgen.runtime.openai_api.tools import GrammarConfig
 
 __all__ = ["BUILTIN_TEMPLATES", "ApiContext", "register_openai_routes"]
 
@@ -44,7 +45,8 @@ def register_openai_routes(app: FastAPI, tokenizer_manager: Any, server_args: An
         app: the server's FastAPI app.
         tokenizer_manager: has ``tokenizer``, ``context_len``, ``vocab_size``, ``generate_request(obj)``,
             ``abort_request(rid)``.
-        server_args: a ServerArgs (``served_model_name``, ``chat_template``, ``model_path``).
+        server_args: a ServerArgs (``served_model_name``, ``chat_template``, ``model_path``, the grammar settings,
+            ``tool_call_parser``, ``reasoning_parser``).
 
     Returns:
         The ApiContext the routes share.
@@ -56,6 +58,14 @@ def register_openai_routes(app: FastAPI, tokenizer_manager: Any, server_args: An
         tm=tokenizer_manager,
         model_name=server_args.resolved_served_model_name,
         chat_template=resolve_chat_template(server_args.chat_template),
+        grammar=GrammarConfig(
+            backend=server_args.grammar_backend,
+            max_spec_bytes=server_args.grammar_max_spec_bytes,
+            max_nesting_depth=server_args.grammar_max_nesting_depth,
+            any_whitespace=server_args.grammar_any_whitespace,
+            tool_call_parser=server_args.tool_call_parser,
+            reasoning_parser=server_args.reasoning_parser,
+        ),
     )
 
     def card() -> ModelCard:

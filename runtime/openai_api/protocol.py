@@ -3,7 +3,9 @@
 Requests accept the OpenAI fields plus SGLang/vLLM's extra sampling fields (``top_k``, ``min_p``,
 ``ignore_eos``, ``min_tokens``, ``repetition_penalty``, ``stop_token_ids``, ``skip_special_tokens``,
 ``no_stop_trim``, ...). Unknown fields are ignored, as OpenAI-compatible servers do; fields that are known but
-not supported (tools, ``suffix``) are rejected by the handlers with a 400 naming them. Grammar-constrained
+not supported (``suffix``) are rejected by the handlers with a 400 naming them. Tool calling (``tools``,
+``tool_choice``, ``parallel_tool_calls``, tool messages) and reasoning output (``separate_reasoning``) are validated
+and planned in ``tools.py`` / ``chat_output.py``. Grammar-constrained
 decoding: ``response_format`` (``text`` / ``json_object`` / ``json_schema``) and the extra fields ``regex``,
 ``json_schema``, ``ebnf`` (at most one constraint per request), on both endpoints.
 """
@@ -53,7 +55,6 @@ _INERT_OPENAI_FIELDS: dict[str, tuple[Any, ...]] = {
     "store": (None, False),
     "metadata": (None, {}),
     "service_tier": (None, "auto", "default"),
-    "parallel_tool_calls": (None, True, False),  # meaningful only with tools, which are refused while unsupported
     "modalities": (None, ["text"]),
     "audio": (None,),
     "prediction": (None,),
@@ -191,6 +192,8 @@ class ChatMessage(BaseModel):
     role: str
     content: str | None = None
     name: str | None = None
+    tool_calls: list[Any] | None = None  # assistant turns: the calls it made (checked in tools.py)
+    tool_call_id: str | None = None  # tool turns: the call answered
 
     @field_validator("role")
     @classmethod
@@ -227,8 +230,11 @@ class ChatCompletionRequest(SamplingRequest):
     tool_choice: Any = None
     functions: list[Any] | None = None
     function_call: Any = None
+    parallel_tool_calls: bool = True
     chat_template_kwargs: dict[str, Any] | None = None
     continue_final_message: bool = False
+    separate_reasoning: bool = True  # SGLang: with --reasoning-parser, reasoning goes to reasoning_content
+    stream_reasoning: bool = True  # SGLang: stream reasoning_content deltas (else send it with the last delta)
 
 
 # ---------------------------------------------------------------------------------------------- responses
@@ -293,9 +299,22 @@ class ChatLogProbs(BaseModel):
     content: list[ChatTokenLogprob] = Field(default_factory=list)
 
 
+class FunctionCallOut(BaseModel):
+    name: str
+    arguments: str  # JSON text of the arguments object
+
+
+class ToolCallOut(BaseModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCallOut
+
+
 class ChatResponseMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: str | None = None
+    reasoning_content: str | None = None
+    tool_calls: list[ToolCallOut] | None = None
 
 
 class ChatCompletionChoice(_Choice):

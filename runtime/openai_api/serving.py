@@ -30,6 +30,7 @@ from radixgen.runtime.http_common import (
 )
 from radixgen.runtime.openai_api.protocol import PromptTokensDetails, SamplingRequest, UsageInfo
 from radixgen.runtime.sampling_params import SamplingParams
+from radixgen.runtime.openai_api.tools import GrammarConfig
 
 
 def reject_unsupported(req: SamplingRequest, extra: dict[str, Any] | None = None) -> None:
@@ -92,6 +93,16 @@ def grammar_params(req: SamplingRequest) -> dict[str, Any]:
 def sampling_params(req: SamplingRequest, max_new_tokens: int, extra_stop: tuple[str, ...] = ()) -> SamplingParams:
     """The native sampling parameters of an OpenAI request (``n`` samples are expanded by the planner), grammar
     fields included (``grammar_params``).
+def _json_or_text(schema: Any) -> Any:
+    """A schema given as a JSON string, parsed; invalid JSON stays text (validation names the error)."""
+    if not isinstance(schema, str):
+        return schema
+    try:
+        return json.loads(schema)
+    except (ValueError, RecursionError):
+        return schema
+
+
 
     Raises:
         InvalidRequestError: an invalid value, ``param`` in native terms (``max_new_tokens``, ``min_new_tokens``).
@@ -330,7 +341,8 @@ class TokenTexts:
 
 @dataclass
 class ApiContext:
-    """What the endpoints share: the TokenizerManager, the served model name, the chat template."""
+    """What the endpoints share: the TokenizerManager, the served model name, the chat template, and the grammar
+    settings tool calls and reasoning are planned with."""
 
     tm: Any
     model_name: str
@@ -338,6 +350,7 @@ class ApiContext:
     token_texts: TokenTexts = field(init=False)
 
     def __post_init__(self) -> None:
+    grammar: GrammarConfig = field(default_factory=GrammarConfig)  # tool-call / reasoning parsers, grammar limits
         self.token_texts = TokenTexts(self.tm.tokenizer)
 
     def check_model(self, model: str | None) -> None:
