@@ -30,13 +30,23 @@ def run_engine(engine: Engine, prompts: list[list[int]], max_new_tokens: int) ->
 
 
 def hf_model_with_engine_weights(engine: Engine) -> torch.nn.Module:
-    """A transformers LlamaForCausalLM holding exactly the Engine's (dummy) weights."""
+    """A transformers LlamaForCausalLM holding exactly the Engine's (dummy) weights, with the Engine's model
+    config, dtype and device.
+
+    The Engine's own projections are repacked for their kernels (``process_weights_after_loading``), so the
+    weights are loaded once more as plain tensors with the Engine's load format, seed, dtype and device (dummy
+    weights are deterministic for a seed on a device) and copied under the Hugging Face names."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    config = AutoConfig.from_pretrained(str(BENCH_MODEL))
-    hf = AutoModelForCausalLM.from_config(config, torch_dtype=torch.float32).eval()
-    views = engine.model_runner.model.hf_weight_views()
-    state = {name: t.detach().clone() for name, t in views.items()}
+    from radixgen.runtime.models import load_model
+
+    runner = engine.model_runner
+    config = AutoConfig.from_pretrained(runner.model_config.model_path)
+    hf = AutoModelForCausalLM.from_config(config, dtype=runner.dtype).to(runner.device).eval()
+    plain = load_model(runner.model_config, runner.dtype, runner.args.load_format, runner.device,
+                       seed=runner.args.random_seed, process_weights=False)  # fmt: skip
+    state = {name: t.detach().clone() for name, t in plain.hf_weight_views().items()}
+    del plain
     missing, unexpected = hf.load_state_dict(state, strict=False)
     missing = [m for m in missing if not m.endswith("lm_head.weight")]  # tied to the embeddings
     if missing or unexpected:
@@ -46,8 +56,9 @@ def hf_model_with_engine_weights(engine: Engine) -> torch.nn.Module:
 
 
 def run_hf(hf: torch.nn.Module, prompts: list[list[int]], max_new_tokens: int, batch_size: int, pad_id: int):
-    """Static batches, left padding, greedy, exactly ``max_new_tokens`` new tokens each."""
+    """Static batches, left padding, greedy, exactly ``max_new_tokens`` new tokens each (on ``hf``'s device)."""
     outputs: list[list[int]] = []
+    device = next(hf.parameters()).device
     t0 = time.perf_counter()
     for i in range(0, len(prompts), batch_size):
         chunk = prompts[i : i + batch_size]
@@ -59,8 +70,8 @@ def run_hf(hf: torch.nn.Module, prompts: list[list[int]], max_new_tokens: int, b
             mask[j, width - len(p) :] = 1
         with torch.inference_mode():
             gen = hf.generate(
-                input_ids=ids,
-                attention_mask=mask,
+                input_ids=ids.to(device),
+                attention_mask=mask.to(device),
                 max_new_tokens=max_new_tokens,
                 min_new_tokens=max_new_tokens,
                 do_sample=False,

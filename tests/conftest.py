@@ -13,6 +13,7 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest  # noqa: E402
+from device_env import ENGINE_KW, device_error  # noqa: E402
 from shared_paths import REPO, STORIES  # noqa: E402
 
 # `python -m pytest` puts the working directory first on sys.path; from the repository root that would let the
@@ -24,6 +25,12 @@ sys.path[:] = [p for p in sys.path if os.path.realpath(p or os.getcwd()) != str(
 torch.set_num_threads(1)
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    error = device_error()
+    if error is not None:
+        raise pytest.UsageError(error)
+
+
 @pytest.fixture(scope="session")
 def stories_path() -> str:
     return str(STORIES)
@@ -33,6 +40,6 @@ def stories_path() -> str:
 def engine():
     from radixgen.runtime import Engine
 
-    eng = Engine(str(STORIES), max_total_tokens=8192, max_running_requests=64)
+    eng = Engine(str(STORIES), max_total_tokens=8192, max_running_requests=64, **ENGINE_KW)
     yield eng
     eng.shutdown()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from device_env import ENGINE_KW
 from shared_paths import STORIES
 
 from radixgen.runtime import Engine
@@ -46,7 +47,7 @@ def test_batching_invariance(engine: Engine) -> None:
 def test_batching_invariance_chunked_prefill(engine: Engine) -> None:
     prompts = prompts_of_lengths(engine, [10 + 3 * i for i in range(16)])
     alone = _alone(engine, prompts)
-    chunked = Engine(str(STORIES), max_total_tokens=8192, chunked_prefill_size=8)
+    chunked = Engine(str(STORIES), max_total_tokens=8192, chunked_prefill_size=8, **ENGINE_KW)
     outs = chunked.generate(input_ids=prompts, sampling_params=GREEDY)
     assert [o["output_ids"] for o in outs] == alone
     assert chunked.scheduler.num_extend_steps > len(prompts)  # every prompt took several chunks
@@ -57,7 +58,7 @@ def test_batching_invariance_with_retraction(engine: Engine) -> None:
     prompts = prompts_of_lengths(engine, [8 + 2 * i for i in range(16)])
     params = {**GREEDY, "max_new_tokens": 40}
     alone = [engine.generate(input_ids=p, sampling_params=params)["output_ids"] for p in prompts]
-    small = Engine(str(STORIES), max_total_tokens=300, max_running_requests=16)
+    small = Engine(str(STORIES), max_total_tokens=300, max_running_requests=16, **ENGINE_KW)
     outs = small.generate(input_ids=prompts, sampling_params=params)
     assert small.scheduler.num_retractions > 0
     assert [o["output_ids"] for o in outs] == alone
@@ -68,8 +69,8 @@ def test_batching_invariance_with_retraction(engine: Engine) -> None:
 def test_prefix_reuse_reports_cached_tokens() -> None:
     shared = [1, *golden_ids_from_tokenizer()[:110]]
     a, b = shared + [300, 301], shared + [302]
-    on = Engine(str(STORIES), max_total_tokens=4096)
-    off = Engine(str(STORIES), max_total_tokens=4096, disable_radix_cache=True)
+    on = Engine(str(STORIES), max_total_tokens=4096, **ENGINE_KW)
+    off = Engine(str(STORIES), max_total_tokens=4096, disable_radix_cache=True, **ENGINE_KW)
     on.generate(input_ids=a, sampling_params=GREEDY)
     out_on = on.generate(input_ids=b, sampling_params=GREEDY)
     off.generate(input_ids=a, sampling_params=GREEDY)

@@ -3,21 +3,25 @@
 Tiny random models of every supported family are built with transformers, saved as safetensors, loaded with
 radixgen's ModelConfig/load_model, and run through ForwardBatches over the KV pool (prefill, chunked prefill,
 greedy decode, batched extend + decode); logits must match transformers' within 1e-4. Also: the real
-stories260K checkpoint, dummy weights for bench-llama-40m, and the loader's error messages.
+stories260K checkpoint (also in bfloat16 on RADIXGEN_TEST_DEVICE, with that device's attention backend, against
+transformers), dummy weights for bench-llama-40m, and the loader's error messages.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
+from device_env import TEST_DEVICE
 from model_harness import KVHarness, hf_logits
 from safetensors.torch import load_file, save_file
 from shared_paths import BENCH_40M, STORIES
 from transformers import AutoModelForCausalLM, LlamaConfig, MistralConfig, Qwen2Config, Qwen3Config
 
+from radixgen.runtime.attention import create_attention_backend
 from radixgen.runtime.models import ModelConfig, load_model
 
 ATOL = 1e-4
@@ -231,6 +235,40 @@ def test_bfloat16_load_runs_close_to_float32(stories) -> None:
     got = h16.extend([h16.new_request()], [ids])  # float32 logits of a bfloat16 model
     assert got.dtype == torch.float32
     torch.testing.assert_close(got, ref, atol=0.5, rtol=0.05)
+
+
+def test_bfloat16_on_test_device_matches_transformers(stories, record_property: Callable[[str, object], None]) -> None:
+    """bfloat16 stories260K on RADIXGEN_TEST_DEVICE with that device's attention backend (triton on CUDA, torch
+    on CPU): a 48-token prefill and 16 decode steps over the golden text, against transformers' float32 logits
+    on the same device. Its error may be at most 3x transformers' own bfloat16 error (measured on CPU: 0.57 vs
+    0.29, logits up to 22), and the greedy token must agree at (nearly) every position."""
+    from transformers import AutoTokenizer
+
+    golden = (STORIES / "reference_greedy_from_bos_200.txt").read_text()
+    ids = [1, *AutoTokenizer.from_pretrained(STORIES).encode(golden, add_special_tokens=False)[:63]]
+    refs = {
+        dtype: AutoModelForCausalLM.from_pretrained(STORIES, attn_implementation="eager", dtype=dtype)
+        .to(TEST_DEVICE)
+        .eval()
+        for dtype in (torch.float32, torch.bfloat16)
+    }
+    ours = load_model(stories[1].config, dtype=torch.bfloat16, device=TEST_DEVICE)
+    backend = create_attention_backend("triton" if TEST_DEVICE.startswith("cuda") else "torch")
+    harness = KVHarness(ours, backend=backend)
+    row = harness.new_request()
+    got = [harness.extend([row], [ids[:48]])]  # [48, vocab]
+    got += [harness.decode([row], [t]) for t in ids[48:]]  # 16 x [1, vocab]
+    logits = torch.cat(got)  # [64, vocab] float32
+    ref32, ref16 = (hf_logits(refs[d], ids) for d in (torch.float32, torch.bfloat16))
+    ours_err = float((logits - ref32).abs().max())
+    hf_err = float((ref16 - ref32).abs().max())
+    top1 = float((logits.argmax(-1) == ref32.argmax(-1)).float().mean())
+    for name, value in (("device", TEST_DEVICE), ("bf16_max_abs_err", ours_err), ("hf_bf16_max_abs_err", hf_err),
+                        ("logit_max_abs", float(ref32.abs().max())), ("top1_agreement", top1)):  # fmt: skip
+        record_property(name, value)
+    assert logits.device.type == torch.device(TEST_DEVICE).type
+    assert 0 < ours_err <= 3 * hf_err, (ours_err, hf_err)
+    assert top1 >= 0.95
 
 
 # ---- dummy weights -----------------------------------------------------------------------------------
