@@ -33,7 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -168,9 +168,15 @@ async def send_one(client: httpx.AsyncClient, url: str, payload: dict[str, Any])
 
 
 async def run_load(
-    base_url: str, model: str, prompts: list[str], args: argparse.Namespace, max_concurrency: int | None
+    base_url: str,
+    model: str,
+    prompts: list[str],
+    args: argparse.Namespace,
+    max_concurrency: int | None,
+    extra_body: dict[str, Any] | None = None,
 ) -> tuple[list[RequestResult], float]:
-    """Send every prompt with Poisson arrivals; returns the results (prompt order) and the wall time."""
+    """Send every prompt with Poisson arrivals; returns the results (prompt order) and the wall time.
+    ``extra_body`` fields (e.g. ``json_schema``) are added to every request, the warm-up included."""
     output_len, request_rate, api_key = args.output_len, args.request_rate, args.api_key
     url = f"{base_url.rstrip('/')}/v1/completions"
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
@@ -183,7 +189,7 @@ async def run_load(
         p.update(stream=True, stream_options={"include_usage": True})
         if not args.no_ignore_eos:
             p["ignore_eos"] = True
-        return p
+        return {**p, **(extra_body or {})}
 
     async with httpx.AsyncClient(timeout=httpx.Timeout(600.0), headers=headers, limits=limits) as client:
 
@@ -269,10 +275,25 @@ def _free_port() -> int:
 
 def launch_server(model: str, load_format: str, extra: list[str], timeout: float = 300.0) -> tuple[Any, str]:
     """Start ``python -m radixgen.runtime.launch_server`` and wait for /health; returns (process, base_url)."""
+
+    def cmd(port: int) -> list[str]:
+        head = [sys.executable, "-P", "-m", "radixgen.runtime.launch_server", "--model", os.path.abspath(model)]
+        return head + ["--load-format", load_format, "--host", "127.0.0.1", "--port", str(port), *extra]
+
+    return launch_process(cmd, "bench-server-", timeout)
+
+
+def launch_process(cmd_for_port: Callable[[int], list[str]], log_prefix: str, timeout: float) -> tuple[Any, str]:
+    """Start the server command ``cmd_for_port(port)`` on a free 127.0.0.1 port (output to a temp log file named
+    ``log_prefix*.log``) and poll its /health until it answers 200; returns (process, base_url).
+
+    Raises:
+        SystemExit: the process exited first (the message has the end of its log), or ``timeout`` seconds passed
+            (the process is stopped first).
+    """
     port = _free_port()
-    cmd = [sys.executable, "-P", "-m", "radixgen.runtime.launch_server", "--model", os.path.abspath(model)]
-    cmd += ["--load-format", load_format, "--host", "127.0.0.1", "--port", str(port), *extra]
-    log = tempfile.NamedTemporaryFile(prefix="bench-server-", suffix=".log", delete=False)
+    cmd = cmd_for_port(port)
+    log = tempfile.NamedTemporaryFile(prefix=log_prefix, suffix=".log", delete=False)
     print(f"launching: {' '.join(cmd)}  (log: {log.name})", file=sys.stderr)
     # outside the repository root, so that its top-level folders do not shadow installed packages
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=tempfile.gettempdir())
@@ -280,7 +301,8 @@ def launch_server(model: str, load_format: str, extra: list[str], timeout: float
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise SystemExit(f"server exited with {proc.returncode}:\n{Path(log.name).read_text()[-3000:]}")
+            tail = Path(log.name).read_text(errors="replace")[-3000:]
+            raise SystemExit(f"server exited with {proc.returncode}:\n{tail}")
         try:
             if httpx.get(f"{base}/health", timeout=2.0).status_code == 200:
                 return proc, base
