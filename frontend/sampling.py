@@ -197,7 +197,14 @@ class SamplingParams:
         return self.json_schema if _is_model_class(self.json_schema) else None
 
     def json_schema_str(self) -> str | None:
-        """The JSON schema as a string (a Pydantic model's ``model_json_schema()``), or None."""
+        """The JSON schema as a string, or None.
+
+        A string or dict is sent as written (JSON Schema semantics: objects take unlisted properties unless the
+        schema closes them). A Pydantic model's ``model_json_schema()`` is sent with every object closed (the
+        strict form OpenAI's SDK derives from a model), unless the model allows extra fields
+        (``model_config["extra"] == "allow"``): the output is parsed into the model, so unlisted keys would only
+        cost tokens.
+        """
         schema = self.json_schema
         if schema is None:
             return None
@@ -205,7 +212,12 @@ class SamplingParams:
             return schema
         if isinstance(schema, dict):
             return json.dumps(schema)
-        return json.dumps(schema.model_json_schema())
+        doc = schema.model_json_schema()
+        if schema.model_config.get("extra") != "allow":
+            from radixgen.grammar.schema_strict import strict_json_schema  # torch-free; loaded on first use
+
+            doc = strict_json_schema(doc)
+        return json.dumps(doc)
 
     def _set_fields(self, *names: str) -> dict[str, Any]:
         """The fields among ``names`` that are set (not None), in that order."""
@@ -272,10 +284,10 @@ class SamplingParams:
             extra["stop_token_ids"] = list(self.stop_token_ids)
         schema = self.json_schema_str()
         if schema is not None:
-            out["response_format"] = {
-                "type": "json_schema",
-                "json_schema": {"name": "output", "schema": json.loads(schema), "strict": True},
-            }
+            spec: dict[str, Any] = {"name": "output", "schema": json.loads(schema)}
+            if self.schema_model is not None:
+                spec["strict"] = True  # a model's schema is sent closed (json_schema_str), as OpenAI's SDK does
+            out["response_format"] = {"type": "json_schema", "json_schema": spec}
         if extra:
             out["extra_body"] = extra
         return out

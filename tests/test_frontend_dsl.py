@@ -401,7 +401,8 @@ def test_openai_backend_chat_json_schema(server: ServerHandle, http: httpx.Clien
         state = extract.run(backend=chat_be, temperature=0)
     finally:
         chat_be.close()
-    fmt = {"type": "json_schema", "json_schema": {"name": "output", "schema": Pet.model_json_schema()}}
+    # what the DSL sends for a model: strict (every object closed), as OpenAI's SDK does
+    fmt = {"type": "json_schema", "json_schema": {"name": "output", "schema": Pet.model_json_schema(), "strict": True}}
     ref = chat_completion(
         http, model_name, [{"role": "user", "content": "What pet did Lily have?"}], max_tokens=40, response_format=fmt
     )

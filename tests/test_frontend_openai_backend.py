@@ -25,7 +25,10 @@ PROMPT = "Once upon a time, there was a little girl named Lily. She"
 MESSAGES = ({"role": "system", "content": "You tell stories."}, {"role": "user", "content": "Tell me a story."})
 CHAT_PROMPT = PromptView(text="(display only)", messages=MESSAGES, open_role="assistant")
 GREEDY = SamplingParams(max_tokens=24, temperature=0.0)
-SCHEMA = {"type": "object", "properties": {"happy": {"type": "boolean"}}, "required": ["happy"]}
+# closed: a dict schema is sent as written, and JSON Schema's default admits other keys (issue 17)
+SCHEMA = {
+    "type": "object", "properties": {"happy": {"type": "boolean"}}, "required": ["happy"], "additionalProperties": False
+}
 
 
 @pytest.fixture(scope="module")

@@ -123,6 +123,7 @@ def test_select_regex_json_and_typed_gens(backend: Any) -> None:
         "type": "object",
         "properties": {"name": {"type": "string", "maxLength": 8}, "pet": {"enum": ["cat", "dog"]}},
         "required": ["name", "pet"],
+        "additionalProperties": False,  # JSON Schema's default allows other keys (issue 17)
     }
 
     @sgl.function
