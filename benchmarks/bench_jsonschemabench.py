@@ -142,6 +142,11 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     p.add_argument("--compile-timeout", type=float, default=30.0)
     p.add_argument("--top-reasons", type=int, default=8)
     p.add_argument("--enable-jump-forward", action="store_true")
+    p.add_argument(
+        "--grammar-strict-json-schema",
+        action="store_true",
+        help="close every object (a random model never ends an open object: it keeps adding properties)",
+    )
     p.add_argument("--out", default=None, help="write the results as JSON here")
     args = p.parse_args(argv)
 
@@ -155,6 +160,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         load_format=args.load_format,
         grammar_backend=args.grammar_backend,
         enable_jump_forward=args.enable_jump_forward,
+        grammar_strict_json_schema=args.grammar_strict_json_schema,
         max_running_requests=max(args.num_generate, 1),
         max_total_tokens=max(args.num_generate, 1) * 512 + 4096,
     )

@@ -104,7 +104,7 @@ class GrammarBackend(ABC):
     """Compiles constraints for one tokenizer and model vocabulary.
 
     Attributes:
-        name: ``"xgrammar"`` or ``"outlines"``.
+        name: ``"xgrammar"``, ``"llguidance"`` or ``"outlines"``.
         vocab_size: the model's vocabulary size (bitmask width in tokens).
         token_bytes: the bytes each token id stands for (``b""`` for special and padding ids); jump-forward
             checks a retokenization against it.

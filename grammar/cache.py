@@ -22,10 +22,12 @@ from radixgen.grammar.base import CompiledGrammar, GrammarBackend, GrammarError,
 from radixgen.grammar.validation import PreparedSpec, prepare_spec
 
 BackendFactory = Callable[[], GrammarBackend]
+#: the grammar backends, the default first
+BACKENDS = ("xgrammar", "llguidance", "outlines")
 
 
 def backend_class(name: str) -> type[GrammarBackend]:
-    """The backend class for ``grammar_backend`` (xgrammar | outlines).
+    """The backend class for ``grammar_backend`` (xgrammar | llguidance | outlines).
 
     Raises:
         GrammarError: unknown name.
@@ -34,22 +36,28 @@ def backend_class(name: str) -> type[GrammarBackend]:
         from radixgen.grammar.xgrammar_backend import XGrammarBackend
 
         return XGrammarBackend
+    if name == "llguidance":
+        from radixgen.grammar.llguidance_backend import LLGuidanceBackend
+
+        return LLGuidanceBackend
     if name == "outlines":
         from radixgen.grammar.outlines_backend import OutlinesBackend
 
         return OutlinesBackend
-    raise GrammarError(f"grammar_backend: must be xgrammar or outlines, got {name!r}")
+    raise GrammarError(f"grammar_backend: must be one of {', '.join(BACKENDS)}, got {name!r}")
 
 
 class GrammarManager:
     """Validates, compiles and caches constraints for one backend.
 
     Args:
-        backend: ``"xgrammar"`` or ``"outlines"``.
+        backend: ``"xgrammar"``, ``"llguidance"`` or ``"outlines"``.
         make_backend: builds the backend (tokenizer description included) on first use, on a worker thread.
         limits: size and nesting bounds applied by :meth:`validate`.
         cache_size: completed grammars kept (LRU).
         max_workers: compile threads.
+        strict_json_schema: close every object of every JSON schema (``schema_strict``; the server's
+            ``--grammar-strict-json-schema``); default: JSON Schema's own semantics.
 
     Raises:
         GrammarError: unknown backend name.
@@ -62,8 +70,10 @@ class GrammarManager:
         limits: GrammarLimits | None = None,
         cache_size: int = 256,
         max_workers: int = 2,
+        strict_json_schema: bool = False,
     ) -> None:
         self.backend_name = backend
+        self.strict_json_schema = strict_json_schema
         self.backend_cls = backend_class(backend)
         self.limits = limits or GrammarLimits()
         self.cache_size = cache_size
@@ -95,7 +105,13 @@ class GrammarManager:
         if hit is None:
             try:
                 hit = prepare_spec(
-                    kind, spec, self.backend_cls.support, self.backend_cls.check_syntax, self.limits, best_effort
+                    kind,
+                    spec,
+                    self.backend_cls.support,
+                    self.backend_cls.check_syntax,
+                    self.limits,
+                    best_effort,
+                    self.strict_json_schema,
                 )
             except GrammarError as e:
                 hit = e

@@ -40,29 +40,17 @@ import copy
 from typing import Any
 
 from radixgen.grammar.json_schema import (
-    ANNOTATIONS,
     ASSERTIONS,
     LIST_KEYWORDS,
     MAP_KEYWORDS,
     ONE_KEYWORDS,
     dangling_ref,
     is_local_ref,
-    json_key,
-    resolve_ref,
     types_of,
 )
-from radixgen.grammar.schema_rewrites import Unsatisfiable, local_rewrites, numbers, upgrade_drafts
-
-_MIN = ("minimum", "exclusiveMinimum", "minLength", "minItems", "minProperties", "minContains")
-_MAX = ("maximum", "exclusiveMaximum", "maxLength", "maxItems", "maxProperties", "maxContains")
-_STRUCTURAL = ("properties", "required", "additionalProperties", "items", "prefixItems")
-_GIVE_UP = ("patternProperties", "unevaluatedProperties", "unevaluatedItems", "$dynamicRef", "$recursiveRef")
-_MAX_DEPTH = 48
-_MAX_STEPS = 20_000  # merges + inlined references per schema: bounds the work (references can nest)
-
-
-class _OverBudget(Exception):
-    pass
+from radixgen.grammar.schema_keywords import dependencies_to_all_of, simple_not, split_untyped, type_one_of
+from radixgen.grammar.schema_merge import MAX_DEPTH, OverBudget, SchemaMerger
+from radixgen.grammar.schema_rewrites import Unsatisfiable, local_rewrites, upgrade_drafts
 
 
 def normalize_schema(root: Any) -> Any:
@@ -75,30 +63,57 @@ def normalize_schema(root: Any) -> Any:
         return root
     try:
         out = _Normalizer(root).norm(copy.deepcopy(root), 0)
-    except (_OverBudget, RecursionError):
+    except (OverBudget, RecursionError):
         return root
     out.pop("$schema", None)  # the rewritten schema uses 2020-12 forms whatever draft it declared
     return root if dangling_ref(out) is not None else out
 
 
-class _Normalizer:
+class _Normalizer(SchemaMerger):
     def __init__(self, root: dict[str, Any]) -> None:
-        self.root = root
+        super().__init__(root)
         self._validator: Any = None
-        self._steps = 0
 
     # ------------------------------------------------------------------ the rewrite, top-down
     def norm(self, s: Any, depth: int) -> Any:
-        if not isinstance(s, dict) or depth > _MAX_DEPTH:
+        if not isinstance(s, dict) or depth > MAX_DEPTH:
             return s
         s = upgrade_drafts(s)
+        s = dependencies_to_all_of(s)
         s = self._merge_all_of(s, depth)
         s = self._filter_values(s)
+        s = self._simple_not(s)
         s = self._distribute(s, depth)
+        s = type_one_of(s)
         s = self._exclusive_one_of(s)
         s = local_rewrites(s)
+        s = split_untyped(s)
+        s = self._fold_patterns(s, depth)
         self._norm_children(s, depth)
         return s
+
+    def _fold_patterns(self, s: dict[str, Any], depth: int) -> dict[str, Any]:
+        """A declared property that ``patternProperties`` patterns match must satisfy them too (JSON Schema
+        applies both): their schemas are merged into its declaration, so a backend that checks only one
+        stays exact. Left as is when a merge cannot be expressed."""
+        props, patterns = s.get("properties"), s.get("patternProperties")
+        if not isinstance(props, dict) or not isinstance(patterns, dict) or not patterns:
+            return s
+        out = dict(props)
+        for name in props:
+            merged = self._sub(s, name, depth)
+            if merged is None:
+                return s
+            out[name] = merged
+        return {**s, "properties": out}
+
+    def _simple_not(self, s: dict[str, Any]) -> dict[str, Any]:
+        from radixgen.grammar.schema_support import disjoint
+
+        try:
+            return simple_not(s, lambda a, b: disjoint(a, b, self.root))
+        except ValueError as e:
+            raise Unsatisfiable(str(e)) from None
 
     def _norm_children(self, s: dict[str, Any], depth: int) -> None:
         for kw in MAP_KEYWORDS:
@@ -112,10 +127,12 @@ class _Normalizer:
                     value[name] = False
             if kw == "properties":
                 required = set(s.get("required") or [])
+                closed = s.get("additionalProperties", True) is False and not s.get("patternProperties")
                 for name in [n for n, v in value.items() if v is False]:
                     if name in required:
                         raise Unsatisfiable(f"required property {name!r} admits no value")
-                    del value[name]
+                    if closed:
+                        del value[name]  # a closed object forbids it anyway
         names = s.get("propertyNames")
         if isinstance(names, dict) and "type" not in names and "$ref" not in names:
             s["propertyNames"] = {**names, "type": "string"}  # property names are strings
@@ -155,13 +172,11 @@ class _Normalizer:
             return s
         branches = []
         for branch in s[kw]:
-            try:
-                merged = self.merge(siblings, branch, depth + 1)
-            except Unsatisfiable:
-                continue
+            merged = self.merge_or_false(siblings, branch, depth + 1)
             if merged is None:
                 return s
-            branches.append(merged)
+            if merged is not False:
+                branches.append(merged)
         if not branches:
             raise Unsatisfiable(f"no branch of {kw} is compatible with its sibling keywords")
         out = {k: v for k, v in s.items() if k not in siblings}
@@ -184,11 +199,9 @@ class _Normalizer:
                     return s
                 mine = set(a.get("required") or [])
                 theirs = [p for p in (b.get("required") or []) if p not in mine]
-                open_ended = a.get("additionalProperties", False) not in (False, True)
-                if not theirs or a.get("patternProperties") or open_ended:
+                if not theirs:
                     return s
-                a["properties"] = {k: v for k, v in a.get("properties", {}).items() if k != theirs[0]}
-                a["additionalProperties"] = False
+                a["properties"] = {**a.get("properties", {}), theirs[0]: False}
         if all(disjoint(a, b, self.root) for i, a in enumerate(out) for j, b in enumerate(branches) if i != j):
             return {**s, "oneOf": out}
         return s
@@ -221,142 +234,3 @@ class _Normalizer:
             cls = validators.validator_for(self.root, default=Draft202012Validator)
             self._validator = cls(self.root, format_checker=format_checker())
         return bool(self._validator.evolve(schema=schema).is_valid(value))
-
-    # ------------------------------------------------------------------ merging (allOf semantics)
-    def expand(self, s: Any, depth: int) -> Any:
-        """``s`` with a local ``$ref`` inlined and ``allOf`` folded in; None when that cannot be done exactly."""
-        if depth > _MAX_DEPTH:
-            return None
-        if not isinstance(s, dict):
-            return s
-        self._steps += 1
-        if self._steps > _MAX_STEPS:
-            raise _OverBudget
-        s = upgrade_drafts(dict(s))
-        ref = s.get("$ref")
-        if ref is not None:
-            if not is_local_ref(ref):
-                return None
-            try:
-                target = copy.deepcopy(resolve_ref(self.root, ref))
-            except KeyError:
-                return None
-            rest = {k: v for k, v in s.items() if k != "$ref"}
-            if not any(k in ASSERTIONS for k in rest):
-                return self.expand(target, depth + 1)
-            return self.merge(target, rest, depth + 1)
-        if isinstance(s.get("allOf"), list):
-            acc: Any = {k: v for k, v in s.items() if k != "allOf"}
-            for branch in s["allOf"]:
-                acc = self.merge(acc, branch, depth + 1)
-                if acc is None:
-                    return None
-            return acc
-        return s
-
-    def merge(self, a: Any, b: Any, depth: int) -> Any:
-        """A schema accepting exactly the documents both accept; None when not expressible here.
-
-        Raises:
-            Unsatisfiable: no document satisfies both.
-        """
-        a, b = self.expand(a, depth), self.expand(b, depth)
-        if a is None or b is None:
-            return None
-        if a is False or b is False:
-            raise Unsatisfiable("false schema")
-        if a is True or a == {}:
-            return b
-        if b is True or b == {}:
-            return a
-        if any(k in a or k in b for k in _GIVE_UP):
-            return None
-        out: dict[str, Any] = {}
-        for k in dict.fromkeys([*a, *b]):
-            if k in _STRUCTURAL:
-                continue
-            if k not in b or k not in a:
-                out[k] = a[k] if k in a else b[k]
-                continue
-            va, vb = a[k], b[k]
-            if json_key(va) == json_key(vb) or k in ANNOTATIONS:
-                out[k] = va
-            elif k == "type":
-                out[k] = _intersect_types(a, b)
-            elif k in _MIN and numbers(va, vb):
-                out[k] = max(va, vb)
-            elif k in _MAX and numbers(va, vb):
-                out[k] = min(va, vb)
-            elif k == "enum" and isinstance(va, list) and isinstance(vb, list):
-                keys = {json_key(x) for x in vb}
-                out[k] = [x for x in va if json_key(x) in keys]
-                if not out[k]:
-                    raise Unsatisfiable("enum intersection is empty")
-            elif k == "const":
-                raise Unsatisfiable("different const values")
-            else:
-                return None
-        if not self._merge_objects(a, b, out, depth) or not self._merge_arrays(a, b, out, depth):
-            return None
-        return out
-
-    def _merge_objects(self, a: dict[str, Any], b: dict[str, Any], out: dict[str, Any], depth: int) -> bool:
-        pa, pb = a.get("properties", {}), b.get("properties", {})
-        if not isinstance(pa, dict) or not isinstance(pb, dict):
-            return False
-        addl_a, addl_b = a.get("additionalProperties", True), b.get("additionalProperties", True)
-        props: dict[str, Any] = {}
-        for name in dict.fromkeys([*pa, *pb]):
-            try:
-                m = self.merge(pa.get(name, addl_a), pb.get(name, addl_b), depth + 1)
-            except Unsatisfiable:
-                m = False
-            if m is None:
-                return False
-            props[name] = m
-        if props:
-            out["properties"] = props
-        required = list(dict.fromkeys([*(a.get("required") or []), *(b.get("required") or [])]))
-        if required:
-            out["required"] = required
-        if "additionalProperties" in a or "additionalProperties" in b:
-            try:
-                addl = self.merge(addl_a, addl_b, depth + 1)
-            except Unsatisfiable:
-                addl = False
-            if addl is None:
-                return False
-            out["additionalProperties"] = addl
-        return True
-
-    def _merge_arrays(self, a: dict[str, Any], b: dict[str, Any], out: dict[str, Any], depth: int) -> bool:
-        if "prefixItems" in a and "prefixItems" in b:
-            if json_key(a["prefixItems"]) != json_key(b["prefixItems"]):
-                return False
-        for x, y in ((a, b), (b, a)):
-            if "prefixItems" in x and isinstance(x["prefixItems"], list):
-                other = y.get("items", True)
-                merged = [self.merge(p, other, depth + 1) for p in x["prefixItems"]]
-                if any(m is None for m in merged):
-                    return False
-                out["prefixItems"] = merged
-                break
-        if "items" in a or "items" in b:
-            items = self.merge(a.get("items", True), b.get("items", True), depth + 1)
-            if items is None:
-                return False
-            out["items"] = items
-        return True
-
-
-def _intersect_types(a: dict[str, Any], b: dict[str, Any]) -> Any:
-    ta, tb = types_of(a), types_of(b)
-    if ta is None or tb is None:
-        raise Unsatisfiable("malformed type")
-    out = [t for t in ta if t in tb]
-    if "integer" in ta and "number" in tb or "number" in ta and "integer" in tb:
-        out.append("integer")
-    out = list(dict.fromkeys(out))
-    if not out:
-        raise Unsatisfiable(f"type {sorted(ta)} and {sorted(tb)} do not intersect")
-    return out[0] if len(out) == 1 else out

@@ -13,6 +13,7 @@ import math
 import re
 from typing import Any, TypeGuard
 
+from radixgen.grammar.json_formats import EMAIL_PATTERN
 from radixgen.grammar.json_schema import types_of
 
 
@@ -21,17 +22,23 @@ class Unsatisfiable(Exception):
 
 
 _OCTET = "(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_YEAR = "([0-9]{3}[1-9]|[0-9]{2}[1-9]0|[0-9][1-9]00|[1-9]000)"  # 0001-9999 (Python's date range)
+_LEAP_YEAR = "([0-9]{2}(0[48]|[2468][048]|[13579][26])|(0[48]|[2468][048]|[13579][26])00)"
 _DATE = (
-    "[1-9][0-9]{3}-((0[13578]|1[02])-(0[1-9]|[12][0-9]|3[01])|(0[469]|11)-(0[1-9]|[12][0-9]|30)|"
-    "02-(0[1-9]|1[0-9]|2[0-8]))"
+    f"({_YEAR}-((0[13578]|1[02])-(0[1-9]|[12][0-9]|3[01])|(0[469]|11)-(0[1-9]|[12][0-9]|30)|"
+    f"02-(0[1-9]|1[0-9]|2[0-8]))|{_LEAP_YEAR}-02-29)"
 )
-_TIME = "([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\\.[0-9]{1,6})?(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9])"
-#: exact-or-narrower patterns for formats whose backend regexes are looser than JSON-schema validators
+_TIME = "([01][0-9]|2[0-3]):[0-5][0-9]:([0-5][0-9]|60)(\\.[0-9]+)?([Zz]|[+-]([01][0-9]|2[0-3]):[0-5][0-9])"
+#: exact patterns for formats whose backend regexes differ from radixgen's format checker (json_formats):
+#: the backends' own regexes accept days a month does not have (``2023-02-30``) and octets with leading zeros
+#: (``1.02.3.4``), and their email regexes disagree with each other
 FORMAT_PATTERNS = {
     "date": f"^{_DATE}$",
     "time": f"^{_TIME}$",
-    "date-time": f"^{_DATE}T{_TIME}$",
+    "date-time": f"^{_DATE}[Tt]{_TIME}$",
     "ipv4": f"^{_OCTET}(\\.{_OCTET}){{3}}$",
+    "email": EMAIL_PATTERN,
+    "uuid": "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$",
 }
 
 
@@ -47,10 +54,12 @@ def is_number(v: Any) -> TypeGuard[int | float]:
 
 def local_rewrites(s: dict[str, Any]) -> dict[str, Any]:
     """Every rewrite of this module, in order, on one subschema (modified and returned)."""
+    s = unevaluated_as_additional(s)
     s = resolve_dependencies(s)
     s = declare_required(s)
     s = integer_bounds(s)
     s = explicit_extras(s)
+    s = drop_unknown_formats(s)
     s = format_patterns(s)
     s = lengths_into_pattern(s)
     return fix_patterns(s)
@@ -71,13 +80,32 @@ def upgrade_drafts(s: dict[str, Any]) -> dict[str, Any]:
     return s
 
 
+_IN_PLACE_APPLICATORS = ("allOf", "anyOf", "oneOf", "not", "if", "then", "else", "$ref", "dependentSchemas",
+                         "dependencies", "$dynamicRef", "$recursiveRef")  # fmt: skip
+
+
+def unevaluated_as_additional(s: dict[str, Any]) -> dict[str, Any]:
+    """``unevaluatedProperties`` / ``unevaluatedItems`` in a subschema without in-place applicators (so only its
+    own ``properties`` / ``patternProperties`` / ``prefixItems`` evaluate anything): the same as
+    ``additionalProperties`` / ``items`` when those are absent, and redundant when they are present (they
+    evaluate every remaining member). With applicators the keyword stays (and is refused)."""
+    if any(k in s for k in _IN_PLACE_APPLICATORS):
+        return s
+    for unevaluated, additional in (("unevaluatedProperties", "additionalProperties"), ("unevaluatedItems", "items")):
+        if unevaluated in s:
+            value = s.pop(unevaluated)
+            s.setdefault(additional, value)
+    return s
+
+
 def resolve_dependencies(s: dict[str, Any]) -> dict[str, Any]:
     """``dependentRequired`` / array-valued ``dependencies`` ({a: [b, ...]}: "if a is present, so are b, ...")
     → a required ``a`` makes its dependencies required (transitively); an optional ``a`` is left out of the
-    object (subset: the backends do not enforce the keyword). Only on closed objects (``additionalProperties``
-    false or absent, no ``patternProperties``), where leaving a property out of ``properties`` forbids it."""
+    object (subset). Only on closed objects (``additionalProperties: false``, no ``patternProperties``), where
+    leaving a property out of ``properties`` forbids it, and only for what ``schema_keywords`` does not rewrite
+    exactly (more than ``MAX_DEPENDENCIES`` dependencies)."""
     kws = [k for k in ("dependentRequired", "dependencies") if isinstance(s.get(k), dict) and s[k]]
-    if not kws or "patternProperties" in s or s.get("additionalProperties", False) is not False:
+    if not kws or "patternProperties" in s or s.get("additionalProperties", True) is not False:
         return s
     deps: dict[str, list[str]] = {}
     for kw in kws:
@@ -167,11 +195,37 @@ def explicit_extras(s: dict[str, Any]) -> dict[str, Any]:
     return s
 
 
+def drop_unknown_formats(s: dict[str, Any]) -> dict[str, Any]:
+    """A ``format`` that is neither one of JSON Schema's nor checked by radixgen's format checker
+    (``json_formats``) is an annotation (JSON Schema 2020-12 §7.2.3): dropped, so a backend that refuses unknown
+    formats (llguidance) does not refuse the schema."""
+    from radixgen.grammar.json_formats import format_checker
+    from radixgen.grammar.schema_support import STANDARD_FORMATS
+
+    fmt = s.get("format")
+    if isinstance(fmt, str) and fmt not in STANDARD_FORMATS and fmt not in format_checker().checkers:
+        s = {k: v for k, v in s.items() if k != "format"}
+    return s
+
+
 def format_patterns(s: dict[str, Any]) -> dict[str, Any]:
     fmt = s.get("format")
-    if fmt in FORMAT_PATTERNS and "pattern" not in s and types_of(s) == {"string"}:
-        s["pattern"] = FORMAT_PATTERNS[s.pop("format")]
+    if fmt in FORMAT_PATTERNS and types_of(s) == {"string"}:
+        if "pattern" not in s:
+            s["pattern"] = FORMAT_PATTERNS[s.pop("format")]
+        elif "minLength" not in s and "maxLength" not in s:
+            both = _intersect_patterns(s["pattern"], FORMAT_PATTERNS[fmt])
+            if both is not None:
+                s.pop("format")
+                s["pattern"] = both
     return s
+
+
+def _intersect_patterns(a: str, b: str) -> str | None:
+    """A whole-string regex for strings matching both (search semantics for each); None when not built."""
+    from radixgen.grammar.regex_algebra import intersect_patterns
+
+    return intersect_patterns(a, b)
 
 
 def fix_patterns(s: dict[str, Any]) -> dict[str, Any]:
@@ -240,7 +294,12 @@ def lengths_into_pattern(s: dict[str, Any]) -> dict[str, Any]:
         return s
     m = _SINGLE_ATOM_STAR.fullmatch(pattern)
     if m is None:
-        return s
+        from radixgen.grammar.regex_algebra import pattern_with_lengths
+
+        both = pattern_with_lengths(pattern, None if lo is None else int(lo), None if hi is None else int(hi))
+        if both is None:
+            return s
+        return {**{k: v for k, v in s.items() if k not in ("minLength", "maxLength")}, "pattern": both}
     low = max(int(lo or 0), 1 if m.group(2) == "+" else 0)
     high = "" if hi is None else str(int(hi))
     if hi is not None and int(hi) < low:

@@ -1,24 +1,32 @@
 """Which JSON-schema keywords a backend really enforces, and a check that names the ones it would ignore.
 
 The tables were measured, not copied from documentation: for each keyword a schema was compiled and a document
-violating only that keyword was fed to the matcher (``tests/test_grammar_support.py`` keeps the measurements).
-Findings for xgrammar 0.2.8 (strict mode, after ``schema_normalize``):
+violating only that keyword was fed to the matcher (tests/test_grammar.py ``PROBES``, tests/test_schema_keywords.py,
+and the MaskBench-style check of benchmarks/bench_schema_enforcement.py keep the measurements). They describe a
+schema after ``schema_normalize`` (which rewrites ``allOf``, ``dependencies``, simple ``not``, untyped keywords,
+lengths next to patterns, ... into the keywords below) and before the backend's lowering (``schema_lowering``).
+
+xgrammar 0.2.9 (``strict_mode=False``: JSON Schema's defaults):
 
 * enforced: ``type``, ``enum``, ``const``, ``minimum``/``maximum``/``exclusiveMinimum``/``exclusiveMaximum``
   (integer and number), ``multipleOf`` (integer type, integral divisor only), ``minLength``/``maxLength``,
-  ``pattern``, the formats in ``XGRAMMAR_FORMATS``, ``minItems``/``maxItems``, ``items``, ``prefixItems``,
-  ``properties``, ``required``, ``additionalProperties``, ``patternProperties``, ``propertyNames``,
-  ``minProperties``/``maxProperties``, ``unevaluatedProperties``/``unevaluatedItems``, ``anyOf``, local
-  ``$ref`` (recursion included);
-* ignored: ``allOf`` (becomes "any value"), ``not``, ``if``/``then``/``else``, ``uniqueItems``, ``contains``/
-  ``minContains``/``maxContains``, ``dependentRequired``/``dependentSchemas``/``dependencies``, non-local or
-  anchor ``$ref``, formats outside the table; keywords next to ``$ref``/``enum``/``const``/``anyOf``/
-  ``oneOf``; ``minLength``/``maxLength`` next to ``pattern`` or ``format``; ``pattern`` next to ``format``;
-  numeric and string keywords in a subschema without ``type``;
+  ``pattern`` (whole-string: ``schema_lowering`` makes the search explicit), the formats in
+  ``XGRAMMAR_FORMATS``, ``minItems``/``maxItems``, ``items``, ``prefixItems``, ``properties``, ``required``,
+  ``additionalProperties``, ``patternProperties`` (names no pattern matches are lowered to one more pattern),
+  ``propertyNames``, ``minProperties``/``maxProperties``, ``anyOf``, local ``$ref`` (recursion included);
+* ignored: ``not``, ``if``/``then``/``else``, ``uniqueItems``, ``contains``/``minContains``/``maxContains``,
+  ``unevaluatedProperties``/``unevaluatedItems`` (``{"a": 1, "b": 2}`` passes ``unevaluatedProperties: false``
+  in non-strict mode), non-local or anchor ``$ref``, formats outside the table; keywords next to
+  ``$ref``/``enum``/``const``/``anyOf``/``oneOf``; ``minLength``/``maxLength`` next to ``pattern`` or
+  ``format``; ``pattern`` next to ``format``; numeric and string keywords in a subschema without ``type``;
+  a ``false`` subschema does not compile (lowered for ``properties``);
 * ``oneOf`` is enforced as ``anyOf``: accepted only when its branches provably exclude each other.
 
-outlines-core 0.2.14 (``build_regex_from_schema``) additionally ignores every numeric bound and ``multipleOf``,
-``minProperties``/``maxProperties``, and supports fewer formats (``OUTLINES_FORMATS``).
+llguidance 1.9.1 refuses what it does not implement itself (``propertyNames``, ``unevaluated*``, ``contains``,
+``uniqueItems``, ``not``, ``if``, ``dependent*``, formats outside ``LLGUIDANCE_FORMATS``, ``min``/``maxProperties``
+next to optional properties); the table lists what it implements so the refusal names the keyword as for the
+others. outlines-core 0.2.14 (``build_regex_from_schema``) additionally ignores every numeric bound and
+``multipleOf``, ``minProperties``/``maxProperties``, and supports fewer formats (``OUTLINES_FORMATS``).
 """
 
 from __future__ import annotations
@@ -35,6 +43,7 @@ from radixgen.grammar.json_schema import (
     types_of,
     walk,
 )
+from radixgen.grammar.schema_lowering import lower_for_outlines, lower_for_xgrammar
 
 #: formats defined by JSON Schema 2020-12 §7.3; other format values are annotations nobody enforces
 STANDARD_FORMATS = frozenset(
@@ -58,7 +67,17 @@ _XGRAMMAR_ENFORCED = frozenset(
     {
         "type", "enum", "const", *_NUMERIC, *_STRING, "minItems", "maxItems", "items", "prefixItems",
         "properties", "required", "additionalProperties", "patternProperties", "propertyNames", "minProperties",
-        "maxProperties", "unevaluatedProperties", "unevaluatedItems", "anyOf", "oneOf", "$ref",
+        "maxProperties", "anyOf", "oneOf", "$ref",
+    }
+)  # fmt: skip
+LLGUIDANCE_FORMATS = frozenset(
+    {"date-time", "date", "time", "duration", "email", "hostname", "ipv4", "ipv6", "uri", "uuid"}
+)
+_LLGUIDANCE_ENFORCED = frozenset(
+    {
+        "type", "enum", "const", *_NUMERIC, *_STRING, "minItems", "maxItems", "items", "prefixItems",
+        "properties", "required", "additionalProperties", "patternProperties", "minProperties", "maxProperties",
+        "allOf", "anyOf", "oneOf", "$ref",
     }
 )  # fmt: skip
 _OUTLINES_ENFORCED = frozenset(
@@ -73,12 +92,15 @@ Issue = tuple[str, str, str]  # (json pointer, keyword, why it is not enforced)
 
 @dataclass(frozen=True)
 class SchemaSupport:
-    """What one backend enforces. ``extra`` adds backend-specific precedence findings for one subschema."""
+    """What one backend enforces. ``extra`` adds backend-specific precedence findings for one subschema;
+    ``lower`` rewrites a normalised schema (in place) into forms the backend compiles, exactly, and returns
+    what it could not rewrite (refused like an unenforced keyword)."""
 
     backend: str
     enforced: frozenset[str]
     formats: frozenset[str]
     extra: Callable[[dict[str, Any]], list[tuple[str, str]]] = field(default=lambda s: [])
+    lower: Callable[[Any], list[Issue]] = field(default=lambda s: [])
 
 
 def _precedence(s: dict[str, Any]) -> list[tuple[str, str]]:
@@ -119,8 +141,11 @@ def _outlines_extra(s: dict[str, Any]) -> list[tuple[str, str]]:
     return out
 
 
-XGRAMMAR_SUPPORT = SchemaSupport("xgrammar", _XGRAMMAR_ENFORCED, XGRAMMAR_FORMATS, _xgrammar_extra)
-OUTLINES_SUPPORT = SchemaSupport("outlines", _OUTLINES_ENFORCED, OUTLINES_FORMATS, _outlines_extra)
+XGRAMMAR_SUPPORT = SchemaSupport("xgrammar", _XGRAMMAR_ENFORCED, XGRAMMAR_FORMATS, _xgrammar_extra, lower_for_xgrammar)
+OUTLINES_SUPPORT = SchemaSupport("outlines", _OUTLINES_ENFORCED, OUTLINES_FORMATS, _outlines_extra, lower_for_outlines)
+#: llguidance 1.9.1 refuses (an error at compile, never a silent drop) every keyword it does not implement; the
+#: table lists what it implements, so the refusal names the keyword the same way as for the other backends
+LLGUIDANCE_SUPPORT = SchemaSupport("llguidance", _LLGUIDANCE_ENFORCED, LLGUIDANCE_FORMATS)
 
 
 _TRIVIAL_WHEN_TRUE = (
@@ -239,6 +264,8 @@ def _objects_disjoint(a: dict[str, Any], b: dict[str, Any], root: Any) -> bool:
     for name in req_a & req_b:
         if name in pa and name in pb and _disjoint(_deref(pa[name], root), _deref(pb[name], root), root):
             return True
+    if any(pa.get(name) is False for name in req_b):
+        return True
     if a.get("additionalProperties") is False and "patternProperties" not in a:
         if any(name not in pa for name in req_b):
             return True

@@ -2,8 +2,9 @@
 
 Order: size and nesting bounds (cheap scans that need no parser, so no input can make a parser recurse or run
 long) → syntax (JSON + the JSON-Schema meta-schema via ``jsonschema``'s ``check_schema``; Python ``re`` plus the
-backend's own regex parser; the backend's EBNF parser) → JSON schema only: normalisation (``schema_normalize``)
-and the not-enforced-keyword check (``schema_support``), which rejects unless the request opts into best effort
+backend's own regex parser; the backend's EBNF parser) → JSON schema only: normalisation (``schema_normalize``),
+every object closed when strict (``schema_strict``), the not-enforced-keyword check (``schema_support``) and the
+backend's exact lowering (``schema_lowering``), which reject unless the request opts into best effort
 (``SamplingParams.grammar_best_effort``). Every failure is a :class:`GrammarError` whose message starts with the
 field name (``json_schema``, ``regex``, ``ebnf``).
 """
@@ -19,6 +20,7 @@ from typing import Any
 from radixgen.grammar.base import GrammarError, GrammarLimits
 from radixgen.grammar.json_schema import dangling_ref
 from radixgen.grammar.schema_normalize import Unsatisfiable, normalize_schema
+from radixgen.grammar.schema_strict import close_objects
 from radixgen.grammar.schema_support import Issue, SchemaSupport, find_unenforced
 
 #: the json_object kind's spec is ignored (any JSON object); "" is its canonical spec
@@ -46,6 +48,7 @@ def prepare_spec(
     syntax_check: SyntaxCheck,
     limits: GrammarLimits,
     best_effort: bool = False,
+    strict: bool = False,
 ) -> PreparedSpec:
     """Validate ``spec`` of ``kind`` for a backend and return what it should compile.
 
@@ -58,6 +61,7 @@ def prepare_spec(
         syntax_check: the backend's own parser, ``(kind, spec) -> None``, raising GrammarError.
         limits: size and nesting bounds.
         best_effort: accept keywords the backend does not enforce (they are listed in ``ignored``).
+        strict: json_schema only: close every object (``schema_strict``; ``--grammar-strict-json-schema``).
 
     Raises:
         GrammarError: the message names the field and the problem.
@@ -92,7 +96,7 @@ def prepare_spec(
         _check_structural_tag(spec)
         syntax_check(kind, spec)
         return PreparedSpec(kind, spec)
-    return _prepare_json_schema(spec, support, syntax_check, best_effort)
+    return _prepare_json_schema(spec, support, syntax_check, best_effort, strict)
 
 
 def _check_structural_tag(spec: str) -> None:
@@ -122,7 +126,7 @@ def _check_structural_tag(spec: str) -> None:
 
 
 def _prepare_json_schema(
-    spec: str, support: SchemaSupport, syntax_check: SyntaxCheck, best_effort: bool
+    spec: str, support: SchemaSupport, syntax_check: SyntaxCheck, best_effort: bool, strict: bool
 ) -> PreparedSpec:
     try:
         schema = json.loads(spec)
@@ -139,8 +143,12 @@ def _prepare_json_schema(
         normalized = normalize_schema(schema)
     except Unsatisfiable as e:
         raise GrammarError(f"json_schema: no JSON document satisfies the schema ({e})") from None
+    if strict:
+        close_objects(normalized)
     _check_refs(normalized)
     issues = find_unenforced(normalized, support)
+    # exact rewrites into forms this backend compiles, after the checks (which read JSON Schema's own forms)
+    issues += support.lower(normalized)
     if issues and not best_effort:
         shown = "; ".join(f"'{k}' at {p}: {why}" for p, k, why in issues[:_MAX_REPORTED])
         more = f" (and {len(issues) - _MAX_REPORTED} more)" if len(issues) > _MAX_REPORTED else ""

@@ -3,19 +3,24 @@ Engine for Large Language Models", arXiv:2411.15100) — a byte-level pushdown a
 tokens precomputed per grammar, so filling a bitmask costs a few microseconds per row.
 
 Kinds:
-    json_schema: ``Grammar.from_json_schema`` in strict mode (``additionalProperties`` and ``items``
-        default to false, as OpenAI's strict structured outputs: a subset of the valid documents). Whitespace:
-        ``any_whitespace=False`` (the default here) fixes the separators to ``", "`` and ``": "`` with no other
-        whitespace, so a model cannot pad a document forever; ``any_whitespace=True`` allows JSON whitespace
-        between tokens (at most ``MAX_WHITESPACE`` characters in a row).
+    json_schema: ``Grammar.from_json_schema`` with ``strict_mode=False``: JSON Schema's own defaults (an object
+        takes unlisted properties unless ``additionalProperties`` / ``unevaluatedProperties`` forbid them, an
+        array without ``items`` takes any items); closed objects are opt-in (``schema_strict``). Whitespace
+        (grammar/whitespace.py): masks come from a compact grammar — ``any_whitespace=False`` (the default here)
+        fixes the separators to ``", "`` and ``": "`` with no other whitespace, so a model cannot pad a document
+        forever; ``any_whitespace=True`` allows at most ``MAX_WHITESPACE`` whitespace characters in a row — and a
+        token only a whitespace-flexible grammar accepts switches the matcher to that one (compiled on demand,
+        any JSON whitespace).
     json_object: any JSON object (the JSON schema ``{"type": "object"}``), same whitespace rule.
     regex: ``Grammar.from_regex`` (the whole output must match; ECMAScript-like syntax, no backreferences or
         ``\\p{..}`` classes).
     ebnf: ``Grammar.from_ebnf`` with xgrammar's GBNF dialect, root rule ``root``.
 
-Every kind is converted to an xgrammar ``Grammar`` first and its bounded repetitions unrolled
-(grammar/ebnf_rewrite.py: the same language, bitmask fills ~100x cheaper inside ``maxLength`` strings), then
-compiled with ``compile_grammar``.
+Every kind is converted to an xgrammar ``Grammar`` first, its length-bounded JSON string characters made JSON's
+own (no raw control characters, escapes allowed) and its bounded and ``{n,}`` repetitions unrolled
+(grammar/ebnf_rewrite.py: bitmask fills ~100x cheaper inside ``minLength`` / ``maxLength`` strings), then
+compiled with ``compile_grammar``; one mask is filled right away, on the compile thread, because the first fill
+of a compiled grammar initialises xgrammar's caches for it.
 
 The tokenizer is described once per backend (``TokenizerInfo.from_huggingface`` with the model's vocabulary
 size, so padding ids are never allowed, and every eos id as a stop token).
@@ -30,9 +35,10 @@ from typing import Any
 import torch
 import xgrammar as xgr
 
-from radixgen.grammar.base import CompiledGrammar, GrammarError, GrammarMatcher, TokenizerBackend, bitmask_width
-from radixgen.grammar.ebnf_rewrite import unroll_bounded_repeats
+from radixgen.grammar.base import CompiledGrammar, GrammarError, GrammarMatcher, TokenizerBackend
+from radixgen.grammar.ebnf_rewrite import json_string_characters, unroll_bounded_repeats
 from radixgen.grammar.schema_support import XGRAMMAR_SUPPORT
+from radixgen.grammar.whitespace import FlexibleWhitespaceCompiled
 
 MAX_WHITESPACE = 4
 
@@ -46,28 +52,25 @@ def _message(e: Exception) -> str:
 
 
 def _unrolled(grammar: xgr.Grammar) -> xgr.Grammar:
-    """``grammar`` with its bounded repetitions unrolled (grammar/ebnf_rewrite.py: same language, bitmask fills
-    ~100x cheaper inside ``maxLength`` strings); ``grammar`` itself when it has none."""
+    """``grammar`` with JSON's own characters in length-bounded strings and its bounded repetitions unrolled
+    (grammar/ebnf_rewrite.py: ``json_string_characters``, ``unroll_bounded_repeats``: bitmask fills ~100x
+    cheaper inside ``maxLength`` strings); ``grammar`` itself when neither applies."""
     text = str(grammar)
-    unrolled = unroll_bounded_repeats(text)
-    return grammar if unrolled is text else xgr.Grammar.from_ebnf(unrolled)
+    rewritten = unroll_bounded_repeats(json_string_characters(text))
+    return grammar if rewritten is text else xgr.Grammar.from_ebnf(rewritten)
 
 
 class XGrammarMatcher(GrammarMatcher):
-    """Wraps ``xgrammar.GrammarMatcher`` (unlimited rollback). ``allowed``: an optional static int32 ``[W]``
-    bitmask ANDed into every row it fills (see :meth:`XGrammarBackend.json_token_mask`)."""
+    """Wraps ``xgrammar.GrammarMatcher`` (unlimited rollback)."""
 
-    def __init__(self, compiled: xgr.CompiledGrammar, allowed: torch.Tensor | None = None) -> None:
+    def __init__(self, compiled: xgr.CompiledGrammar) -> None:
         self._m = xgr.GrammarMatcher(compiled)
-        self._allowed = allowed
 
     def accept_token(self, token_id: int) -> bool:
         return bool(self._m.accept_token(token_id))
 
     def fill_next_token_bitmask(self, bitmask: torch.Tensor, row: int) -> None:
         self._m.fill_next_token_bitmask(bitmask, row)
-        if self._allowed is not None:
-            bitmask[row] &= self._allowed
 
     def is_terminated(self) -> bool:
         return bool(self._m.is_terminated())
@@ -87,12 +90,11 @@ class XGrammarMatcher(GrammarMatcher):
 
 
 class XGrammarCompiled(CompiledGrammar):
-    def __init__(self, compiled: xgr.CompiledGrammar, allowed: torch.Tensor | None = None) -> None:
+    def __init__(self, compiled: xgr.CompiledGrammar) -> None:
         self.compiled = compiled
-        self.allowed = allowed
 
     def matcher(self) -> GrammarMatcher:
-        return XGrammarMatcher(self.compiled, self.allowed)
+        return XGrammarMatcher(self.compiled)
 
 
 class XGrammarBackend(TokenizerBackend):
@@ -108,7 +110,6 @@ class XGrammarBackend(TokenizerBackend):
         # our own LRU (cache.py) sits in front; xgrammar's cache would hold a second copy
         self.compiler = xgr.GrammarCompiler(self.info, max_threads=1, cache_enabled=False)
         self._token_bytes: list[bytes] | None = None
-        self._json_mask: torch.Tensor | None = None
 
     @staticmethod
     def check_syntax(kind: str, spec: str) -> None:
@@ -123,19 +124,26 @@ class XGrammarBackend(TokenizerBackend):
             elif kind == "ebnf":
                 xgr.Grammar.from_ebnf(spec)
             elif kind == "json_schema":
-                xgr.Grammar.from_json_schema(spec, any_whitespace=False, strict_mode=True)
+                xgr.Grammar.from_json_schema(spec, any_whitespace=False, strict_mode=False)
             elif kind == "structural_tag":
                 _structural_tag_grammar(spec)
         except Exception as e:  # noqa: BLE001 - xgrammar raises RuntimeError / InvalidJSONError / ValueError
             raise GrammarError(f"{kind}: {_message(e)}") from None
 
     def compile(self, kind: str, spec: str) -> CompiledGrammar:
-        ws: dict[str, Any] = {"any_whitespace": self.any_whitespace}
-        if self.any_whitespace:
+        if kind in ("json_schema", "json_object"):
+            compact = self._compile(kind, spec, flexible=False)
+            return FlexibleWhitespaceCompiled(compact, lambda: self._compile(kind, spec, flexible=True))
+        return self._compile(kind, spec, flexible=False)
+
+    def _compile(self, kind: str, spec: str, flexible: bool) -> CompiledGrammar:
+        """One grammar; JSON kinds with the compact whitespace rule, or any whitespace when ``flexible``."""
+        ws: dict[str, Any] = {"any_whitespace": self.any_whitespace or flexible}
+        if self.any_whitespace and not flexible:
             ws["max_whitespace_cnt"] = MAX_WHITESPACE
         try:
             if kind == "json_schema":
-                grammar = xgr.Grammar.from_json_schema(spec, strict_mode=True, **ws)
+                grammar = xgr.Grammar.from_json_schema(spec, strict_mode=False, **ws)
             elif kind == "json_object":
                 grammar = xgr.Grammar.from_json_schema(json.dumps({"type": "object"}), strict_mode=False, **ws)
             elif kind == "regex":
@@ -151,21 +159,10 @@ class XGrammarBackend(TokenizerBackend):
             raise
         except Exception as e:  # noqa: BLE001
             raise GrammarError(f"{kind}: {_message(e)}") from None
-        return XGrammarCompiled(out, self.json_token_mask() if kind in ("json_schema", "json_object") else None)
-
-    def json_token_mask(self) -> torch.Tensor:
-        """int32 ``[ceil(V / 32)]``: tokens without raw control characters (bytes < 0x20; with
-        ``any_whitespace`` tab, newline and carriage return are kept). JSON never contains them outside
-        whitespace, but xgrammar 0.2.8's ``minLength``/``maxLength`` strings accept them (``[^"\\\r\n]``)."""
-        if self._json_mask is None:
-            keep = {9, 10, 13} if self.any_whitespace else set()
-            bad = [i for i, b in enumerate(self.token_bytes) if any(c < 0x20 and c not in keep for c in b)]
-            words = torch.full((bitmask_width(self.vocab_size),), -1, dtype=torch.int64) & 0xFFFFFFFF
-            if bad:
-                t = torch.tensor(bad, dtype=torch.int64)
-                words.index_add_(0, t >> 5, -(torch.ones_like(t) << (t & 31)))  # clear each bad bit once
-            self._json_mask = words.to(torch.int32)
-        return self._json_mask
+        # the first mask a compiled grammar fills initialises xgrammar's per-grammar caches (~0.1-10 ms): do it
+        # here, on the compile thread, rather than in the first decode step of the first request
+        xgr.GrammarMatcher(out).fill_next_token_bitmask(xgr.allocate_token_bitmask(1, self.vocab_size))
+        return XGrammarCompiled(out)
 
     @property
     def token_bytes(self) -> list[bytes]:

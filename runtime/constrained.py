@@ -89,7 +89,9 @@ class GrammarHooks:
         self._tokenizer = tokenizer
         self._eos = list(eos_token_ids)
         limits = GrammarLimits(args.grammar_max_spec_bytes, args.grammar_max_nesting_depth)
-        self.manager = GrammarManager(args.grammar_backend, self._make_backend, limits)
+        self.manager = GrammarManager(
+            args.grammar_backend, self._make_backend, limits, strict_json_schema=args.grammar_strict_json_schema
+        )
         self.queue: list[tuple[Req, Future[CompiledGrammar], float]] = []
         self._bitmask: torch.Tensor | None = None
 

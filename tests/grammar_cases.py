@@ -1,6 +1,7 @@
 """Constraint cases for the grammar tests: bounded JSON schemas and regexes (every string, array and number is
-bounded, so even a random model finishes a document well within max_new_tokens), and helpers that check
-outputs against them."""
+bounded, and every object closed with ``strict_json_schema`` — an open object lets a random model add properties
+until max_new_tokens — so even a random model finishes a document well within max_new_tokens), and helpers that
+check outputs against them."""
 
 from __future__ import annotations
 
@@ -9,12 +10,13 @@ from typing import Any
 
 from jsonschema import Draft202012Validator, validators
 
+from radixgen.grammar import strict_json_schema
 from radixgen.grammar.json_formats import format_checker
 
 S = {"type": "string", "maxLength": 8}
 I = {"type": "integer", "minimum": -50, "maximum": 50}  # noqa: E741
 
-SCHEMAS: list[dict[str, Any]] = [
+_WRITTEN: list[dict[str, Any]] = [
     # scalars
     {"type": "integer", "minimum": 0, "maximum": 9},
     {"type": "integer", "minimum": -1000, "maximum": -10},
@@ -88,6 +90,8 @@ SCHEMAS: list[dict[str, Any]] = [
     {"type": "object", "properties": {"a": I}, "required": ["a", "extra"], "additionalProperties": {"type": "boolean"},
      "maxProperties": 2},
 ]  # fmt: skip
+
+SCHEMAS: list[dict[str, Any]] = [strict_json_schema(s) for s in _WRITTEN]
 
 REGEXES: list[str] = [
     r"[a-z]{1,10}",

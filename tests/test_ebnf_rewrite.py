@@ -15,7 +15,7 @@ import xgrammar as xgr
 from shared_paths import STORIES
 from transformers import AutoTokenizer
 
-from radixgen.grammar.ebnf_rewrite import unroll_bounded_repeats
+from radixgen.grammar.ebnf_rewrite import json_string_characters, unroll_bounded_repeats
 
 SCHEMAS = [
     {"type": "object", "properties": {"name": {"type": "string", "maxLength": 12}}, "required": ["name"]},
@@ -26,6 +26,13 @@ SCHEMAS = [
             "items": {"type": "array", "items": {"type": "integer"}, "maxItems": 3},
         },
         "required": ["tag", "items"],
+    },
+    {"type": "object", "properties": {"s": {"type": "string", "minLength": 2}}, "required": ["s"]},  # {2, -1}
+    {  # rule names with "-" (xgrammar keeps them from $defs): the rewrite must take the whole name
+        "$defs": {"short-name": {"type": "string", "minLength": 1, "maxLength": 5}},
+        "type": "object",
+        "properties": {"n": {"$ref": "#/$defs/short-name"}, "m": {"$ref": "#/$defs/short-name"}},
+        "required": ["n", "m"],
     },
 ]
 VOCAB = 512  # stories260K
@@ -70,3 +77,18 @@ def test_unrolled_grammar_has_identical_masks(compiler: xgr.GrammarCompiler, ind
             assert a.is_terminated() == b.is_terminated()
             if a.is_terminated():
                 break
+
+
+def test_length_strings_take_json_escapes_and_refuse_control_characters(compiler: xgr.GrammarCompiler) -> None:
+    tok = AutoTokenizer.from_pretrained(str(STORIES))
+    text = str(xgr.Grammar.from_json_schema(json.dumps({"type": "string", "minLength": 2, "maxLength": 4})))
+    fixed = unroll_bounded_repeats(json_string_characters(text))
+    assert fixed != text
+    compiled = compiler.compile_grammar(xgr.Grammar.from_ebnf(fixed))
+
+    def accepts(doc: str) -> bool:
+        m = xgr.GrammarMatcher(compiled)
+        return m.accept_string(doc) and m.accept_token(tok.eos_token_id) and m.is_terminated()
+
+    assert accepts('"a\\nb"') and accepts('"\\u00e9x"') and accepts('"a\\"c"')  # escapes count one character
+    assert not accepts('"a\tb"') and not accepts('"a"') and not accepts('"abcde"')

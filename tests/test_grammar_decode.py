@@ -118,7 +118,7 @@ def test_jump_forward_fixed_keys_and_all_schemas(llama32k_dir: Path) -> None:
         "type": "object",
         "properties": {"first_name": {"type": "string", "maxLength": 6},
                        "last_name": {"type": "string", "maxLength": 6}, "kind": {"const": "person"}},
-        "required": ["first_name", "last_name", "kind"],
+        "required": ["first_name", "last_name", "kind"], "additionalProperties": False,
     }  # fmt: skip
     schemas = [fixed, *SCHEMAS]
     params = [sampled(i, json_schema=json.dumps(s)) for i, s in enumerate(schemas)]

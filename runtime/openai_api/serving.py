@@ -19,6 +19,7 @@ from typing import Any
 from fastapi import Request
 from fastapi.responses import StreamingResponse
 
+from radixgen.grammar.schema_strict import strict_json_schema
 from radixgen.runtime.generate_request import GenerateReqInput
 from radixgen.runtime.http_common import (
     NATIVE_TO_OPENAI,
@@ -29,8 +30,8 @@ from radixgen.runtime.http_common import (
     sse_body,
 )
 from radixgen.runtime.openai_api.protocol import PromptTokensDetails, SamplingRequest, UsageInfo
-from radixgen.runtime.sampling_params import SamplingParams
 from radixgen.runtime.openai_api.tools import GrammarConfig
+from radixgen.runtime.sampling_params import SamplingParams
 
 
 def reject_unsupported(req: SamplingRequest, extra: dict[str, Any] | None = None) -> None:
@@ -81,6 +82,8 @@ def grammar_params(req: SamplingRequest) -> dict[str, Any]:
                 "response_format.json_schema.schema: required when response_format.type is 'json_schema'",
                 "response_format.json_schema.schema",
             )
+        if rf.json_schema is not None and rf.json_schema.strict:  # OpenAI's strict structured outputs
+            schema = strict_json_schema(_json_or_text(schema))
         out["json_schema"] = schema if isinstance(schema, str) else json.dumps(schema)
     else:
         raise bad_request(
@@ -90,9 +93,6 @@ def grammar_params(req: SamplingRequest) -> dict[str, Any]:
     return out
 
 
-def sampling_params(req: SamplingRequest, max_new_tokens: int, extra_stop: tuple[str, ...] = ()) -> SamplingParams:
-    """The native sampling parameters of an OpenAI request (``n`` samples are expanded by the planner), grammar
-    fields included (``grammar_params``).
 def _json_or_text(schema: Any) -> Any:
     """A schema given as a JSON string, parsed; invalid JSON stays text (validation names the error)."""
     if not isinstance(schema, str):
@@ -103,6 +103,9 @@ def _json_or_text(schema: Any) -> Any:
         return schema
 
 
+def sampling_params(req: SamplingRequest, max_new_tokens: int, extra_stop: tuple[str, ...] = ()) -> SamplingParams:
+    """The native sampling parameters of an OpenAI request (``n`` samples are expanded by the planner), grammar
+    fields included (``grammar_params``).
 
     Raises:
         InvalidRequestError: an invalid value, ``param`` in native terms (``max_new_tokens``, ``min_new_tokens``).
@@ -347,10 +350,10 @@ class ApiContext:
     tm: Any
     model_name: str
     chat_template: Any = None  # a chat_templates.ChatTemplate or None (the tokenizer's own)
+    grammar: GrammarConfig = field(default_factory=GrammarConfig)  # tool-call / reasoning parsers, grammar limits
     token_texts: TokenTexts = field(init=False)
 
     def __post_init__(self) -> None:
-    grammar: GrammarConfig = field(default_factory=GrammarConfig)  # tool-call / reasoning parsers, grammar limits
         self.token_texts = TokenTexts(self.tm.tokenizer)
 
     def check_model(self, model: str | None) -> None:
