@@ -2,7 +2,8 @@
 
 1. Speed. For each model (bench-llama-40m and the ~220M config of common.py, seeded dummy weights) one offline
    Engine per weight scheme — f32, bf16, int8wo, int4wo (float32 model, group 128) — stays loaded; the run
-   alternates between them ``--repeats`` times and reports the median decode ms/step at batch 1 (= TPOT) and the
+   alternates between them ``--repeats`` times (``+head``: the LM head quantized too, as llama.cpp's Q8_0 / Q4
+   files store it) and reports the median decode ms/step at batch 1 (= TPOT) and the
    decode throughput at batch 16 (tokens/s), with ratios to f32. Steps are timed by the scheduler's own phase
    timers (bench_host_overhead.measure): ShareGPT prompts (<= 256 tokens) are prefilled, then ``--steps`` decode
    steps of the full batch are timed.
@@ -43,7 +44,9 @@ SCHEMES: dict[str, dict[str, Any]] = {
     "f32": {"dtype": "float32"},
     "bf16": {"dtype": "bfloat16"},
     "int8wo": {"dtype": "float32", "quantization": "int8wo"},
+    "int8wo+head": {"dtype": "float32", "quantization": "int8wo", "quantize_lm_head": True},
     "int4wo": {"dtype": "float32", "quantization": "int4wo-128"},
+    "int4wo+head": {"dtype": "float32", "quantization": "int4wo-128", "quantize_lm_head": True},
 }
 KV_DTYPES = ("auto", "fp8_e4m3", "fp8_e5m2", "int8")
 KV_BUDGET = 256 * 2**20
@@ -136,7 +139,11 @@ def quality(schemes: list[str], num_prompts: int) -> dict[str, Any]:
     for s in schemes:
         spec = SCHEMES[s]
         dtype = torch.bfloat16 if spec["dtype"] == "bfloat16" else torch.float32
-        quant = QuantizationConfig.parse(spec["quantization"]) if "quantization" in spec else None
+        quant = (
+            QuantizationConfig.parse(spec["quantization"], spec.get("quantize_lm_head", False))
+            if "quantization" in spec
+            else None
+        )
         m40 = load_model(cfg40, dtype=dtype, load_format="dummy", quantization=quant)
         kls = [kl_and_top1(r, teacher_forced_logits(m40, p))[0] for r, p in zip(refs, prompts, strict=True)]
         mst = load_model(stories, dtype=dtype, quantization=quant)
