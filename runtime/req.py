@@ -9,7 +9,7 @@ import torch
 
 from radixgen.grammar.base import GrammarMatcher
 from radixgen.radix.radix_cache import TreeNode
-from radixgen.runtime.io_struct import FinishReason
+from radixgen.runtime.io_struct import FinishReason, ReqOutput
 from radixgen.runtime.sampling_params import SamplingParams
 
 
@@ -144,6 +144,34 @@ class Req:
     @property
     def remaining_new_tokens(self) -> int:
         return max(self.sampling_params.max_new_tokens - len(self.output_ids), 0)
+
+    def take_output(self) -> ReqOutput:
+        """This step's output message: the new tokens and logprob entries since the last output (taken: the
+        deltas are reset), finish reason and token counts."""
+        out = ReqOutput(
+            rid=self.rid,
+            new_token_ids=self.new_token_ids,
+            finish_reason=self.finished_reason,
+            prompt_tokens=len(self.origin_input_ids),
+            completion_tokens=len(self.output_ids),
+            cached_tokens=self.cached_tokens,
+            jump_forward_tokens=self.jump_forward_tokens,
+            spec_verify_ct=self.spec_verify_ct,
+            spec_accepted_tokens=self.spec_accepted_tokens,
+        )
+        if self.return_logprob:
+            out.input_token_logprobs = self.delta_input_logprobs
+            out.input_top_logprobs = self.delta_input_top
+            out.output_token_logprobs = self.delta_output_logprobs
+            out.output_top_logprobs = self.delta_output_top
+            if self.token_ids_logprob:
+                out.input_token_ids_logprobs = self.delta_input_ids_lp
+                out.output_token_ids_logprobs = self.delta_output_ids_lp
+                self.delta_input_ids_lp, self.delta_output_ids_lp = [], []
+            self.delta_input_logprobs, self.delta_input_top = [], []
+            self.delta_output_logprobs, self.delta_output_top = [], []
+        self.new_token_ids = []
+        return out
 
     def __repr__(self) -> str:
         return (

@@ -290,7 +290,7 @@ class Scheduler:
                 self.kv.cache_unfinished(req)
             is_chunked = req is self.chunked_req  # (a bool: an `is` test would narrow req to Optional for mypy)
             if is_chunked and req.kv_len < req.seq_len:
-                outputs_for_req = self._make_output(req) if req.delta_input_logprobs else None
+                outputs_for_req = req.take_output() if req.delta_input_logprobs else None
                 if outputs_for_req is not None:
                     outputs.append(outputs_for_req)
                 continue
@@ -306,7 +306,7 @@ class Scheduler:
             elif batch.is_prefill:
                 req.set_status(ReqStatus.RUNNING)
                 self.running.append(req)
-            outputs.append(self._make_output(req))
+            outputs.append(req.take_output())
         if decode_phase:
             self.new_token_ratio = max(
                 self.new_token_ratio - self.args.new_token_ratio_decay, self.args.min_new_token_ratio
@@ -383,17 +383,14 @@ class Scheduler:
     def _schedule_decode(self) -> ScheduleBatch | None:
         if not self.running:
             return None
-        while len(self.running) > 1 and self._free_or_evictable() < len(self.running):
+        while len(self.running) > 1 and self.kv.available_tokens() < len(self.running):
             self._retract_one()
         if self.spec is not None:
-            drafts = self.spec.propose(self.running, self._free_or_evictable() - len(self.running))
+            drafts = self.spec.propose(self.running, self.kv.available_tokens() - len(self.running))
             if drafts is not None:  # a verify batch: each request's last token and its drafts
                 items = [(r, 1 + len(d)) for r, d in zip(self.running, drafts, strict=True)]
                 return self._build_batch(ForwardMode.EXTEND, items, drafts)
         return self._build_batch(ForwardMode.DECODE, [(r, 1) for r in self.running])
-
-    def _free_or_evictable(self) -> int:
-        return self.kv.available_tokens()
 
     def _retract_one(self) -> None:
         """Retract the running request with the least progress (fewest outputs, longest prompt): its KV goes
@@ -453,39 +450,13 @@ class Scheduler:
         """End a request outside a forward (abort, grammar failure); its output goes out with the next step."""
         req.finished_reason = reason
         self._retire(req)
-        self._pending.append(self._make_output(req))
+        self._pending.append(req.take_output())
         return True
 
     def _retire(self, req: Req) -> None:
         """A finished request leaves ``reqs`` (it holds no KV and no row any more)."""
         req.set_status(ReqStatus.FINISHED)
         del self.reqs[req.rid]
-
-    def _make_output(self, req: Req) -> ReqOutput:
-        out = ReqOutput(
-            rid=req.rid,
-            new_token_ids=req.new_token_ids,
-            finish_reason=req.finished_reason,
-            prompt_tokens=len(req.origin_input_ids),
-            completion_tokens=len(req.output_ids),
-            cached_tokens=req.cached_tokens,
-            jump_forward_tokens=req.jump_forward_tokens,
-            spec_verify_ct=req.spec_verify_ct,
-            spec_accepted_tokens=req.spec_accepted_tokens,
-        )
-        if req.return_logprob:
-            out.input_token_logprobs = req.delta_input_logprobs
-            out.input_top_logprobs = req.delta_input_top
-            out.output_token_logprobs = req.delta_output_logprobs
-            out.output_top_logprobs = req.delta_output_top
-            if req.token_ids_logprob:
-                out.input_token_ids_logprobs = req.delta_input_ids_lp
-                out.output_token_ids_logprobs = req.delta_output_ids_lp
-                req.delta_input_ids_lp, req.delta_output_ids_lp = [], []
-            req.delta_input_logprobs, req.delta_input_top = [], []
-            req.delta_output_logprobs, req.delta_output_top = [], []
-        req.new_token_ids = []
-        return out
 
     def check_integrity(self) -> None:
         """Assert that the queues follow from the request statuses (every live request in exactly the queue of its

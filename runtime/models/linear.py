@@ -82,21 +82,15 @@ class DenseLinear(LinearKernel):
         return F.linear(x, self.weight, self.bias)
 
 
-def onednn_supports(dtype: torch.dtype) -> bool:
-    """Whether this torch build can prepack ``dtype`` weights for oneDNN on this CPU."""
-    if not torch.backends.mkldnn.is_available():
-        return False
-    if dtype == torch.float32:
-        return True
-    if dtype == torch.bfloat16:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    return False
-
-
 def cpu_float_kernel(dtype: torch.dtype) -> str:
-    """The float kernel ``convert_linear`` picks on CPU: ``onednn`` (bfloat16 where oneDNN has it) or
-    ``colmajor`` (float32, and bfloat16 / float16 without oneDNN support)."""
-    return "onednn" if dtype == torch.bfloat16 and onednn_supports(dtype) else "colmajor"
+    """The float kernel ``convert_linear`` picks on CPU: ``onednn`` for bfloat16 where this torch build and CPU
+    support oneDNN's bfloat16 GEMM, else ``colmajor`` (float32, float16, or no oneDNN bfloat16)."""
+    onednn_bf16 = (
+        dtype == torch.bfloat16
+        and torch.backends.mkldnn.is_available()
+        and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    )
+    return "onednn" if onednn_bf16 else "colmajor"
 
 
 # the batch size oneDNN's reorder is told to expect: decode steps are small; any M works, the hint only picks
@@ -105,12 +99,11 @@ _PACK_BATCH_HINT = 16
 
 
 class OneDNNLinear(LinearKernel):
-    """A float32 / bfloat16 weight prepacked for oneDNN's CPU GEMM (see the module docstring for the figures)."""
+    """A bfloat16 weight prepacked for oneDNN's CPU GEMM (see the module docstring for the figures)."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
         super().__init__()
         self.out_features, self.in_features = weight.shape
-        self.dtype = weight.dtype
         self.weight_format = str(weight.dtype).removeprefix("torch.") + "-onednn"
         self._bytes = _tensor_bytes(weight)
         packed = torch.ops.mkldnn._reorder_linear_weight(weight.contiguous(), _PACK_BATCH_HINT)
