@@ -221,6 +221,7 @@ def compile_kernels(arch: int) -> list[dict]:
         decode_block_n,
     )
     from radixgen.kernels.extend_attention import _extend_attention_kernel, extend_launch_config
+    from radixgen.kernels.lora import _sgmv_kernel, sgmv_launch_config
 
     if INTERPRET:
         raise RuntimeError("compile_kernels needs TRITON_INTERPRET=0 before radixgen.kernels is imported")
@@ -276,6 +277,12 @@ def compile_kernels(arch: int) -> list[dict]:
         ptrs = {"Logits": elem, "Bitmask": "i32", "Indices": "i32"}
         consts = {"HAS_INDICES": elem != "fp16", "BLOCK": 4096}
         rows.append(build(_apply_token_bitmask_kernel, ptrs, consts, num_warps=8))
+        ptrs = {"X": elem, "W": elem, "Out": elem, "Seg_indptr": "i32", "Weight_indices": "i32"}
+        for seg_len, k, n, accumulate in ((1, 4096, 64, False), (4096, 64, 4096, True)):  # LoRA shrink, expand
+            bm, bn, bk, warps, stages = sgmv_launch_config(seg_len, k, n, itemsize)
+            consts = {"ACCUMULATE": accumulate, "BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "DOT_DTYPE": dtype,
+                      "DOT_PRECISION": common["DOT_PRECISION"]}  # fmt: skip
+            rows.append(build(_sgmv_kernel, ptrs, consts, num_warps=warps, num_stages=stages))
     return rows
 
 

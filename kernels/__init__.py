@@ -4,7 +4,8 @@ Modules:
     extend_attention: ``extend_attention_fwd`` (prefill/extend attention over the token-indexed KV pool).
     decode_attention: ``decode_attention_fwd`` (flash-decoding: split-KV partial softmax + reduce).
     bitmask: ``apply_token_bitmask_inplace`` (xgrammar-layout token bitmask applied to logits).
-    reference: the plain-torch reference of each kernel (the ground truth of tests/test_kernels.py).
+    lora: ``sgmv_shrink`` / ``sgmv_expand_add`` (multi-LoRA segmented matmuls: each request's rows, its adapter).
+    reference: the plain-torch reference of each kernel (the ground truth of tests/test_kernels.py, test_lora_*).
 
 Interpreter mode. Triton chooses between its CPU interpreter and compiled (CUDA) execution when a function is
 decorated with ``@triton.jit`` — including the ``@jit`` helpers of ``triton.language`` itself (``tl.zeros``,

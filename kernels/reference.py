@@ -129,3 +129,33 @@ def apply_token_bitmask_ref(
     sub = logits[rows, :vocab].masked_fill(~allowed, float("-inf"))
     logits[rows, :vocab] = sub
     return logits
+
+
+def sgmv_shrink_ref(
+    x: torch.Tensor, weights: torch.Tensor, seg_indptr: torch.Tensor, weight_indices: torch.Tensor
+) -> torch.Tensor:
+    """Reference of ``sgmv_shrink``: x ``[T, K]``, weights ``[S, K, N]`` → ``[T, N]`` in x's dtype.
+
+    Segment ``g`` (rows ``seg_indptr[g] .. seg_indptr[g+1]-1``) gets ``x[rows] @ weights[weight_indices[g]]`` in
+    float32; segments with slot -1 (and rows outside every segment) stay 0.
+    """
+    out = torch.zeros((x.shape[0], weights.shape[2]), dtype=torch.float32, device=x.device)
+    for g in range(weight_indices.shape[0]):
+        slot, start, end = int(weight_indices[g]), int(seg_indptr[g]), int(seg_indptr[g + 1])
+        if slot >= 0:
+            out[start:end] = x[start:end].float() @ weights[slot].float()
+    return out.to(x.dtype)
+
+
+def sgmv_expand_add_ref(
+    out: torch.Tensor, a: torch.Tensor, weights: torch.Tensor, seg_indptr: torch.Tensor, weight_indices: torch.Tensor
+) -> torch.Tensor:
+    """Reference of ``sgmv_expand_add`` (also in place; returns ``out``): for each segment ``g`` with a slot,
+    ``out[rows] = round(float32(out[rows]) + a[rows] @ weights[weight_indices[g]])`` with the product in float32;
+    rows of slot -1 segments are untouched."""
+    for g in range(weight_indices.shape[0]):
+        slot, start, end = int(weight_indices[g]), int(seg_indptr[g]), int(seg_indptr[g + 1])
+        if slot >= 0:
+            delta = a[start:end].float() @ weights[slot].float()
+            out[start:end] = (out[start:end].float() + delta).to(out.dtype)
+    return out

@@ -87,12 +87,13 @@ class BasePrefixCache(ABC):
     root: TreeNode
 
     @abstractmethod
-    def match_prefix(self, key: list[int]) -> MatchResult:
-        """Longest cached prefix of ``key``: its KV slots and the node where it ends."""
+    def match_prefix(self, key: list[int], namespace: int | None = None) -> MatchResult:
+        """Longest cached prefix of ``key`` in ``namespace`` (None: the base model; else a LoRA adapter's uid,
+        whose KV is never shared with another namespace): its KV slots and the node where it ends."""
 
     @abstractmethod
-    def insert(self, key: list[int], value: torch.Tensor) -> int:
-        """Cache ``key`` with KV slots ``value`` (int64 ``[len(key)]``).
+    def insert(self, key: list[int], value: torch.Tensor, namespace: int | None = None) -> int:
+        """Cache ``key`` with KV slots ``value`` (int64 ``[len(key)]``) in ``namespace``.
 
         Returns the length of the prefix of ``key`` that was already cached before the call. The cache takes
         ownership of ``value[returned:]``; ``value[:returned]`` stays the caller's responsibility (the caller
@@ -195,10 +196,10 @@ class NoReuseCache(BasePrefixCache):
         self.allocator = allocator
         self.root = TreeNode([], torch.empty(0, dtype=torch.int64, device=allocator.device), None, node_id=0)
 
-    def match_prefix(self, key: list[int]) -> MatchResult:
+    def match_prefix(self, key: list[int], namespace: int | None = None) -> MatchResult:
         return MatchResult(torch.empty(0, dtype=torch.int64, device=self.allocator.device), self.root)
 
-    def insert(self, key: list[int], value: torch.Tensor) -> int:
+    def insert(self, key: list[int], value: torch.Tensor, namespace: int | None = None) -> int:
         if value.dim() != 1 or value.numel() != len(key):
             raise ValueError(f"insert: value must be 1-D with len(key)={len(key)} entries, got {value.shape}")
         return len(key)

@@ -3,7 +3,9 @@
 Source: SGLang's RadixAttention, "SGLang: Efficient Execution of Structured Language Model Programs"
 (Zheng et al. 2024), and the shape of ``sglang/srt/mem_cache/radix_cache.py``; our own implementation.
 
-The tree is keyed by token ids; each edge (node) holds the int64 KV slots of its tokens. Running requests lock
+The tree is keyed by token ids; each edge (node) holds the int64 KV slots of its tokens. Keys live in namespaces
+(the base model's, ``None``, and one per loaded LoRA adapter: KV computed under one adapter is wrong for another),
+each a tree of its own under its own root; eviction is one LRU over the leaves of all of them. Running requests lock
 the node where their cached prefix ends (``inc_lock_ref``), which protects the whole root path from eviction.
 ``evict`` frees least-recently-used unlocked leaves first; ``last_access_time`` is a logical counter (not wall
 time) so behaviour is deterministic. All operations are O(path length) except ``evict`` (heap over the
@@ -58,7 +60,8 @@ class RadixCache(BasePrefixCache):
         allocator: the KV slot allocator; evicted slots are returned to it.
 
     ``match_prefix`` splits a node when the match ends inside it; ``insert`` reports how much of the key was
-    already cached so the caller can free its duplicate slots. The root is never evicted and never locked.
+    already cached so the caller can free its duplicate slots. The roots (one per namespace: ``root`` for
+    ``None``, created on first use for the others) are never evicted and never locked; only roots have empty keys.
     """
 
     def __init__(self, allocator: TokenSlotAllocator) -> None:
@@ -94,27 +97,33 @@ class RadixCache(BasePrefixCache):
         return upper
 
     # ------------------------------------------------------------------ interface
-    def match_prefix(self, key: list[int]) -> MatchResult:
+    def match_prefix(self, key: list[int], namespace: int | None = None) -> MatchResult:
         """Longest cached prefix of ``key``.
 
         Args:
-            key: token ids.
+            key: token ids. namespace: the key's namespace (a LoRA adapter's uid; None: the base model).
 
         Returns:
-            ``MatchResult(indices=int64 [n] KV slots, last_node)``; ``last_node`` is the root when
+            ``MatchResult(indices=int64 [n] KV slots, last_node)``; ``last_node`` is the namespace's root when
             ``n == 0``. Updates ``last_access_time`` of the matched path; splits the last node if the match
             ends inside it.
         """
-        node, _, values, _ = self._descend(key)
+        node, _, values, _ = self._descend(key, namespace)
         indices = torch.cat(values) if values else self._empty()
         return MatchResult(indices=indices, last_node=node)
 
-    def _descend(self, key: list[int]) -> tuple[TreeNode, int, list[torch.Tensor], int]:
+    def _root(self, namespace: int | None) -> TreeNode:
+        root = self._roots.get(namespace)
+        if root is None:
+            root = self._roots[namespace] = self._new_node([], self._empty(), None, self._clock)
+        return root
+
+    def _descend(self, key: list[int], namespace: int | None) -> tuple[TreeNode, int, list[torch.Tensor], int]:
         """Walk the longest cached prefix of ``key``, splitting the last node where the match ends inside it and
         stamping the path with a new access time. Returns (last node, matched length, the path's slot tensors,
         the access time)."""
         t = self._tick()
-        node = self.root
+        node = self._root(namespace)
         node.last_access_time = t
         values: list[torch.Tensor] = []
         pos = 0
@@ -131,8 +140,9 @@ class RadixCache(BasePrefixCache):
             pos += n
         return node, pos, values, t
 
-    def insert(self, key: list[int], value: torch.Tensor) -> int:
-        """Cache ``key`` → ``value`` (int64 ``[len(key)]`` KV slots; other integer dtypes are converted).
+    def insert(self, key: list[int], value: torch.Tensor, namespace: int | None = None) -> int:
+        """Cache ``key`` → ``value`` (int64 ``[len(key)]`` KV slots; other integer dtypes are converted) in
+        ``namespace``.
 
         Returns:
             The length of the prefix of ``key`` that was already cached. The tree takes ownership of
@@ -143,7 +153,7 @@ class RadixCache(BasePrefixCache):
         """
         if value.dim() != 1 or value.numel() != len(key):
             raise ValueError(f"insert: value must be 1-D with len(key)={len(key)} entries, got {value.shape}")
-        node, pos, _, t = self._descend(key)
+        node, pos, _, t = self._descend(key, namespace)
         if pos < len(key):
             leaf_value = value[pos:].to(device=self.allocator.device, dtype=torch.int64, copy=True)
             leaf = self._new_node(list(key[pos:]), leaf_value, node, t)
@@ -159,10 +169,10 @@ class RadixCache(BasePrefixCache):
         Raises:
             ValueError: ``node`` has been evicted (detached from the tree).
         """
-        if node is not self.root and node.parent is None:
+        if node.key and node.parent is None:
             raise ValueError(f"inc_lock_ref: {node!r} has been evicted")
         cur: TreeNode | None = node
-        while cur is not None and cur is not self.root:
+        while cur is not None and cur.key:  # up to the root (the only node with an empty key)
             if cur.lock_ref == 0:
                 self._evictable -= len(cur.key)
                 self._protected += len(cur.key)
@@ -176,12 +186,12 @@ class RadixCache(BasePrefixCache):
         Raises:
             ValueError: ``node`` is not locked (unbalanced ``dec_lock_ref``).
         """
-        if node is self.root:
+        if not node.key:  # a root
             return
         if node.lock_ref <= 0:
             raise ValueError(f"dec_lock_ref: {node!r} is not locked")
         cur: TreeNode | None = node
-        while cur is not None and cur is not self.root:
+        while cur is not None and cur.key:
             cur.lock_ref -= 1
             if cur.lock_ref == 0:
                 self._evictable += len(cur.key)
@@ -210,7 +220,7 @@ class RadixCache(BasePrefixCache):
             node.parent = None
             self._evictable_leaves.discard(node)
             self._evictable -= len(node.key)
-            if parent is not self.root and parent.lock_ref == 0 and not parent.children:
+            if parent.key and parent.lock_ref == 0 and not parent.children:
                 self._evictable_leaves.add(parent)
                 heapq.heappush(heap, (parent.last_access_time, parent.node_id, parent))
         if freed:
@@ -224,8 +234,9 @@ class RadixCache(BasePrefixCache):
         return self._protected
 
     def reset(self) -> None:
-        """Drop all nodes (slots are NOT freed; pair with ``allocator.clear()``)."""
+        """Drop all nodes of every namespace (slots are NOT freed; pair with ``allocator.clear()``)."""
         self.root = self._new_node([], self._empty(), None, self._clock)
+        self._roots: dict[int | None, TreeNode] = {None: self.root}
         self._evictable = 0
         self._protected = 0
         self._evictable_leaves: set[TreeNode] = set()
@@ -241,13 +252,14 @@ class RadixCache(BasePrefixCache):
         Raises:
             AssertionError: naming the first broken invariant.
         """
-        root = self.root
-        if root.key or root.value.numel() or root.parent is not None:
-            raise AssertionError(f"root must have an empty key/value and no parent: {root!r}")
+        for root in self._roots.values():
+            if root.key or root.value.numel() or root.parent is not None or root.lock_ref:
+                raise AssertionError(f"a root must have an empty key/value, no parent and no lock: {root!r}")
+        roots = set(self._roots.values())
         evictable = protected = 0
         leaves: set[TreeNode] = set()
         values: list[torch.Tensor] = []
-        stack = [root]
+        stack = list(roots)
         while stack:
             node = stack.pop()
             for first, child in node.children.items():
@@ -264,7 +276,7 @@ class RadixCache(BasePrefixCache):
                     raise AssertionError(f"{where}: value dtype {child.value.dtype} is not int64")
                 if child.lock_ref < 0:
                     raise AssertionError(f"{where}: negative lock_ref")
-                if node is not root and child.lock_ref > node.lock_ref:
+                if node not in roots and child.lock_ref > node.lock_ref:
                     raise AssertionError(f"{where}: child lock_ref > parent lock_ref")
                 if child.last_access_time > node.last_access_time:
                     raise AssertionError(f"{where}: child last_access_time > parent's")

@@ -11,10 +11,17 @@ from collections.abc import Iterator
 from typing import Any
 
 from radixgen.runtime.detokenizer import Detokenizer
-from radixgen.runtime.errors import InvalidRequestError
+from radixgen.runtime.errors import InvalidRequestError, LoRAError
 from radixgen.runtime.fast_tokenizer import load_hf_tokenizer
 from radixgen.runtime.generate_request import GenerateReqInput, PlannedReq, max_prompt_chars, plan_requests
-from radixgen.runtime.io_struct import AbortReq, BatchTokenOut, DetokRegister
+from radixgen.runtime.io_struct import (
+    AbortReq,
+    BatchTokenOut,
+    DetokRegister,
+    LoadLoRAAdapterReq,
+    LoRAUpdateOut,
+    UnloadLoRAAdapterReq,
+)
 from radixgen.runtime.model_runner import ModelRunner
 from radixgen.runtime.request_state import RequestState
 from radixgen.runtime.scheduler import Scheduler
@@ -63,12 +70,14 @@ class Engine:
         rid: str | list[str] | None = None,
         token_ids_logprob: list[int] | list[list[int]] | None = None,
         stream: bool = False,
+        lora_path: str | list[str | None] | None = None,
     ) -> dict[str, Any] | list[dict[str, Any]] | Iterator[dict[str, Any]]:
         """Generate for one prompt (→ a dict) or a batch (a list of prompts or of token-id lists → a list).
 
         ``sampling_params`` is a dict of SamplingParams fields, or a list with one per prompt. With ``n > 1``
         a single prompt returns a list of ``n`` dicts. ``stream=True`` (single prompt, n=1) returns an
         iterator of dicts whose ``text`` is the cumulative text so far; the last one has a finish_reason.
+        ``lora_path`` names a loaded LoRA adapter (or one per prompt; None: the base model).
 
         Raises:
             InvalidRequestError (a ValueError): no prompt, an empty prompt, a prompt longer than the context, an
@@ -86,9 +95,15 @@ class Engine:
             token_ids_logprob=token_ids_logprob,
             stream=stream,
             rid=rid,
+            lora_path=lora_path,
         )
         runner = self.model_runner
-        limits = {"max_prompt_chars": self._max_prompt_chars, "max_prompts": self.server_args.max_prompts_per_request}
+        lora = runner.lora_manager
+        limits = {
+            "max_prompt_chars": self._max_prompt_chars,
+            "max_prompts": self.server_args.max_prompts_per_request,
+            "lora_adapters": None if lora is None else lora.loaded(),
+        }
         planned, single = plan_requests(obj, self.tokenizer, runner.context_len, runner.vocab_size, "prompt", **limits)
         if stream and len(planned) != 1:
             raise InvalidRequestError("stream", "stream: streaming takes a single prompt with n=1")
@@ -108,6 +123,34 @@ class Engine:
     def flush_cache(self) -> bool:
         """Drop the radix cache; False while requests are in flight."""
         return self.scheduler.flush_cache()
+
+    def load_lora_adapter(self, lora_name: str, lora_path: str) -> dict[str, str]:
+        """Load a PEFT adapter under ``lora_name``; returns the loaded adapters (name → path).
+
+        Raises:
+            LoRAError (a ValueError): LoRA is off, the name is taken, or the adapter is bad — naming the field.
+        """
+        return self._lora_result(self.scheduler.handle(LoadLoRAAdapterReq(lora_name, lora_path)))
+
+    def unload_lora_adapter(self, lora_name: str) -> dict[str, str]:
+        """Unload an adapter (refused to new requests at once; it goes when its running requests finish, which this
+        call waits for); returns the loaded adapters.
+
+        Raises:
+            LoRAError: LoRA is off, or no adapter of that name is loaded (status 404).
+        """
+        reply = self.scheduler.handle(UnloadLoRAAdapterReq(lora_name))
+        while reply is None:  # waits for the adapter's running requests
+            self._dispatch()
+            replies = self.scheduler.lora.take_replies()
+            reply = replies[0] if replies else None
+        return self._lora_result(reply)
+
+    @staticmethod
+    def _lora_result(reply: LoRAUpdateOut) -> dict[str, str]:
+        if not reply.success:
+            raise LoRAError(reply.param, reply.error_message, reply.status)
+        return dict(reply.loaded_adapters)
 
     def get_server_info(self) -> dict[str, Any]:
         """Server args plus KV pool capacity and usage (tokens), and ``step_timing``: per forward mode ("decode",
@@ -176,6 +219,8 @@ class Engine:
                 self._dispatch()
                 if state.updated:
                     yield state.response()
+            if state.updated:  # it finished while another call drove the scheduler (unload_lora_adapter)
+                yield state.response()
         finally:
             if not state.finished:
                 self.scheduler.abort_request(AbortReq(state.rid))

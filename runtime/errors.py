@@ -9,18 +9,25 @@ from __future__ import annotations
 
 
 class InvalidRequestError(ValueError):
-    """Bad input: HTTP 400.
+    """Bad input: HTTP 400 (or ``status``, a 4xx: 404 for a model or adapter that does not exist).
 
     Args:
         param: the offending field in the native API's terms (``max_new_tokens``, ``input_ids``, ``rid``, ...), or
             None when no single field is at fault.
         message: human-readable text; by convention it starts with ``"<param>: "``.
+        status: the HTTP status (400 unless the input names something that does not exist).
     """
 
-    def __init__(self, param: str | None, message: str) -> None:
+    def __init__(self, param: str | None, message: str, status: int = 400) -> None:
         super().__init__(message)
         self.param = param
         self.message = message
+        self.status = status
+
+
+class LoRAError(InvalidRequestError):
+    """A LoRA adapter problem (runtime/lora): a bad adapter directory, config or weights, a name already loaded
+    (400), or an adapter that is not loaded (404)."""
 
 
 class ServerUnavailableError(RuntimeError):

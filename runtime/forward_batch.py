@@ -15,6 +15,7 @@ import torch
 if TYPE_CHECKING:
     from radixgen.radix.memory_pool import ReqToTokenPool, TokenToKVPool
     from radixgen.runtime.attention.base import AttentionBackend
+    from radixgen.runtime.lora.manager import LoRABatchInfo
 
 
 class ForwardMode(enum.IntEnum):
@@ -45,6 +46,7 @@ class ForwardBatch:
         seq_lens_cpu / extend_seq_lens_cpu / extend_prefix_lens_cpu: the same as Python lists (no device sync).
         req_to_token_pool, token_to_kv_pool: the memory pools attention reads and writes.
         attn_backend: the attention backend, prepared by ``init_forward_metadata`` before the forward.
+        lora: the rows' LoRA adapters and slot buffers (runtime/lora), None when no request uses an adapter.
     """
 
     mode: ForwardMode
@@ -63,6 +65,7 @@ class ForwardBatch:
     token_to_kv_pool: TokenToKVPool
     attn_backend: AttentionBackend
     metadata: dict = field(default_factory=dict)
+    lora: LoRABatchInfo | None = None
 
     @property
     def batch_size(self) -> int:

@@ -10,21 +10,22 @@ model's context and vocabulary, sampling parameters, logprob options, rids) and 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Collection
 from dataclasses import dataclass, fields
 from typing import Any
 
-from radixgen.runtime.errors import InvalidRequestError
+from radixgen.runtime.errors import InvalidRequestError, LoRAError
 from radixgen.runtime.io_struct import TokenizedGenerateReq
 from radixgen.runtime.sampling_params import SamplingParams
 
-# SGLang GenerateReqInput fields this server does not implement (multimodal inputs, LoRA, sessions, disaggregation,
+# SGLang GenerateReqInput fields this server does not implement (multimodal inputs, sessions, disaggregation,
 # routing, hidden states, ...): accepted while they carry SGLang's default (null, false, 0, empty) so SGLang clients
 # work unchanged, refused with a 400 naming them otherwise — never silently ignored
 _UNSUPPORTED_SGLANG_FIELDS = frozenset(
     {
         "image_data", "audio_data", "video_data", "modalities", "mm_hashes", "mm_content_hashes",
         "use_audio_in_video", "video_config", "input_embeds", "positional_embed_overrides",
-        "lora_path", "lora_id", "session_params", "custom_logit_processor", "watermark",
+        "lora_id", "session_params", "custom_logit_processor", "watermark",
         "return_hidden_states", "return_routed_experts", "routed_experts_start_len", "return_indexer_topk",
         "return_sampling_mask", "sampling_logprobs_mode", "return_flat_raw_top_logprobs",
         "return_flat_raw_output_top_logprobs", "return_flat_raw_top_logprobs_b64",
@@ -57,6 +58,8 @@ class GenerateReqInput:
             request's log line; it does not change the prompt).
         log_metrics: False keeps the request out of the metrics and the request log (SGLang uses it for health
             checks).
+        lora_path: the name of a loaded LoRA adapter to run under (SGLang's field), or one per prompt (None entries:
+            the base model).
     """
 
     text: str | list[str] | None = None
@@ -71,6 +74,7 @@ class GenerateReqInput:
     rid: str | list[str] | None = None
     session_id: str | None = None
     log_metrics: bool = True
+    lora_path: str | list[str | None] | None = None
 
 
 @dataclass
@@ -215,6 +219,32 @@ def _token_ids_logprob(value: Any, num_prompts: int, vocab_size: int) -> list[li
     return [list(ids) or None for ids in lists]
 
 
+def _lora_paths(value: Any, num_prompts: int, adapters: Collection[str] | None) -> list[str | None]:
+    """Per prompt, the adapter it runs under (None: the base model).
+
+    Raises:
+        InvalidRequestError: not a name or a list of one per prompt, or LoRA off (400); an adapter that is not
+            loaded (``LoRAError``, 404).
+    """
+    names = value if isinstance(value, list) else [value] * num_prompts
+    if len(names) != num_prompts or not all(n is None or (isinstance(n, str) and n) for n in names):
+        raise InvalidRequestError(
+            "lora_path",
+            f"lora_path: must be an adapter name or a list of one name (or null) per prompt ({num_prompts})",
+        )
+    for name in names:
+        if name is None:
+            continue
+        if adapters is None:
+            raise InvalidRequestError(
+                "lora_path", "lora_path: this server serves no LoRA adapters (start it with --enable-lora)"
+            )
+        if name not in adapters:
+            loaded = ", ".join(sorted(adapters)) or "none"
+            raise LoRAError("lora_path", f"lora_path: no LoRA adapter named {name!r} is loaded (loaded: {loaded})", 404)
+    return names
+
+
 def _sampling_params(value: Any) -> SamplingParams:
     return value if isinstance(value, SamplingParams) else SamplingParams.from_dict(value)
 
@@ -227,6 +257,7 @@ def plan_requests(
     text_field: str = "text",
     max_prompt_chars: int | None = None,
     max_prompts: int | None = None,
+    lora_adapters: Collection[str] | None = None,
 ) -> tuple[list[PlannedReq], bool]:
     """Tokenize, validate and expand a request (batch items × n samples): the one planner of every entry point.
 
@@ -236,6 +267,7 @@ def plan_requests(
             (the Engine's argument is ``prompt``).
         max_prompt_chars: texts longer than this are refused before tokenizing (``max_prompt_chars(...)``).
         max_prompts: at most this many scheduler requests (prompts × n) from one call.
+        lora_adapters: the names of the loaded LoRA adapters ``lora_path`` may name; None when LoRA is off.
 
     Returns:
         (the planned requests in response order, whether the response is a single dict rather than a list).
@@ -260,6 +292,7 @@ def plan_requests(
         raise InvalidRequestError("top_logprobs_num", f"top_logprobs_num: must be <= the vocabulary size {vocab_size}")
     _check_bool("return_text_in_logprobs", obj.return_text_in_logprobs)
     asked = _token_ids_logprob(obj.token_ids_logprob, len(id_lists), vocab_size)
+    loras = _lora_paths(obj.lora_path, len(id_lists), lora_adapters)
     if any(asked) and not obj.return_logprob:
         raise InvalidRequestError("token_ids_logprob", "token_ids_logprob: requires return_logprob")
     _check_bool("stream", obj.stream)
@@ -292,6 +325,7 @@ def plan_requests(
                 top_logprobs_num=obj.top_logprobs_num,
                 stream=obj.stream,
                 token_ids_logprob=asked[i],
+                lora_path=loras[i],
             )
             planned.append(
                 PlannedReq(req, len(planned), i, base, obj.return_text_in_logprobs, obj.session_id, obj.log_metrics)

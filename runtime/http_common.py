@@ -1,8 +1,9 @@
 """HTTP plumbing shared by every route, native and /v1: error bodies, JSON bodies, SSE, client disconnects.
 
 Error body (OpenAI's shape, on every route): ``{"error": {"message", "type", "param", "code"}}`` with ``code`` the
-HTTP status. Exceptions map to statuses as: ``HttpError`` → its own; ``InvalidRequestError`` → 400 with ``param``
-taken from the error (renamed into the route's own field names, e.g. ``max_new_tokens`` → ``max_tokens`` on /v1);
+HTTP status. Exceptions map to statuses as: ``HttpError`` → its own; ``InvalidRequestError`` → its status (400, or
+404 for an unknown adapter) with ``param`` taken from the error (renamed into the route's own field names, e.g.
+``max_new_tokens`` → ``max_tokens`` on /v1);
 another ValueError → 400; ServerUnavailableError → 503; RequestFailedError → its status; TimeoutError → 504;
 anything else → 500 (logged with its traceback).
 """
@@ -111,7 +112,7 @@ def http_error(exc: BaseException, renames: Mapping[str, str] | None = None) -> 
     if isinstance(exc, InvalidRequestError):
         table = renames or {}
         param = table.get(exc.param, exc.param) if exc.param is not None else None
-        return HttpError(400, _rename(exc.message, table) if table else exc.message, param)
+        return HttpError(exc.status, _rename(exc.message, table) if table else exc.message, param)
     if isinstance(exc, ValueError):
         return HttpError(400, str(exc))
     if isinstance(exc, ServerUnavailableError):

@@ -2,8 +2,9 @@
 ``radixgen.runtime.openai_api`` when that module exists).
 
 Routes: POST /generate, GET /health, GET /health_generate, GET /get_model_info, GET /get_server_info,
-POST|GET /flush_cache, POST /abort_request, POST /tokenize, POST /detokenize, GET /metrics (only with
-``--enable-metrics``; 404 otherwise). With ``--api-key`` every route except /health needs
+POST|GET /flush_cache, POST /abort_request, POST /tokenize, POST /detokenize, POST /load_lora_adapter and
+/unload_lora_adapter (also under /v1, vLLM's spelling), GET /metrics (only with ``--enable-metrics``; 404
+otherwise). With ``--api-key`` every route except /health needs
 ``Authorization: Bearer <key>`` (401 otherwise). Errors use the error body of ``http_common``.
 """
 
@@ -38,7 +39,14 @@ from radixgen.runtime.http_common import (
     run_unless_disconnected,
     sse_body,
 )
-from radixgen.runtime.io_struct import PROFILE_BODY_FIELDS, ProfileOut, ProfileReq
+from radixgen.runtime.io_struct import (
+    PROFILE_BODY_FIELDS,
+    LoadLoRAAdapterReq,
+    LoRAUpdateOut,
+    ProfileOut,
+    ProfileReq,
+    UnloadLoRAAdapterReq,
+)
 from radixgen.runtime.metrics import CONTENT_TYPE
 from radixgen.runtime.openapi_spec import install_openapi
 from radixgen.runtime.server_args import ServerArgs
@@ -167,6 +175,21 @@ def create_app(tokenizer_manager: TokenizerManager, server_args: ServerArgs) -> 
             return openai_error(404, f"rid: no request {rid!r} is in flight", "rid")
         return JSONResponse({"success": True})
 
+    @app.post("/load_lora_adapter")
+    @app.post("/v1/load_lora_adapter")
+    async def load_lora_adapter(request: Request) -> Response:
+        """Load a PEFT adapter: ``{"lora_name", "lora_path"}`` (SGLang's and vLLM's body)."""
+        body = await read_json_object(request)
+        name, path = _lora_field(body, "lora_name"), _lora_field(body, "lora_path")
+        return _lora_response(await tm.update_lora(LoadLoRAAdapterReq(name, path)))
+
+    @app.post("/unload_lora_adapter")
+    @app.post("/v1/unload_lora_adapter")
+    async def unload_lora_adapter(request: Request) -> Response:
+        """Unload an adapter: ``{"lora_name"}``; answered once the adapter's running requests have finished."""
+        body = await read_json_object(request)
+        return _lora_response(await tm.update_lora(UnloadLoRAAdapterReq(_lora_field(body, "lora_name"))))
+
     @app.api_route("/start_profile", methods=["GET", "POST"])
     async def start_profile(request: Request) -> Response:
         """Start the scheduler's torch profiler (optional JSON body: SGLang's ProfileReq options)."""
@@ -268,6 +291,20 @@ def profile_request(body: dict[str, Any]) -> ProfileReq:
         return msgspec.convert({k: body[k] for k in PROFILE_BODY_FIELDS if k in body}, ProfileReq)
     except msgspec.ValidationError as e:
         raise InvalidRequestError(None, f"start_profile: {e}") from None
+
+
+def _lora_field(body: dict[str, Any], name: str) -> str:
+    value = body.get(name)
+    if not isinstance(value, str) or not value:
+        raise InvalidRequestError(name, f"{name}: must be a non-empty string")
+    return value
+
+
+def _lora_response(out: LoRAUpdateOut) -> Response:
+    """SGLang's reply ``{"success", "error_message", "loaded_adapters"}``, or the error body with its status."""
+    if not out.success:
+        return openai_error(out.status, out.error_message, out.param)
+    return JSONResponse({"success": True, "error_message": "", "loaded_adapters": out.loaded_adapters})
 
 
 def _profile_response(out: ProfileOut) -> Response:

@@ -64,6 +64,7 @@ class TokenizedGenerateReq(msgspec.Struct, tag=True):
     top_logprobs_num: int = 0
     stream: bool = False
     token_ids_logprob: list[int] | None = None
+    lora_path: str | None = None  # the LoRA adapter's name (SGLang's field); None: the base model
 
 
 class AbortReq(msgspec.Struct, tag=True):
@@ -75,6 +76,30 @@ class AbortReq(msgspec.Struct, tag=True):
 
 class FlushCacheReq(msgspec.Struct, tag=True):
     """Drop every cached prefix (only when no request is running or queued)."""
+
+
+class LoadLoRAAdapterReq(msgspec.Struct, tag=True):
+    """Load a PEFT adapter directory under a name (SGLang's / vLLM's ``/load_lora_adapter`` body)."""
+
+    lora_name: str
+    lora_path: str
+
+
+class UnloadLoRAAdapterReq(msgspec.Struct, tag=True):
+    """Unload an adapter; answered when the last request using it has finished."""
+
+    lora_name: str
+
+
+class LoRAUpdateOut(msgspec.Struct, tag=True):
+    """Reply to Load/UnloadLoRAAdapterReq: success, or the error (message, HTTP status, field); the adapters
+    requests may use afterwards (name → path)."""
+
+    success: bool
+    loaded_adapters: dict[str, str]
+    error_message: str = ""
+    status: int = 200
+    param: str | None = None
 
 
 class ReqOutput(msgspec.Struct):
@@ -134,7 +159,7 @@ class BatchTokenOut(msgspec.Struct, tag=True):
     stats: SchedulerStats | None = None
 
 
-SchedulerInput = TokenizedGenerateReq | AbortReq | FlushCacheReq
+SchedulerInput = TokenizedGenerateReq | AbortReq | FlushCacheReq | LoadLoRAAdapterReq | UnloadLoRAAdapterReq
 
 
 # ---------------------------------------------------------------------------------------------------- server
@@ -167,6 +192,7 @@ class SchedulerReady(msgspec.Struct, tag=True):
     eos_token_ids: list[int]
     pid: int = 0
     memory: dict[str, Any] = msgspec.field(default_factory=dict)
+    lora_adapters: dict[str, str] | None = None  # name → path when LoRA is on (--enable-lora / --lora-paths)
 
 
 class DetokRegister(msgspec.Struct, tag=True):
@@ -256,6 +282,16 @@ class BatchStrOut(msgspec.Struct, tag=True):
     stats: SchedulerStats | None = None
 
 
-ServerSchedulerInput = TokenizedGenerateReq | AbortReq | FlushCacheReq | GetInfoReq | ProfileReq
-SchedulerOutput = SchedulerReady | DetokRegister | BatchTokenOut | ErrorOut | FlushCacheOut | InfoOut | ProfileOut
-DetokenizerOutput = SchedulerReady | BatchStrOut | ErrorOut | FlushCacheOut | InfoOut | ProfileOut
+ServerSchedulerInput = (
+    TokenizedGenerateReq
+    | AbortReq
+    | FlushCacheReq
+    | GetInfoReq
+    | ProfileReq
+    | LoadLoRAAdapterReq
+    | UnloadLoRAAdapterReq
+)
+SchedulerOutput = (
+    SchedulerReady | DetokRegister | BatchTokenOut | ErrorOut | FlushCacheOut | InfoOut | ProfileOut | LoRAUpdateOut
+)
+DetokenizerOutput = SchedulerReady | BatchStrOut | ErrorOut | FlushCacheOut | InfoOut | ProfileOut | LoRAUpdateOut

@@ -17,6 +17,7 @@ from radixgen.runtime.models.loader import resolve_quantization
 from radixgen.runtime.server_args import ServerArgs
 
 if TYPE_CHECKING:
+    from radixgen.runtime.lora.manager import LoRAManager
     from radixgen.runtime.schedule_batch import ScheduleBatch
 
 logger = logging.getLogger(__name__)
@@ -47,6 +48,7 @@ class ModelRunner:
             ``max_total_tokens`` smaller than the model context caps ``context_len`` to it, so one request
             always fits the pool alone.
         req_to_token_pool / token_to_kv_pool / allocator: the memory pools (radix/).
+        lora_manager: the LoRA adapters and their slot buffers (runtime/lora), None when LoRA is off.
 
     Raises:
         ValueError: from the model config or loader (missing directory, unknown architecture, bad weights).
@@ -108,6 +110,12 @@ class ModelRunner:
         self.attn_backend = create_attention_backend(
             args.resolved_attention_backend, dense_bytes, not args.disable_shared_prefix_attention
         )
+        lora_config = args.lora_config
+        self.lora_manager: LoRAManager | None = None
+        if lora_config is not None:
+            from radixgen.runtime.lora.manager import LoRAManager
+
+            self.lora_manager = LoRAManager(lora_config, cfg, self.dtype, self.device)
         report = self.memory_report()
         logger.info(
             "weights: %s, %.1f MiB",
@@ -125,9 +133,12 @@ class ModelRunner:
 
     def memory_report(self) -> dict[str, Any]:
         """Weight and KV formats and sizes, for ``/get_server_info``: ``weight_formats`` (format → number of
-        projections), ``weight_bytes``, ``kv_cache_dtype``, ``kv_bytes_per_token`` and ``kv_pool_bytes``."""
+        projections), ``weight_bytes``, ``kv_cache_dtype``, ``kv_bytes_per_token``, ``kv_pool_bytes`` and, with
+        LoRA, ``lora_buffer_bytes`` (the adapter slot buffers)."""
         weights = self.model.weight_report()
+        lora = {} if self.lora_manager is None else {"lora_buffer_bytes": self.lora_manager.buffer_bytes()}
         return {
+            **lora,
             "weight_dtype": str(self.dtype).removeprefix("torch."),
             "checkpoint_weight_format": self.model_config.checkpoint_weight_format,
             "weight_quantization": None if self.quantization is None else self.quantization.name,
@@ -153,7 +164,8 @@ class ModelRunner:
         return self.run(self.prepare(plan), logits_rows)
 
     def prepare(self, plan: ScheduleBatch) -> ForwardBatch:
-        """Batch preparation: the ForwardBatch tensors and the attention backend's metadata (see ``forward``)."""
+        """Batch preparation: the ForwardBatch tensors, the attention backend's metadata and the rows' LoRA adapters
+        (see ``forward``)."""
         batch = ForwardBatch.build(
             plan.mode,
             plan.input_ids,
@@ -166,6 +178,8 @@ class ModelRunner:
             self.attn_backend,
         )
         self.attn_backend.init_forward_metadata(batch)
+        if self.lora_manager is not None:
+            batch.lora = self.lora_manager.prepare([r.lora_name for r in plan.reqs], plan.extend_lens)
         return batch
 
     @torch.inference_mode()

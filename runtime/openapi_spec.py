@@ -40,6 +40,15 @@ class AbortRequest(BaseModel):
     abort_all: bool = Field(False, description="Abort every request in flight (an admin key's, with API keys).")
 
 
+class LoadLoRAAdapterRequest(BaseModel):
+    lora_name: str = Field(description="The name requests will use (lora_path, or OpenAI model).")
+    lora_path: str = Field(description="A PEFT adapter directory (adapter_config.json + adapter_model.safetensors).")
+
+
+class UnloadLoRAAdapterRequest(BaseModel):
+    lora_name: str
+
+
 class TokenizeRequest(BaseModel):
     text: str | list[str] | None = None
     prompt: str | list[str] | None = Field(None, description="Alias of text.")
@@ -66,6 +75,10 @@ _ROUTES: dict[str, tuple[tuple[str, ...], Any, bool, tuple[int, ...]]] = {
     "/v1/chat/completions": (("post",), ChatCompletionRequest, True, (*_JSON, 404, 429, 503)),
     "/abort_request": (("post",), AbortRequest, True, (*_JSON, 403, 404)),
     "/tokenize": (("post",), TokenizeRequest, True, _JSON),
+    "/load_lora_adapter": (("post",), LoadLoRAAdapterRequest, True, (*_JSON, 503)),
+    "/unload_lora_adapter": (("post",), UnloadLoRAAdapterRequest, True, (*_JSON, 404, 503)),
+    "/v1/load_lora_adapter": (("post",), LoadLoRAAdapterRequest, True, (*_JSON, 503)),
+    "/v1/unload_lora_adapter": (("post",), UnloadLoRAAdapterRequest, True, (*_JSON, 404, 503)),
     "/detokenize": (("post",), DetokenizeRequest, True, _JSON),
     "/start_profile": (("get", "post"), ProfileRequest, False, (*_JSON, 503)),
     "/stop_profile": (("get", "post"), None, False, (400, 415, 503)),

@@ -61,6 +61,9 @@ class Req:
     forwards while speculation is on, ``spec_draft_tokens`` the draft tokens proposed to it and
     ``spec_accepted_tokens`` those accepted (each forward emits accepted + 1 tokens); ``draft_state`` is the draft
     model's KV state of the request (owned by the draft proposer), None without one.
+
+    LoRA (runtime/lora): ``lora_name`` is the adapter the request runs under (None: the base model) and
+    ``lora_uid`` that adapter's load id, the radix-cache namespace of the request's KV.
     """
 
     def __init__(
@@ -73,8 +76,12 @@ class Req:
         top_logprobs_num: int = 0,
         arrival: int = 0,
         token_ids_logprob: list[int] | None = None,
+        lora_name: str | None = None,
+        lora_uid: int | None = None,
     ) -> None:
         self.rid = rid
+        self.lora_name = lora_name
+        self.lora_uid = lora_uid
         self.origin_input_ids = list(input_ids)
         self.output_ids: list[int] = []
         self.sampling_params = sampling_params

@@ -113,7 +113,7 @@ class ReqKVManager:
         assert req.req_pool_idx is not None
         key = req.seq()[: req.kv_len]
         slots = self.req_to_token_pool.req_to_token[req.req_pool_idx, : req.kv_len].to(torch.int64)
-        already = self.tree_cache.insert(key, slots)
+        already = self.tree_cache.insert(key, slots, req.lora_uid)
         if already > req.prefix_len:
             self.allocator.free(slots[req.prefix_len : already])
         return key
@@ -124,7 +124,7 @@ class ReqKVManager:
         if not self.reuse or req.req_pool_idx is None or req.kv_len <= req.prefix_len:
             return
         key = self._insert(req)
-        match = self.tree_cache.match_prefix(key)
+        match = self.tree_cache.match_prefix(key, req.lora_uid)
         self.req_to_token_pool.req_to_token[req.req_pool_idx, : match.indices.numel()] = match.indices.to(torch.int32)
         self.tree_cache.inc_lock_ref(match.last_node)
         if req.last_node is not None:
@@ -146,17 +146,21 @@ class ReqKVManager:
         req.last_node = None
         req.kv_len = req.prefix_len = 0
 
-    def shares_uncached_prefix(self, key: list[int], admitted: list[Req]) -> bool:
+    def shares_uncached_prefix(self, key: list[int], namespace: int | None, admitted: list[Req]) -> bool:
         """In-batch prefix dedup (SGLang's in-batch prefix caching check): True when the uncached part of ``key``
-        starts with >= IN_BATCH_PREFIX_MIN tokens that an ``admitted`` request is about to compute. Deferring
-        that request one step lets it hit the cache instead of computing the same KV twice."""
+        (in the cache ``namespace``) starts with >= IN_BATCH_PREFIX_MIN tokens that an ``admitted`` request of the
+        same namespace is about to compute. Deferring that request one step lets it hit the cache instead of
+        computing the same KV twice."""
         if not self.reuse or not admitted:
             return False
-        cached = int(self.tree_cache.match_prefix(key).indices.numel())
+        cached = int(self.tree_cache.match_prefix(key, namespace).indices.numel())
         probe = key[cached : cached + IN_BATCH_PREFIX_MIN]
         if len(probe) < IN_BATCH_PREFIX_MIN:
             return False
-        return any(other.origin_input_ids[cached : cached + IN_BATCH_PREFIX_MIN] == probe for other in admitted)
+        return any(
+            other.lora_uid == namespace and other.origin_input_ids[cached : cached + IN_BATCH_PREFIX_MIN] == probe
+            for other in admitted
+        )
 
     def flush(self) -> None:
         """Drop every cached prefix and reset the pools (only when no request holds memory)."""

@@ -35,7 +35,7 @@ def order_waiting(waiting: list[Req], policy: str, cache: BasePrefixCache) -> di
     lpm: longest cached prefix first (ties by arrival), which visits the tree depth-first and maximises reuse.
     """
     if policy == "lpm" and len(waiting) <= LPM_MAX_QUEUE:
-        lens = {r.rid: int(cache.match_prefix(prefix_match_key(r)).indices.numel()) for r in waiting}
+        lens = {r.rid: int(cache.match_prefix(prefix_match_key(r), r.lora_uid).indices.numel()) for r in waiting}
         waiting.sort(key=lambda r: (-lens[r.rid], r.arrival))
         return lens
     waiting.sort(key=lambda r: r.arrival)

@@ -23,7 +23,16 @@ from radixgen.radix.radix_cache import create_prefix_cache
 from radixgen.runtime.constrained import GrammarHooks
 from radixgen.runtime.errors import InvalidRequestError
 from radixgen.runtime.forward_batch import ForwardMode
-from radixgen.runtime.io_struct import AbortReq, FinishReason, FlushCacheReq, ReqOutput, TokenizedGenerateReq
+from radixgen.runtime.io_struct import (
+    AbortReq,
+    FinishReason,
+    FlushCacheReq,
+    LoadLoRAAdapterReq,
+    ReqOutput,
+    TokenizedGenerateReq,
+    UnloadLoRAAdapterReq,
+)
+from radixgen.runtime.lora.hooks import LoRAHooks
 from radixgen.runtime.req import Req, ReqStatus
 from radixgen.runtime.req_kv import ReqKVManager
 from radixgen.runtime.sampler import Sampler
@@ -76,6 +85,10 @@ class Scheduler:
     last token and its drafts (a verify batch), ``sample`` accepts drafts instead of sampling one token, and
     ``process_result`` commits the emitted tokens and frees the KV of rejected ones.
 
+    LoRA (runtime/lora): ``self.lora`` binds each request to its adapter (a reference while it lives; its KV in
+    the adapter's radix-cache namespace), keeps every batch within ``--max-loras-per-batch`` adapters, and serves
+    load / unload messages.
+
     Counters for tests and metrics: ``num_retractions``, ``num_forward_steps``, ``num_extend_steps``;
     ``step_timer`` (runtime/step_timing.py) accumulates the wall time of each step's phases.
     """
@@ -98,6 +111,7 @@ class Scheduler:
         self.sampler = Sampler(seed=server_args.random_seed)
         self.grammar = GrammarHooks(server_args, tokenizer, model_runner.vocab_size, self.eos_token_ids)
         self.spec = create_spec_worker(server_args, model_runner, self.kv, self.sampler, self.eos_token_ids)
+        self.lora = LoRAHooks(getattr(model_runner, "lora_manager", None))
         self.reqs: dict[str, Req] = {}  # every live request, whatever its status
         self.waiting: list[Req] = []
         self.running: list[Req] = []  # requests in the decode phase (kv_len == seq_len - 1)
@@ -114,6 +128,8 @@ class Scheduler:
             TokenizedGenerateReq: self.add_request,
             AbortReq: self.abort_request,
             FlushCacheReq: lambda _msg: self.flush_cache(),
+            LoadLoRAAdapterReq: self.lora.load,
+            UnloadLoRAAdapterReq: self.lora.unload,
         }
 
     # ------------------------------------------------------------------ input
@@ -136,9 +152,11 @@ class Scheduler:
         """Queue a planned request (``generate_request.plan_requests`` validated it).
 
         Raises:
-            InvalidRequestError: from ``validate_grammar``; nothing is queued then.
+            InvalidRequestError: from ``validate_grammar``, or an adapter that is not loaded (``lora_path``);
+                nothing is queued then.
         """
         self.validate_grammar(msg)
+        lora_name, lora_uid = self.lora.bind(msg.lora_path)
         params = msg.sampling_params
         req = Req(
             msg.rid,
@@ -149,6 +167,8 @@ class Scheduler:
             msg.top_logprobs_num,
             arrival=self._arrivals,
             token_ids_logprob=msg.token_ids_logprob,
+            lora_name=lora_name,
+            lora_uid=lora_uid,
         )
         self._arrivals += 1
         self.stop_checker.init_req(req)
@@ -348,13 +368,17 @@ class Scheduler:
                 return None
         order_waiting(self.waiting, self.args.schedule_policy, self.tree_cache)
         admitted_new: list[Req] = []
+        # adapters of the running requests and of this batch: a new one joins only while slots remain
+        adapters = {r.lora_name for r in [*self.running, *(r for r, _ in adder.admitted)] if r.lora_name is not None}
         for req in list(self.waiting):
             if adder.chunked is not None:
                 break
             if self.req_to_token_pool.available_size() == 0:
                 break
-            if self.kv.shares_uncached_prefix(prefix_match_key(req), [r for r, _ in adder.admitted]):
+            if self.kv.shares_uncached_prefix(prefix_match_key(req), req.lora_uid, [r for r, _ in adder.admitted]):
                 continue  # admitted after the other one's prefix is in the cache
+            if not self.lora.fits(req, adapters):
+                continue  # waits until a running adapter's requests finish
             if not self._try_admit(req, adder):
                 break
             admitted_new.append(req)
@@ -369,7 +393,7 @@ class Scheduler:
 
     def _try_admit(self, req: Req, adder: PrefillAdder) -> bool:
         """Match and lock the request's cached prefix, then ask the adder; undo the lock on refusal."""
-        match = self.tree_cache.match_prefix(prefix_match_key(req))
+        match = self.tree_cache.match_prefix(prefix_match_key(req), req.lora_uid)
         adder.rem_total -= self.kv.lock(match)
         if not adder.try_add(req, int(match.indices.numel())):
             adder.rem_total += self.kv.unlock(match)
@@ -457,6 +481,7 @@ class Scheduler:
         """A finished request leaves ``reqs`` (it holds no KV and no row any more)."""
         req.set_status(ReqStatus.FINISHED)
         del self.reqs[req.rid]
+        self.lora.unbind(req)
 
     def check_integrity(self) -> None:
         """Assert that the queues follow from the request statuses (every live request in exactly the queue of its
@@ -479,5 +504,7 @@ class Scheduler:
         for r in self.running:
             assert r.status is ReqStatus.RUNNING and r.req_pool_idx is not None, f"{r} in the running batch"
         self.kv.check_integrity(queued)
+        if self.lora.manager is not None:
+            self.lora.manager.check_integrity()
         if self.spec is not None:
             self.spec.check_integrity(queued)

@@ -28,11 +28,14 @@ from radixgen.runtime.io_struct import (
     FlushCacheReq,
     GetInfoReq,
     InfoOut,
+    LoadLoRAAdapterReq,
+    LoRAUpdateOut,
     ProfileReq,
     SchedulerReady,
     SchedulerStats,
     ServerSchedulerInput,
     TokenizedGenerateReq,
+    UnloadLoRAAdapterReq,
 )
 from radixgen.runtime.ipc import ENCODER, IDLE_POLL_MS, IpcEndpoints, parent_alive, pull_socket, push_socket
 from radixgen.runtime.server_args import ServerArgs
@@ -70,6 +73,8 @@ class SchedulerLoop:
             FlushCacheReq: self.on_flush,
             GetInfoReq: self.on_info,
             ProfileReq: self.on_profile,
+            LoadLoRAAdapterReq: self.on_lora_update,
+            UnloadLoRAAdapterReq: self.on_lora_update,
         }
 
     def send(self, msg: Any) -> None:
@@ -99,7 +104,7 @@ class SchedulerLoop:
         try:
             self.scheduler.handle(msg)
         except InvalidRequestError as e:
-            self.send(ErrorOut(msg.rid, e.message, 400, e.param))
+            self.send(ErrorOut(msg.rid, e.message, e.status, e.param))
             return
         self.send(DetokRegister.for_request(msg))
 
@@ -107,6 +112,13 @@ class SchedulerLoop:
         ok = bool(self.scheduler.handle(msg))
         logger.info("flush_cache: %s", "done" if ok else "refused (requests in flight)")
         self.send(FlushCacheOut(ok))
+
+    def on_lora_update(self, msg: LoadLoRAAdapterReq | UnloadLoRAAdapterReq) -> None:
+        """Load or unload an adapter; an unload waiting for the adapter's requests is answered after the step
+        that finishes the last of them (``run``)."""
+        reply: LoRAUpdateOut | None = self.scheduler.handle(msg)
+        if reply is not None:
+            self.send(reply)
 
     def on_profile(self, msg: ProfileReq) -> None:
         self.send(self.profiler.handle(msg))
@@ -138,6 +150,8 @@ class SchedulerLoop:
                 self.profiler.step()
                 if outputs:
                     self.send(BatchTokenOut(outputs, self.stats()))
+                for reply in self.scheduler.lora.take_replies():
+                    self.send(reply)
         logger.info("scheduler: the HTTP process is gone; exiting")
 
 
@@ -173,6 +187,7 @@ def run_scheduler_process(server_args: ServerArgs, ipc: IpcEndpoints, parent_pid
         ready = SchedulerReady(
             runner.context_len, runner.vocab_size, runner.max_total_tokens, list(eos), os.getpid(),
             runner.memory_report(),
+            None if runner.lora_manager is None else runner.lora_manager.loaded(),
         )
         loop.send(ready)
         try:

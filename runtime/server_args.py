@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import MISSING, dataclass, fields
 from typing import Any, Literal
 
+from radixgen.runtime.lora.config import LoRAConfig
 from radixgen.runtime.models.checkpoint_path import find_gguf_file
 from radixgen.runtime.models.quant_config import QuantizationConfig
 
@@ -72,6 +73,12 @@ class ServerArgs:
     speculative_draft_model_path: str | None = None
     speculative_ngram_min_match_window_size: int = 1
     speculative_ngram_max_match_window_size: int = 12
+    # multi-LoRA serving (runtime/lora): SGLang's flag names
+    enable_lora: bool = False
+    lora_paths: tuple[str, ...] | None = None
+    max_loras_per_batch: int = 8
+    max_lora_rank: int | None = None
+    lora_target_modules: tuple[str, ...] | None = None
     # server (the HTTP process); unused by the offline Engine
     host: str = "127.0.0.1"
     port: int = 30000
@@ -138,6 +145,7 @@ class ServerArgs:
             if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
                 raise ValueError(f"{name}: must be a positive integer, got {v!r}")
         self._validate_speculative()
+        self._validate_lora()
         if self.quantization is not None:
             self.quantization_config  # noqa: B018 - parses and validates, naming the field
         elif self.quantize_lm_head:
@@ -174,6 +182,36 @@ class ServerArgs:
                 raise ValueError(f"speculative_draft_model_path: {path!r} is not a directory")
         elif path is not None:
             raise ValueError("speculative_draft_model_path: only used with --speculative-algorithm draft")
+
+    def _validate_lora(self) -> None:
+        """The LoRA fields (lists given by the Engine become tuples); raises ValueError naming the field."""
+        for name in ("lora_paths", "lora_target_modules"):
+            v = getattr(self, name)
+            if isinstance(v, str):
+                v = (v,)
+            if v is not None:
+                if not isinstance(v, list | tuple) or not all(isinstance(x, str) for x in v):
+                    raise ValueError(f"{name}: must be a list of strings, got {v!r}")
+                object.__setattr__(self, name, tuple(v))
+        if self.lora_config is not None and self.speculative_algorithm is not None:
+            raise ValueError("speculative_algorithm: speculative decoding is not supported together with LoRA adapters")
+
+    @property
+    def lora_config(self) -> LoRAConfig | None:
+        """The validated ``LoRAConfig`` when LoRA is on (``--enable-lora`` or ``--lora-paths``), else None.
+
+        Raises:
+            LoRAError (a ValueError): naming the field; a start-up adapter without a readable config is reported as
+                ``lora_paths``.
+        """
+        if not (self.enable_lora or self.lora_paths):
+            for name in ("max_lora_rank", "lora_target_modules"):
+                if getattr(self, name) is not None:
+                    raise ValueError(f"{name}: needs --enable-lora or --lora-paths")
+            return None
+        return LoRAConfig.build(
+            self.lora_paths, self.max_loras_per_batch, self.max_lora_rank, self.lora_target_modules
+        )
 
     @property
     def quantization_config(self) -> QuantizationConfig | None:
@@ -274,6 +312,15 @@ _HELP: dict[str, str] = {
     "vocabulary as the target).",
     "speculative_ngram_min_match_window_size": "ngram: shortest suffix n-gram that must match to propose.",
     "speculative_ngram_max_match_window_size": "ngram: longest suffix n-gram tried (the longest match wins).",
+    "enable_lora": "Serve LoRA adapters (implied by --lora-paths); adapters can then be loaded at run time "
+    "(POST /load_lora_adapter).",
+    "lora_paths": "LoRA adapters (PEFT directories) loaded at start: name=path or path (named by itself), several "
+    "separated by spaces. Requests pick one by lora_path (native) or model (OpenAI: name or base:name).",
+    "max_loras_per_batch": "Adapter slots: most distinct adapters in one batch (base-model requests do not count).",
+    "max_lora_rank": "Largest adapter rank served (the slot buffers' size); default: the largest rank of "
+    "--lora-paths, or 16.",
+    "lora_target_modules": "Projections adapters may adapt: q_proj k_proj v_proj o_proj gate_proj up_proj down_proj "
+    "or all-linear (default).",
     "host": "HTTP listen address.",
     "port": "HTTP listen port.",
     "served_model_name": "Model name reported by the OpenAI API; default the model path.",
@@ -332,6 +379,8 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
             kwargs.update(required=True, default=None)
         if base is bool:
             kwargs["action"] = "store_true"
+        elif typing.get_origin(base) is tuple:  # a list of strings: --flag a b c
+            kwargs.update(nargs="+", type=str, metavar=f.name.upper().removesuffix("S"))
         else:
             if typing.get_origin(base) is Literal:
                 kwargs["choices"] = list(typing.get_args(base))

@@ -30,10 +30,13 @@ from radixgen.runtime.io_struct import (
     FlushCacheReq,
     GetInfoReq,
     InfoOut,
+    LoadLoRAAdapterReq,
+    LoRAUpdateOut,
     ProfileOut,
     ProfileReq,
     SchedulerReady,
     SchedulerStats,
+    UnloadLoRAAdapterReq,
 )
 from radixgen.runtime.ipc import ENCODER, IpcEndpoints, pull_socket, push_socket
 from radixgen.runtime.metrics import ServerMetrics
@@ -75,6 +78,7 @@ class TokenizerManager:
         self.max_total_tokens = 0
         self.memory_report: dict[str, Any] = {}
         self.eos_token_ids: list[int] = []
+        self.lora_adapters: dict[str, str] | None = None  # loaded LoRA adapters (name → path); None: LoRA off
         self.is_ready = False
         self.dead_reason: str | None = None
         self.metrics = ServerMetrics() if server_args.enable_metrics else None
@@ -87,8 +91,10 @@ class TokenizerManager:
         self._recv_sock = pull_socket(self._async_ctx, ipc.tokenizer)
         self._decoder = msgspec.msgpack.Decoder(DetokenizerOutput)
         self._ready_event = asyncio.Event()
-        # one control request of each reply type at a time: FlushCacheOut, ProfileOut
-        self._control_locks: dict[type, asyncio.Lock] = {FlushCacheOut: asyncio.Lock(), ProfileOut: asyncio.Lock()}
+        # one control request of each reply type at a time: FlushCacheOut, ProfileOut, LoRAUpdateOut
+        self._control_locks: dict[type, asyncio.Lock] = {
+            FlushCacheOut: asyncio.Lock(), ProfileOut: asyncio.Lock(), LoRAUpdateOut: asyncio.Lock()
+        }
         self._control_futures: dict[type, asyncio.Future[Any]] = {}
         self._info_futures: dict[str, asyncio.Future[SchedulerStats]] = {}
         self._recv_task: asyncio.Task[None] | None = None
@@ -99,6 +105,7 @@ class TokenizerManager:
             ErrorOut: self._on_error,
             FlushCacheOut: self._on_control_reply,
             ProfileOut: self._on_control_reply,
+            LoRAUpdateOut: self._on_control_reply,
             InfoOut: self._on_info,
         }
 
@@ -215,7 +222,11 @@ class TokenizerManager:
             InvalidRequestError: as ``plan_requests``.
         """
         args = (obj, self.tokenizer, self.context_len, self.vocab_size, text_field)
-        limits = {"max_prompt_chars": self.max_prompt_chars, "max_prompts": self.server_args.max_prompts_per_request}
+        limits = {
+            "max_prompt_chars": self.max_prompt_chars,
+            "max_prompts": self.server_args.max_prompts_per_request,
+            "lora_adapters": self.lora_adapters,
+        }
         texts = [obj.text] if isinstance(obj.text, str) else obj.text if isinstance(obj.text, list) else []
         if sum(len(t) for t in texts if isinstance(t, str)) > _INLINE_TOKENIZE_CHARS:
             return await asyncio.to_thread(plan_requests, *args, **limits)
@@ -260,14 +271,33 @@ class TokenizerManager:
         assert isinstance(reply, ProfileOut)
         return reply
 
-    async def _control(self, msg: msgspec.Struct, reply_type: type) -> Any:
-        """Send a control request and wait for the scheduler's reply of ``reply_type`` (one at a time per type)."""
+    async def update_lora(self, msg: LoadLoRAAdapterReq | UnloadLoRAAdapterReq) -> LoRAUpdateOut:
+        """Load or unload a LoRA adapter (``/load_lora_adapter``, ``/unload_lora_adapter``); one update at a time.
+
+        An unloaded name is refused to new requests at once; the reply comes when the adapter's last running request
+        has finished (no time limit). The reply's ``loaded_adapters`` becomes ``lora_adapters``.
+
+        Raises:
+            ServerUnavailableError: not ready / a process died. TimeoutError: a load not answered in 30 s.
+        """
+        if isinstance(msg, UnloadLoRAAdapterReq) and self.lora_adapters is not None:
+            self.lora_adapters.pop(msg.lora_name, None)
+        timeout = _CONTROL_TIMEOUT if isinstance(msg, LoadLoRAAdapterReq) else None
+        reply = await self._control(msg, LoRAUpdateOut, timeout)
+        assert isinstance(reply, LoRAUpdateOut)
+        if self.lora_adapters is not None:
+            self.lora_adapters = dict(reply.loaded_adapters)
+        return reply
+
+    async def _control(self, msg: msgspec.Struct, reply_type: type, timeout: float | None = _CONTROL_TIMEOUT) -> Any:
+        """Send a control request and wait (``timeout`` seconds; None: no limit) for the scheduler's reply of
+        ``reply_type`` (one at a time per type)."""
         self.check_available()
         async with self._control_locks[reply_type]:
             fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
             self._control_futures[reply_type] = fut
             self._send(msg)
-            return await asyncio.wait_for(fut, _CONTROL_TIMEOUT)
+            return await asyncio.wait_for(fut, timeout)
 
     async def get_scheduler_stats(self) -> SchedulerStats:
         """The scheduler's current load and KV usage (asked now, not the last piggybacked value).
@@ -321,6 +351,7 @@ class TokenizerManager:
         self.max_total_tokens = msg.max_total_tokens
         self.memory_report = msg.memory
         self.eos_token_ids = list(msg.eos_token_ids)
+        self.lora_adapters = None if msg.lora_adapters is None else dict(msg.lora_adapters)
         self.max_prompt_chars = max_prompt_chars(self.tokenizer, msg.context_len)
         self.is_ready = self.dead_reason is None
         self._ready_event.set()
@@ -347,7 +378,7 @@ class TokenizerManager:
             st.fail(msg.status, msg.message, msg.param)
             self._log_finished(st)
 
-    def _on_control_reply(self, msg: FlushCacheOut | ProfileOut) -> None:
+    def _on_control_reply(self, msg: FlushCacheOut | ProfileOut | LoRAUpdateOut) -> None:
         fut = self._control_futures.get(type(msg))
         if fut is not None and not fut.done():
             fut.set_result(msg)

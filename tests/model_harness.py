@@ -14,6 +14,7 @@ from radixgen.radix.memory_pool import ReqToTokenPool, TokenSlotAllocator, Token
 from radixgen.runtime.attention.base import AttentionBackend
 from radixgen.runtime.attention.torch_backend import TorchAttentionBackend
 from radixgen.runtime.forward_batch import ForwardBatch, ForwardMode
+from radixgen.runtime.lora.manager import LoRAManager
 from radixgen.runtime.models.llama import LlamaForCausalLM
 
 
@@ -26,6 +27,7 @@ class KVHarness:
         num_slots: KV slots; the free list is shuffled with ``seed`` so a request's slots are not contiguous.
         backend: the attention backend (default: the torch backend).
         kv_cache_dtype: the KV pool's storage (``auto`` = the model dtype, ``int8``, ``fp8_e4m3``, ``fp8_e5m2``).
+        lora: a LoRAManager; ``extend`` / ``decode`` then take each request's adapter name (None: base model).
     """
 
     def __init__(
@@ -36,6 +38,7 @@ class KVHarness:
         seed: int = 0,
         backend: AttentionBackend | None = None,
         kv_cache_dtype: str = "auto",
+        lora: LoRAManager | None = None,
     ):
         cfg = model.config
         device = next(model.parameters()).device
@@ -50,6 +53,7 @@ class KVHarness:
         self.allocator.free_slots = self.allocator.free_slots[perm.to(device)]
         self.backend = backend or TorchAttentionBackend()
         self.seq_lens: dict[int, int] = {}
+        self.lora = lora
 
     def new_request(self) -> int:
         """Allocate a request row (its sequence starts empty)."""
@@ -58,15 +62,18 @@ class KVHarness:
         self.seq_lens[row] = 0
         return row
 
-    def extend(self, rows: list[int], chunks: list[list[int]]) -> torch.Tensor:
-        """One EXTEND forward appending ``chunks[i]`` to request ``rows[i]``: float32 ``[sum(lens), V]``."""
-        return self._forward(ForwardMode.EXTEND, rows, chunks)
+    def extend(self, rows: list[int], chunks: list[list[int]], loras: list[str | None] | None = None) -> torch.Tensor:
+        """One EXTEND forward appending ``chunks[i]`` to request ``rows[i]`` (under adapter ``loras[i]``): float32
+        ``[sum(lens), V]``."""
+        return self._forward(ForwardMode.EXTEND, rows, chunks, loras)
 
-    def decode(self, rows: list[int], token_ids: list[int]) -> torch.Tensor:
+    def decode(self, rows: list[int], token_ids: list[int], loras: list[str | None] | None = None) -> torch.Tensor:
         """One DECODE forward appending one token per request; float32 ``[len(rows), vocab]``."""
-        return self._forward(ForwardMode.DECODE, rows, [[t] for t in token_ids])
+        return self._forward(ForwardMode.DECODE, rows, [[t] for t in token_ids], loras)
 
-    def _forward(self, mode: ForwardMode, rows: list[int], chunks: list[list[int]]) -> torch.Tensor:
+    def _forward(
+        self, mode: ForwardMode, rows: list[int], chunks: list[list[int]], loras: list[str | None] | None = None
+    ) -> torch.Tensor:
         prefix_lens = [self.seq_lens[r] for r in rows]
         extend_lens = [len(c) for c in chunks]
         slots = self.allocator.alloc(sum(extend_lens))
@@ -89,6 +96,8 @@ class KVHarness:
             self.backend,
         )
         self.backend.init_forward_metadata(batch)
+        if self.lora is not None:
+            batch.lora = self.lora.prepare(loras or [None] * len(rows), extend_lens)
         with torch.no_grad():
             return self.model.compute_logits(self.model(batch))  # [num_tokens, vocab]
 

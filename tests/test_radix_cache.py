@@ -303,33 +303,38 @@ class _Req:
     prefix: torch.Tensor
     last_node: TreeNode
     owned: torch.Tensor
+    ns: int | None = None
+
+
+NAMESPACES = st.sampled_from([None, 1, 2])  # the base model's and two LoRA adapters'
 
 
 class RadixCacheMachine(RuleBasedStateMachine):
-    """Random insert / match / lock (request start) / unlock (finish or abort) / evict / reset sequences,
-    checked against a flat model ``{token-prefix tuple: KV slot}`` of everything cached."""
+    """Random insert / match / lock (request start) / unlock (finish or abort) / evict / reset sequences over three
+    key namespaces, checked against a flat model ``{(namespace, token-prefix tuple): KV slot}`` of everything cached:
+    a key never matches what another namespace cached, and eviction is one LRU over all of them."""
 
     def __init__(self) -> None:
         super().__init__()
         self.allocator = TokenSlotAllocator(POOL_SIZE)
         self.cache = RadixCache(self.allocator)
-        self.model: dict[tuple[int, ...], int] = {}
+        self.model: dict[tuple[int | None, tuple[int, ...]], int] = {}
         self.reqs: list[_Req] = []
 
     # --------------------------------------------------------------------- helpers
-    def _model_match(self, key: list[int]) -> list[int]:
+    def _model_match(self, key: list[int], ns: int | None) -> list[int]:
         out: list[int] = []
         for i in range(len(key)):
-            slot = self.model.get(tuple(key[: i + 1]))
+            slot = self.model.get((ns, tuple(key[: i + 1])))
             if slot is None:
                 break
             out.append(slot)
         return out
 
-    def _model_insert(self, key: list[int], value: torch.Tensor) -> None:
+    def _model_insert(self, key: list[int], value: torch.Tensor, ns: int | None) -> None:
         vals = value.tolist()
         for i in range(len(key)):
-            self.model.setdefault(tuple(key[: i + 1]), vals[i])
+            self.model.setdefault((ns, tuple(key[: i + 1])), vals[i])
 
     def _evict(self, n: int) -> int:
         evictable, available = self.cache.evictable_size(), self.allocator.available_size()
@@ -340,10 +345,10 @@ class RadixCacheMachine(RuleBasedStateMachine):
         free = set(self.allocator.free_slots.tolist())
         kept = {k: v for k, v in self.model.items() if v not in free}
         assert len(self.model) - len(kept) == freed
-        assert all(len(k) == 1 or k[:-1] in kept for k in kept), "eviction removed an inner node"
+        assert all(len(k) == 1 or (ns, k[:-1]) in kept for ns, k in kept), "eviction removed an inner node"
         self.model = kept
         for req in self.reqs:  # locked prefixes must survive eviction, unchanged
-            res = self.cache.match_prefix(req.key[: req.prefix.numel()])
+            res = self.cache.match_prefix(req.key[: req.prefix.numel()], req.ns)
             assert torch.equal(res.indices, req.prefix) and res.last_node is req.last_node
         return freed
 
@@ -354,36 +359,37 @@ class RadixCacheMachine(RuleBasedStateMachine):
         return self.allocator.alloc(n)
 
     # --------------------------------------------------------------------- rules
-    @rule(key=KEYS)
-    def insert_fresh(self, key: list[int]) -> None:
+    @rule(key=KEYS, ns=NAMESPACES)
+    def insert_fresh(self, key: list[int], ns: int | None) -> None:
         slots = self._alloc(len(key))
         if slots is None:
             return
-        expected = len(self._model_match(key))
+        expected = len(self._model_match(key, ns))
         total = self.cache.total_size()
-        m = self.cache.insert(key, slots)
+        m = self.cache.insert(key, slots, ns)
         assert m == expected
         self.allocator.free(slots[:m])
-        self._model_insert(key, slots)
+        self._model_insert(key, slots, ns)
         assert self.cache.total_size() == total + len(key) - m
 
-    @rule(key=KEYS)
-    def match(self, key: list[int]) -> None:
-        res = self.cache.match_prefix(key)
-        assert res.indices.tolist() == self._model_match(key)
+    @rule(key=KEYS, ns=NAMESPACES)
+    def match(self, key: list[int], ns: int | None) -> None:
+        res = self.cache.match_prefix(key, ns)
+        assert res.indices.tolist() == self._model_match(key, ns)
         if res.indices.numel() == 0:
-            assert res.last_node is self.cache.root
+            assert not res.last_node.key and res.last_node.parent is None  # the namespace's root
+            assert (res.last_node is self.cache.root) == (ns is None)
 
-    @rule(key=KEYS)
-    def start_request(self, key: list[int]) -> None:
-        res = self.cache.match_prefix(key)
-        assert res.indices.tolist() == self._model_match(key)
+    @rule(key=KEYS, ns=NAMESPACES)
+    def start_request(self, key: list[int], ns: int | None) -> None:
+        res = self.cache.match_prefix(key, ns)
+        assert res.indices.tolist() == self._model_match(key, ns)
         self.cache.inc_lock_ref(res.last_node)
         owned = self._alloc(len(key) - res.indices.numel())
         if owned is None:
             self.cache.dec_lock_ref(res.last_node)
             return
-        self.reqs.append(_Req(key, res.indices, res.last_node, owned))
+        self.reqs.append(_Req(key, res.indices, res.last_node, owned, ns))
 
     @precondition(lambda self: bool(self.reqs))
     @rule(i=st.integers(0, 63))
@@ -391,11 +397,11 @@ class RadixCacheMachine(RuleBasedStateMachine):
         req = self.reqs.pop(i % len(self.reqs))
         n = req.prefix.numel()
         value = torch.cat((req.prefix, req.owned))
-        expected = len(self._model_match(req.key))
-        m = self.cache.insert(req.key, value)
+        expected = len(self._model_match(req.key, req.ns))
+        m = self.cache.insert(req.key, value, req.ns)
         assert m == expected and m >= n
         self.allocator.free(req.owned[: m - n])  # the duplicates; value[:n] was the tree's own
-        self._model_insert(req.key, value)
+        self._model_insert(req.key, value, req.ns)
         self.cache.dec_lock_ref(req.last_node)
 
     @precondition(lambda self: bool(self.reqs))
@@ -422,7 +428,7 @@ class RadixCacheMachine(RuleBasedStateMachine):
         owned = [r.owned for r in self.reqs]
         self.cache.check_integrity(owned_slots=torch.cat(owned) if owned else None)
         assert self.cache.total_size() == len(self.model)
-        locked = {tuple(r.key[:j]) for r in self.reqs for j in range(1, r.prefix.numel() + 1)}
+        locked = {(r.ns, tuple(r.key[:j])) for r in self.reqs for j in range(1, r.prefix.numel() + 1)}
         assert self.cache.protected_size() == len(locked)
 
     @invariant()
@@ -430,7 +436,7 @@ class RadixCacheMachine(RuleBasedStateMachine):
         for req in self.reqs:  # walk last_node -> root without mutating the tree
             parts: list[torch.Tensor] = []
             node = req.last_node
-            while node is not self.cache.root:
+            while node.key:  # up to the namespace's root
                 parent = node.parent
                 assert parent is not None and parent.children[node.key[0]] is node, "locked node detached"
                 assert node.lock_ref > 0
@@ -444,3 +450,21 @@ RadixCacheMachine.TestCase.settings = settings(
     max_examples=60, stateful_step_count=40, deadline=None, derandomize=True, database=None
 )
 TestRadixCacheMachine = RadixCacheMachine.TestCase
+
+
+def test_namespaces_never_share_and_evict_as_one_lru() -> None:
+    """The same tokens under two adapters (namespaces) are two entries; eviction takes the least recently used leaf
+    whatever its namespace."""
+    allocator, cache = _cache(16)
+    base = allocator.alloc(4)
+    lora = allocator.alloc(4)
+    assert base is not None and lora is not None
+    assert cache.insert([1, 2, 3, 4], base) == 0
+    assert cache.insert([1, 2, 3, 4], lora, namespace=7) == 0  # nothing shared with the base model's entry
+    assert cache.match_prefix([1, 2, 3, 4], namespace=7).indices.tolist() == lora.tolist()
+    assert cache.match_prefix([1, 2, 3, 4]).indices.tolist() == base.tolist()
+    assert cache.match_prefix([1, 2, 3, 4], namespace=8).indices.numel() == 0
+    cache.match_prefix([1, 2, 3, 4, 5], namespace=7)  # the adapter's entry is now the more recent one
+    assert cache.evict(1) == 4 and cache.match_prefix([1, 2, 3, 4]).indices.numel() == 0
+    assert cache.match_prefix([1, 2, 3, 4], namespace=7).indices.numel() == 4
+    cache.check_integrity()

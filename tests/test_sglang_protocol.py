@@ -85,9 +85,11 @@ def test_sglang_defaults_accepted_and_unsupported_values_named(server: ServerHan
         ref = generate(c, sampling_params=GREEDY)["text"]
         assert generate(c, **body)["text"] == ref
         assert generate(c, sampling_params=GREEDY, session_id="chat-42", log_metrics=False)["text"] == ref
-        for field, value in [("image_data", "cat.png"), ("lora_path", "adapter"), ("return_hidden_states", True)]:
+        for field, value in [("image_data", "cat.png"), ("lora_id", "adapter"), ("return_hidden_states", True)]:
             err = error(c, "/generate", {"text": PROMPT, field: value})
             assert err["param"] == field and "not supported" in err["message"], err
+        err = error(c, "/generate", {"text": PROMPT, "lora_path": "adapter"})  # served with --lora-paths only
+        assert err["param"] == "lora_path" and "serves no LoRA adapters" in err["message"], err
         err = error(c, "/generate", {"text": PROMPT, "sampling_params": {"custom_params": {"k": 1}}})
         assert err["param"] == "custom_params"
         err = error(c, "/generate", {"text": PROMPT, "sampling_params": {"beam_width": 4}})

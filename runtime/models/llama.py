@@ -27,6 +27,7 @@ from radixgen.runtime.models.rope import RotaryEmbedding, apply_rotary
 
 if TYPE_CHECKING:
     from radixgen.runtime.forward_batch import ForwardBatch
+    from radixgen.runtime.lora.manager import LoRABatchInfo
 
 
 class RMSNorm(nn.Module):
@@ -58,6 +59,7 @@ class LlamaAttention(nn.Module):
     def __init__(self, config: ModelConfig, layer_id: int, dtype: torch.dtype) -> None:
         super().__init__()
         self.q_size, self.kv_size, self.head_dim = config.q_size, config.kv_size, config.head_dim
+        self.layer_id = layer_id
         self.qkv_proj = nn.Linear(
             config.hidden_size, self.q_size + 2 * self.kv_size, bias=config.attention_bias, dtype=dtype
         )
@@ -75,9 +77,13 @@ class LlamaAttention(nn.Module):
     def forward(
         self, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, batch: ForwardBatch
     ) -> torch.Tensor:
-        """``hidden [T, hidden_size]``, ``cos``/``sin [T, 1, D/2]`` → ``[T, hidden_size]``."""
+        """``hidden [T, hidden_size]``, ``cos``/``sin [T, 1, D/2]`` → ``[T, hidden_size]``; with ``batch.lora``
+        each projection adds its rows' LoRA deltas."""
         num_tokens = hidden.shape[0]
+        lora = batch.lora
         qkv = self.qkv_proj(hidden)  # [T, Hq*D + 2*Hkv*D]
+        if lora is not None:
+            lora.apply(self.layer_id, "qkv_proj", hidden, qkv)
         q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)  # [T, Hq*D], [T, Hkv*D] x2
         if self.q_norm is not None and self.k_norm is not None:
             q = self.q_norm(q.reshape(num_tokens, -1, self.head_dim))  # [T, Hq, D]
@@ -85,7 +91,10 @@ class LlamaAttention(nn.Module):
         q = apply_rotary(q, cos, sin, self.head_dim)  # [T, Hq*D]
         k = apply_rotary(k, cos, sin, self.head_dim)  # [T, Hkv*D]
         out = batch.attn_backend.forward(q, k, v.contiguous(), self.layer, batch)  # [T, Hq*D]
-        return self.o_proj(out)  # [T, hidden_size]
+        projected = self.o_proj(out)  # [T, hidden_size]
+        if lora is not None:
+            lora.apply(self.layer_id, "o_proj", out, projected)
+        return projected
 
 
 # tokens per MLP block in a long (prefill) batch: the [block, 2 * intermediate] activations of one block stay in
@@ -95,10 +104,12 @@ MLP_TOKEN_BLOCK = 512
 
 class LlamaMLP(nn.Module):
     """SwiGLU MLP: ``down(silu(gate(x)) * up(x))`` with gate and up fused into one projection; batches of more
-    than ``MLP_TOKEN_BLOCK`` tokens run block by block (rows are independent, so the result is the same)."""
+    than ``MLP_TOKEN_BLOCK`` tokens run block by block (rows are independent, so the result is the same) — except
+    with LoRA, whose segments span the whole batch."""
 
-    def __init__(self, config: ModelConfig, dtype: torch.dtype) -> None:
+    def __init__(self, config: ModelConfig, layer_id: int, dtype: torch.dtype) -> None:
         super().__init__()
+        self.layer_id = layer_id
         self.intermediate_size = config.intermediate_size
         self.gate_up_proj = nn.Linear(
             config.hidden_size, 2 * config.intermediate_size, bias=config.mlp_bias, dtype=dtype
@@ -107,19 +118,26 @@ class LlamaMLP(nn.Module):
             config.intermediate_size, config.hidden_size, bias=config.mlp_bias, dtype=dtype
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x [T, hidden_size]`` → ``[T, hidden_size]``."""
+    def forward(self, x: torch.Tensor, lora: LoRABatchInfo | None = None) -> torch.Tensor:
+        """``x [T, hidden_size]`` → ``[T, hidden_size]``; ``lora``: the batch's LoRA deltas, if any."""
         num_tokens = x.shape[0]
-        if num_tokens <= MLP_TOKEN_BLOCK:
-            return self._block(x)
+        if num_tokens <= MLP_TOKEN_BLOCK or lora is not None:
+            return self._block(x, lora)
         out = torch.empty_like(x)
         for start in range(0, num_tokens, MLP_TOKEN_BLOCK):
-            out[start : start + MLP_TOKEN_BLOCK] = self._block(x[start : start + MLP_TOKEN_BLOCK])
+            out[start : start + MLP_TOKEN_BLOCK] = self._block(x[start : start + MLP_TOKEN_BLOCK], None)
         return out
 
-    def _block(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)  # each [T, intermediate_size]
-        return self.down_proj(F.silu(gate).mul_(up))  # [T, hidden_size]
+    def _block(self, x: torch.Tensor, lora: LoRABatchInfo | None) -> torch.Tensor:
+        gate_up = self.gate_up_proj(x)  # [T, 2 * intermediate_size]
+        if lora is not None:
+            lora.apply(self.layer_id, "gate_up_proj", x, gate_up)
+        gate, up = gate_up.chunk(2, dim=-1)  # each [T, intermediate_size]
+        act = F.silu(gate).mul_(up)  # [T, intermediate_size]
+        out = self.down_proj(act)  # [T, hidden_size]
+        if lora is not None:
+            lora.apply(self.layer_id, "down_proj", act, out)
+        return out
 
 
 class LlamaDecoderLayer(nn.Module):
@@ -130,14 +148,14 @@ class LlamaDecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype)
         self.self_attn = LlamaAttention(config, layer_id, dtype)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype)
-        self.mlp = LlamaMLP(config, dtype)
+        self.mlp = LlamaMLP(config, layer_id, dtype)
 
     def forward(
         self, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, batch: ForwardBatch
     ) -> torch.Tensor:
         """``hidden [T, hidden_size]`` → ``[T, hidden_size]``."""
         hidden = self.self_attn(self.input_layernorm(hidden), cos, sin, batch).add_(hidden)  # residual, in place
-        return self.mlp(self.post_attention_layernorm(hidden)).add_(hidden)
+        return self.mlp(self.post_attention_layernorm(hidden), batch.lora).add_(hidden)
 
 
 class LlamaModel(nn.Module):

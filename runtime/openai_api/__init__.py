@@ -68,20 +68,26 @@ def register_openai_routes(app: FastAPI, tokenizer_manager: Any, server_args: An
         ),
     )
 
-    def card() -> ModelCard:
-        return ModelCard(id=ctx.model_name, root=server_args.model_path, max_model_len=tokenizer_manager.context_len)
+    def card(adapter: str | None = None) -> ModelCard:
+        """The base model's card, or a loaded LoRA adapter's (``root``: its directory, ``parent``: the base)."""
+        max_len = tokenizer_manager.context_len
+        if adapter is None:
+            return ModelCard(id=ctx.model_name, root=server_args.model_path, max_model_len=max_len)
+        path = (getattr(tokenizer_manager, "lora_adapters", None) or {}).get(adapter)
+        return ModelCard(id=adapter, root=path, parent=ctx.model_name, max_model_len=max_len)
 
     @app.get("/v1/models")
     async def list_models() -> JSONResponse:
-        return JSONResponse(ModelList(data=[card()]).model_dump(mode="json"))
+        adapters = getattr(tokenizer_manager, "lora_adapters", None) or {}
+        return JSONResponse(ModelList(data=[card(), *(card(a) for a in adapters)]).model_dump(mode="json"))
 
     @app.get("/v1/models/{model_id:path}")
     async def retrieve_model(model_id: str) -> Response:
         try:
-            ctx.check_model(model_id)
+            adapter = ctx.check_model(model_id)
         except HttpError as e:
             return e.response()
-        return JSONResponse(card().model_dump(mode="json"))
+        return JSONResponse(card(adapter).model_dump(mode="json"))
 
     @app.get("/get_chat_template")
     async def get_chat_template() -> JSONResponse:

@@ -65,7 +65,7 @@ def chat_logprobs(tt: TokenTexts, prompt_ids: list[int], res: dict[str, Any], ou
 
 def _build(ctx: ApiContext, req: ChatCompletionRequest, rid: str) -> tuple[OpenAIRun, ToolPlan]:
     tm = ctx.tm
-    ctx.check_model(req.model)
+    lora_path = ctx.check_model(req.model)
     reject_unsupported(req)
     if req.top_logprobs is not None and req.top_logprobs > 0 and not req.logprobs:
         raise bad_request("top_logprobs: requires logprobs to be true", "top_logprobs")
@@ -99,7 +99,7 @@ def _build(ctx: ApiContext, req: ChatCompletionRequest, rid: str) -> tuple[OpenA
     except ValueError as e:
         raise http_error(e, renames) from None
     logprobs = {"return_logprob": req.logprobs, "top_logprobs_num": (req.top_logprobs or 0) if req.logprobs else 0}
-    return OpenAIRun([ids], [params], req.rid or rid, renames, logprobs), plan
+    return OpenAIRun([ids], [params], req.rid or rid, renames, logprobs, lora_path=lora_path), plan
 
 
 async def create_chat_completion(ctx: ApiContext, body: Any, request: Request | None = None) -> Response:

@@ -99,7 +99,7 @@ def completion_logprobs(
 
 def _build(ctx: ApiContext, req: CompletionRequest, rid: str) -> tuple[OpenAIRun, list[str]]:
     tm = ctx.tm
-    ctx.check_model(req.model)
+    lora_path = ctx.check_model(req.model)
     reject_unsupported(req, {"suffix": req.suffix or None})
     if req.best_of is not None and req.best_of != req.n:
         raise bad_request("best_of: only best_of equal to n is supported", "best_of")
@@ -119,7 +119,7 @@ def _build(ctx: ApiContext, req: CompletionRequest, rid: str) -> tuple[OpenAIRun
         "logprob_start_len": 0 if (want_lp and req.echo) else -1,
         "top_logprobs_num": req.logprobs or 0,
     }
-    return OpenAIRun(prompts, params, req.rid or rid, renames, logprobs), texts
+    return OpenAIRun(prompts, params, req.rid or rid, renames, logprobs, lora_path=lora_path), texts
 
 
 async def create_completion(ctx: ApiContext, body: Any, request: Request | None = None) -> Response:

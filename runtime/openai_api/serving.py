@@ -147,6 +147,7 @@ class OpenAIRun:
             samples ``…-<j>`` when n > 1, so ``/abort_request`` with the rid aborts the whole request.
         renames: native field → this route's field, for errors.
         logprobs: ``return_logprob``, ``logprob_start_len``, ``top_logprobs_num`` of GenerateReqInput.
+        lora_path: the LoRA adapter the request's ``model`` names (None: the base model).
     """
 
     prompts: list[list[int]]
@@ -155,6 +156,7 @@ class OpenAIRun:
     renames: Mapping[str, str]
     logprobs: dict[str, Any] = field(default_factory=dict)
     owner: Any = None  # the API key policy that sent it (api_keys.owner_of)
+    lora_path: str | None = None
 
     @property
     def n(self) -> int:
@@ -174,6 +176,7 @@ class OpenAIRun:
             sampling_params=self.params[0] if single else self.params,
             stream=stream,
             rid=self.rid if single else [f"{self.rid}-{i}" for i in range(len(self.prompts))],
+            lora_path=self.lora_path,
             **self.logprobs,
         )
 
@@ -356,20 +359,24 @@ class ApiContext:
     def __post_init__(self) -> None:
         self.token_texts = TokenTexts(self.tm.tokenizer)
 
-    def check_model(self, model: str | None) -> None:
-        """Refuse early: 503 while the runtime is not ready (or died), 404 for a model name other than the
-        served one (None means the served model).
+    def check_model(self, model: str | None) -> str | None:
+        """Refuse early: 503 while the runtime is not ready (or died), 404 for a model that is neither the served
+        one (None means the served model) nor a loaded LoRA adapter (``<adapter>`` or ``<served model>:<adapter>``,
+        as vLLM and SGLang name them). Returns the adapter's name, None for the base model.
 
         Raises:
             ServerUnavailableError: from the TokenizerManager (HTTP 503).
-            HttpError: 404 for an unknown model.
+            HttpError: 404 for an unknown model or adapter.
         """
         check_available = getattr(self.tm, "check_available", None)
         if check_available is not None:
             check_available()
-        if model is not None and model != self.model_name:
-            raise HttpError(
-                404,
-                f"The model `{model}` does not exist (this server serves `{self.model_name}`).",
-                param="model",
-            )
+        if model is None or model == self.model_name:
+            return None
+        adapters = getattr(self.tm, "lora_adapters", None) or {}
+        base, sep, name = model.rpartition(":")
+        adapter = name if sep and base == self.model_name else model
+        if adapter in adapters:
+            return adapter
+        served = ", ".join(f"`{m}`" for m in [self.model_name, *adapters])
+        raise HttpError(404, f"The model `{model}` does not exist (this server serves {served}).", param="model")

@@ -1,0 +1,125 @@
+"""The segmented (grouped) LoRA matmuls of one forward batch: every row adds the low-rank delta of its own adapter.
+
+A batch mixes requests of several adapters and of the base model. Each linear layer computes
+``out[t] += (x[t] @ A[s_t]) @ B[s_t]`` for every token ``t`` whose request uses the adapter in slot ``s_t``
+(no-op for base-model rows), where ``A`` / ``B`` are the stacked, preallocated slot buffers of ``LoRAManager``.
+This is the SGMV ("segmented gather matrix-vector") formulation of Punica (Chen et al. 2023, "Punica: Multi-Tenant
+LoRA Serving") and S-LoRA (Sheng et al. 2023): one shrink ``[T, K] → [T, r]`` and one expand ``[T, r] → [T, M]``
+per layer, grouped by adapter, with no per-request loop.
+
+CPU / torch path (this module): the adapter rows are gathered in slot order once per layer (a stable sort computed
+once per batch) and each matmul is a single ``torch._grouped_mm`` over the slot groups; the delta is scattered back
+with ``index_add_`` (or added in place when the batch is already in slot order). CUDA path: the Triton SGMV kernels
+of ``radixgen.kernels.lora`` over the same ``LoRASegments`` (per-request segments, no sort), checked against this
+module under ``TRITON_INTERPRET``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+__all__ = ["LoRASegments", "lora_expand_add_torch", "lora_shrink_torch"]
+
+
+@dataclass(frozen=True)
+class LoRASegments:
+    """How the rows (new tokens) of one forward batch map to adapter slots.
+
+    Attributes:
+        seg_indptr: int32 ``[num_segments + 1]`` row offsets of each request's tokens, in batch order (Triton).
+        weight_indices: int32 ``[num_segments]`` slot of each request's adapter; -1 = base model (no delta).
+        sort_perm: int64 ``[num_lora_rows]`` the rows that use an adapter, stably sorted by slot; None when those
+            rows are already ``0 .. num_lora_rows - 1`` in slot order (then no gather/scatter is needed).
+        group_offs: int32 ``[num_slots]`` cumulative row counts per slot over the sorted rows (the ``offs`` of
+            ``torch._grouped_mm``; a slot without rows repeats the previous offset).
+        num_lora_rows: rows that use an adapter.
+        num_rows: all rows of the batch (tokens).
+        max_seg_len: the longest segment (sizes the Triton grid without reading ``seg_indptr`` back to the host).
+    """
+
+    seg_indptr: torch.Tensor
+    weight_indices: torch.Tensor
+    sort_perm: torch.Tensor | None
+    group_offs: torch.Tensor
+    num_lora_rows: int
+    num_rows: int
+    max_seg_len: int
+
+    @classmethod
+    def build(
+        cls, slots: list[int], extend_lens: list[int], num_slots: int, device: torch.device | str = "cpu"
+    ) -> LoRASegments:
+        """Segments of a batch whose request ``i`` has ``extend_lens[i]`` new tokens and uses slot ``slots[i]``
+        (-1: base model).
+
+        Raises:
+            ValueError: the lists differ in length, a length is negative, or a slot is outside ``[-1, num_slots)``.
+        """
+        if len(slots) != len(extend_lens):
+            raise ValueError(f"LoRASegments.build: {len(slots)} slots for {len(extend_lens)} requests")
+        if any(n < 0 for n in extend_lens):
+            raise ValueError("LoRASegments.build: extend_lens must be >= 0")
+        if any(not -1 <= s < num_slots for s in slots):
+            raise ValueError(f"LoRASegments.build: slots must be in [-1, {num_slots}), got {slots}")
+        indptr = [0]
+        for n in extend_lens:
+            indptr.append(indptr[-1] + n)
+        counts = [0] * num_slots
+        for s, n in zip(slots, extend_lens, strict=True):
+            if s >= 0:
+                counts[s] += n
+        offs, total = [], 0
+        for c in counts:
+            total += c
+            offs.append(total)
+        # rows sorted by slot (stable); the identity when the adapter rows already come first, in slot order
+        order = sorted((s, i) for i, s in enumerate(slots) if s >= 0 and extend_lens[i] > 0)
+        perm_rows: list[int] = []
+        for _, i in order:
+            perm_rows.extend(range(indptr[i], indptr[i + 1]))
+        sort_perm = (
+            None
+            if perm_rows == list(range(total))
+            else torch.tensor(perm_rows, dtype=torch.int64, device=device)
+        )
+        return cls(
+            seg_indptr=torch.tensor(indptr, dtype=torch.int32, device=device),
+            weight_indices=torch.tensor(slots, dtype=torch.int32, device=device),
+            sort_perm=sort_perm,
+            group_offs=torch.tensor(offs, dtype=torch.int32, device=device),
+            num_lora_rows=total,
+            num_rows=indptr[-1],
+            max_seg_len=max(extend_lens, default=0),
+        )
+
+
+def lora_shrink_torch(x: torch.Tensor, weights: torch.Tensor, seg: LoRASegments) -> torch.Tensor:
+    """The shrink half: ``x[t] @ weights[s_t]`` for the adapter rows, in sorted (slot) order.
+
+    Args:
+        x: ``[T, K]`` layer input (float32 / bfloat16 / float16), ``T = seg.num_rows``.
+        weights: ``[num_slots, K, N]`` stacked A matrices (same dtype as ``x``).
+        seg: the batch's segments.
+    Returns:
+        ``[seg.num_lora_rows, N]``: row ``j`` belongs to batch row ``seg.sort_perm[j]`` (or ``j``).
+    """
+    rows = x[: seg.num_lora_rows] if seg.sort_perm is None else x.index_select(0, seg.sort_perm)  # [T_l, K]
+    return torch._grouped_mm(rows, weights, offs=seg.group_offs)  # [T_l, N]
+
+
+def lora_expand_add_torch(out: torch.Tensor, a: torch.Tensor, weights: torch.Tensor, seg: LoRASegments) -> None:
+    """The expand half, in place: ``out[t] += a_t @ weights[s_t]`` for the adapter rows.
+
+    Args:
+        out: ``[T, M]`` layer output (may be a column slice of a fused projection's output).
+        a: ``[seg.num_lora_rows, R]`` shrink result in sorted order (may be a column slice).
+        weights: ``[num_slots, R, M]`` stacked B matrices (scaling folded in).
+        seg: the batch's segments.
+    """
+    delta = torch._grouped_mm(a.contiguous(), weights, offs=seg.group_offs)  # [T_l, M]
+    if seg.sort_perm is None:
+        out[: seg.num_lora_rows] += delta
+    else:
+        out.index_add_(0, seg.sort_perm, delta)
