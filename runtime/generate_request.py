@@ -32,7 +32,7 @@ _UNSUPPORTED_SGLANG_FIELDS = frozenset(
         "bootstrap_host", "bootstrap_port", "bootstrap_room", "bootstrap_pair_key", "decode_tp_size",
         "data_parallel_rank", "routed_dp_rank", "disagg_prefill_dp_rank", "routing_key", "http_worker_ipc",
         "background", "require_reasoning", "max_thinking_tokens", "priority", "extra_key", "no_logs",
-        "custom_labels", "conversation_id",
+        "custom_labels", "conversation_id", "return_bytes", "return_entropy",
     }
 )
 
@@ -60,6 +60,8 @@ class GenerateReqInput:
             checks).
         lora_path: the name of a loaded LoRA adapter to run under (SGLang's field), or one per prompt (None entries:
             the base model).
+        model: the model the request is for (sglang-router sets it; null from a single-model router): the served
+            model or a LoRA adapter, named as on the OpenAI routes; the HTTP layer resolves it (404 when unknown).
     """
 
     text: str | list[str] | None = None
@@ -75,6 +77,7 @@ class GenerateReqInput:
     session_id: str | None = None
     log_metrics: bool = True
     lora_path: str | list[str | None] | None = None
+    model: str | None = None
 
 
 @dataclass

@@ -244,10 +244,18 @@ def create_app(tokenizer_manager: TokenizerManager, server_args: ServerArgs) -> 
             return openai_error(404, msg)
         return Response(tm.metrics.render(), media_type=CONTENT_TYPE)
 
+    api: Any = None  # the OpenAI routes' ApiContext (below): it resolves a model name to the model or an adapter
+
     @app.post("/generate")
     async def generate(request: Request) -> Response:
         obj = parse_generate_body(await read_json(request))
         tm.check_available()
+        if obj.model is not None and api is not None:  # sglang-router's field: the served model or an adapter
+            if not isinstance(obj.model, str):
+                raise InvalidRequestError("model", "model: must be a string")
+            adapter = api.check_model(obj.model)
+            if adapter is not None and obj.lora_path is None:
+                obj.lora_path = adapter
         gen = tm.generate_request(obj, owner=owner_of(request))
         if not obj.stream:
             return JSONResponse(await run_unless_disconnected(request, _first(gen)))
@@ -262,7 +270,7 @@ def create_app(tokenizer_manager: TokenizerManager, server_args: ServerArgs) -> 
     if spec is not None:
         from radixgen.runtime.openai_api import register_openai_routes  # type: ignore[attr-defined]
 
-        register_openai_routes(app, tm, server_args)
+        api = register_openai_routes(app, tm, server_args)
     install_openapi(app, api_keys=bool(policies))
     return app
 

@@ -4,8 +4,11 @@ S-LoRA's split (Sheng et al. 2023, "S-LoRA: Serving Thousands of Concurrent LoRA
 is kept in host memory; ``max_loras_per_batch`` slots of preallocated, stacked buffers (per layer and fused
 projection: ``A [slots, in, n * R]``, one ``B [slots, R, out_i]`` per fused part, ``R = max_lora_rank``) hold the
 adapters of the current batch, filled on demand and recycled least recently used first. A lower-rank adapter is
-zero-padded to ``R``; a module an adapter does not adapt is zero in its slot. The scheduler keeps the distinct
-adapters of a batch within the slot count, so the adapters of a batch always have slots.
+zero-padded to ``R``; a module an adapter does not adapt is zero in its slot. On the CPU the buffers are float32
+(the deltas are computed in float32 whatever the model dtype) with every dimension zero-padded to a multiple of 4
+elements, the 16-byte alignment ``torch._grouped_mm`` needs; on CUDA they are in the model dtype, unpadded. The
+scheduler keeps the distinct adapters of a batch within the slot count, so the adapters of a batch always have
+slots.
 
 Requests hold a reference on their adapter (``acquire`` / ``release``): ``unload`` of an adapter in use only marks
 it, new requests are refused at once, and the adapter goes when its last request finishes.
@@ -33,8 +36,8 @@ class LoRASiteBuffers:
     """The slot buffers of one fused projection of one layer.
 
     Attributes:
-        a: ``[slots, in, n * R]``: part ``i``'s ``A^T`` in columns ``i*R : i*R + r``.
-        b: per part ``i``, ``[slots, R, out_i]``: ``scaling * B^T`` in rows ``:r``.
+        a: ``[slots, in, n * R]``: part ``i``'s ``A^T`` in columns ``i*R : i*R + r`` (``in`` and ``R`` padded on CPU).
+        b: per part ``i``, ``[slots, R, out_i]``: ``scaling * B^T`` in rows ``:r`` (``out_i`` padded on CPU).
         cols: per part, its ``(start, end)`` columns in the fused projection's output.
     """
 
@@ -50,7 +53,7 @@ class LoRABatchInfo:
     Attributes:
         seg: the rows of each adapter (``LoRASegments``). sites: per layer, fused projection name → buffers.
         active: fused projection name → indices of its parts that some adapter of the batch adapts.
-        rank: ``R``, the buffers' rank. use_triton: run ``radixgen.kernels.lora`` (CUDA) instead of torch.
+        rank: ``R``, the buffers' (padded) rank. use_triton: run ``radixgen.kernels.lora`` (CUDA) instead of torch.
     """
 
     seg: LoRASegments
@@ -81,7 +84,7 @@ class LoRABatchInfo:
                     max_seg_len=seg.max_seg_len,
                 )  # fmt: skip
             return
-        a = lora_shrink_torch(x, bufs.a, seg)  # [T_lora, n*R], rows in slot order
+        a = lora_shrink_torch(x, bufs.a, seg)  # [T_lora, n*R] float32, rows in slot order
         for i in parts:
             lo, hi = bufs.cols[i]
             lora_expand_add_torch(out[:, lo:hi], a[:, i * r : (i + 1) * r], bufs.b[i], seg)
@@ -102,8 +105,14 @@ class LoRAManager:
         self.config = config
         self.model_config = model_config
         self.num_slots = config.max_loras_per_batch
-        self.rank = config.max_lora_rank
         self.use_triton = device.type == "cuda"
+        align = 1 if self.use_triton else 4  # elements: torch._grouped_mm needs 16-byte float32 strides
+        dtype = dtype if self.use_triton else torch.float32
+
+        def pad(n: int) -> int:
+            return -(-n // align) * align
+
+        self.rank = pad(config.max_lora_rank)
         r, s = self.rank, self.num_slots
         self.sites: list[dict[str, LoRASiteBuffers]] = []
         for _ in range(model_config.num_hidden_layers):
@@ -118,8 +127,8 @@ class LoRAManager:
                     cols.append((start, start + o))
                     start += o
                 layer[site] = LoRASiteBuffers(
-                    a=torch.zeros(s, fan_in, len(modules) * r, dtype=dtype, device=device),
-                    b=[torch.zeros(s, r, o, dtype=dtype, device=device) for o in outs],
+                    a=torch.zeros(s, pad(fan_in), len(modules) * r, dtype=dtype, device=device),
+                    b=[torch.zeros(s, r, pad(o), dtype=dtype, device=device) for o in outs],
                     cols=cols,
                 )
             self.sites.append(layer)
@@ -254,9 +263,9 @@ class LoRAManager:
                     if pair is None:
                         continue
                     a_t, b_t = pair  # [in, r], [r, out]
-                    r = a_t.shape[1]
-                    bufs.a[slot, :, i * self.rank : i * self.rank + r] = a_t.to(bufs.a.dtype)
-                    b[slot, :r] = b_t.to(b.dtype)
+                    fan_in, r = a_t.shape
+                    bufs.a[slot, :fan_in, i * self.rank : i * self.rank + r] = a_t.to(bufs.a.dtype)
+                    b[slot, :r, : b_t.shape[1]] = b_t.to(b.dtype)
         self.slot_uid[slot] = adapter.uid
 
     def check_integrity(self) -> None:

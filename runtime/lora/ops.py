@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 __all__ = ["LoRASegments", "lora_expand_add_torch", "lora_shrink_torch"]
 
@@ -96,16 +97,19 @@ class LoRASegments:
 
 
 def lora_shrink_torch(x: torch.Tensor, weights: torch.Tensor, seg: LoRASegments) -> torch.Tensor:
-    """The shrink half: ``x[t] @ weights[s_t]`` for the adapter rows, in sorted (slot) order.
+    """The shrink half: ``x[t] @ weights[s_t]`` for the adapter rows, in sorted (slot) order, in ``weights``' dtype.
 
     Args:
         x: ``[T, K]`` layer input (float32 / bfloat16 / float16), ``T = seg.num_rows``.
-        weights: ``[num_slots, K, N]`` stacked A matrices (same dtype as ``x``).
+        weights: ``[num_slots, K', N]`` stacked A matrices, ``K' >= K`` (rows past ``K`` are zero padding).
         seg: the batch's segments.
     Returns:
         ``[seg.num_lora_rows, N]``: row ``j`` belongs to batch row ``seg.sort_perm[j]`` (or ``j``).
     """
     rows = x[: seg.num_lora_rows] if seg.sort_perm is None else x.index_select(0, seg.sort_perm)  # [T_l, K]
+    rows = rows.to(weights.dtype)
+    if rows.shape[1] != weights.shape[1] or rows.stride(0) != weights.shape[1]:  # pad / make rows contiguous
+        rows = F.pad(rows, (0, weights.shape[1] - rows.shape[1]))  # [T_l, K']
     return torch._grouped_mm(rows, weights, offs=seg.group_offs)  # [T_l, N]
 
 
@@ -115,10 +119,11 @@ def lora_expand_add_torch(out: torch.Tensor, a: torch.Tensor, weights: torch.Ten
     Args:
         out: ``[T, M]`` layer output (may be a column slice of a fused projection's output).
         a: ``[seg.num_lora_rows, R]`` shrink result in sorted order (may be a column slice).
-        weights: ``[num_slots, R, M]`` stacked B matrices (scaling folded in).
+        weights: ``[num_slots, R, M']`` stacked B matrices (scaling folded in), ``M' >= M`` (zero padding).
         seg: the batch's segments.
     """
-    delta = torch._grouped_mm(a.contiguous(), weights, offs=seg.group_offs)  # [T_l, M]
+    delta = torch._grouped_mm(a.contiguous(), weights, offs=seg.group_offs)  # [T_l, M']
+    delta = delta[:, : out.shape[1]].to(out.dtype)  # [T_l, M]
     if seg.sort_perm is None:
         out[: seg.num_lora_rows] += delta
     else:

@@ -62,6 +62,8 @@ _INERT_OPENAI_FIELDS: dict[str, tuple[Any, ...]] = {
     "web_search_options": (None,),
     "prompt_cache_key": (None,),
     "safety_identifier": (None,),
+    # SGLang extensions its router (sglang-router) fills in with their defaults on every request it forwards
+    "return_hidden_states": (None, False),
 }
 
 
