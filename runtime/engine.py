@@ -48,6 +48,8 @@ class Engine:
 
     def __init__(self, model_path: str, **kwargs: Any) -> None:
         self.server_args = ServerArgs.from_kwargs(model_path, **kwargs)
+        if self.server_args.dp_size != 1:
+            raise ValueError("dp_size: the offline Engine runs one scheduler; data parallelism is the server's")
         self.tokenizer = load_hf_tokenizer(self.server_args.resolved_tokenizer_path)
         self.model_runner = ModelRunner(self.server_args)
         self.scheduler = Scheduler(

@@ -24,6 +24,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from radixgen.runtime.api_keys import ApiKeyMiddleware, KeyLimiter, KeyPolicy, load_api_keys, owner_of
+from radixgen.runtime.dp_dispatch import combine_stats
 from radixgen.runtime.errors import InvalidRequestError
 from radixgen.runtime.generate_request import GenerateReqInput, check_prompt_chars, parse_generate_body
 from radixgen.runtime.http_common import (
@@ -136,7 +137,8 @@ def create_app(tokenizer_manager: TokenizerManager, server_args: ServerArgs) -> 
     @app.get("/server_info")
     @app.get("/get_server_info")
     async def get_server_info() -> Response:
-        stats = await tm.get_scheduler_stats()
+        replicas = await tm.get_scheduler_stats()
+        stats = combine_stats(replicas)
         args = asdict(server_args)
         if args.get("api_key"):
             args["api_key"] = "<redacted>"
@@ -146,8 +148,10 @@ def create_app(tokenizer_manager: TokenizerManager, server_args: ServerArgs) -> 
             "vocab_size": tm.vocab_size,
             "eos_token_ids": tm.eos_token_ids,
             **tm.memory_report,
-            **(state := {k: getattr(stats, k) for k in stats.__struct_fields__}),
-            "internal_states": [state],  # SGLang's shape: one entry per data-parallel scheduler
+            **{k: getattr(stats, k) for k in stats.__struct_fields__ if k != "dp_rank"},
+            # SGLang's shape: one entry per data-parallel scheduler replica
+            "internal_states": [{k: getattr(s, k) for k in s.__struct_fields__} for s in replicas],
+            "dp_requests_routed": list(tm.dp.sent),  # requests sent to each replica so far
             "version": radixgen_version(),
             "pids": tm.child_pids,
         }

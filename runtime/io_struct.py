@@ -150,6 +150,7 @@ class SchedulerStats(msgspec.Struct):
     spec_proposed_tokens: int = 0
     spec_accepted_tokens: int = 0
     spec_accept_hist: list[int] = []
+    dp_rank: int = 0  # the scheduler replica (--dp-size)
 
 
 class BatchTokenOut(msgspec.Struct, tag=True):
@@ -193,6 +194,7 @@ class SchedulerReady(msgspec.Struct, tag=True):
     pid: int = 0
     memory: dict[str, Any] = msgspec.field(default_factory=dict)
     lora_adapters: dict[str, str] | None = None  # name → path when LoRA is on (--enable-lora / --lora-paths)
+    dp_rank: int = 0  # the scheduler replica that is ready (--dp-size: the server is ready when all are)
 
 
 class DetokRegister(msgspec.Struct, tag=True):

@@ -47,6 +47,10 @@ class IpcEndpoints:
         d = tempfile.mkdtemp(prefix="radixgen-ipc-")
         return cls(d, f"ipc://{d}/scheduler", f"ipc://{d}/detokenizer", f"ipc://{d}/tokenizer")
 
+    def scheduler_inputs(self, dp_size: int) -> list[str]:
+        """The input socket of each scheduler replica (``--dp-size``): ``scheduler``, then ``scheduler-1``, ..."""
+        return [self.scheduler if rank == 0 else f"{self.scheduler}-{rank}" for rank in range(dp_size)]
+
     def cleanup(self) -> None:
         """Remove the socket directory (ignores errors)."""
         shutil.rmtree(self.directory, ignore_errors=True)

@@ -112,8 +112,13 @@ class _Launcher:
         try:
             self.tm = TokenizerManager(args, ipc)
             ctx = mp.get_context("spawn")
-            for name, target in (("scheduler", run_scheduler_process), ("detokenizer", run_detokenizer_process)):
-                proc = ctx.Process(target=target, args=(args, ipc, os.getpid()), name=name, daemon=True)
+            children: list[tuple[str, Any, tuple[Any, ...]]] = [
+                ("scheduler" if rank == 0 else f"scheduler-{rank}", run_scheduler_process, (rank,))
+                for rank in range(args.dp_size)
+            ]
+            children.append(("detokenizer", run_detokenizer_process, ()))
+            for name, target, extra in children:
+                proc = ctx.Process(target=target, args=(args, ipc, os.getpid(), *extra), name=name, daemon=True)
                 proc.start()
                 self.procs.append(proc)
             self.tm.child_pids = {p.name: p.pid for p in self.procs}

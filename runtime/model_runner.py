@@ -86,7 +86,7 @@ class ModelRunner:
         else:
             budget = args.kv_cache_budget_bytes or min(
                 int(psutil.virtual_memory().available * _DEFAULT_KV_SHARE), _DEFAULT_KV_MAX_BYTES
-            )
+            ) // args.dp_size  # data-parallel replicas share the default budget
             total = min(budget // per_token, args.max_running_requests * context_len)
             total = max(total, context_len)
         self.context_len = min(context_len, total)

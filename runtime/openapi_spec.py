@@ -70,7 +70,7 @@ ProfileRequest = create_model("ProfileRequest", **_PROFILE_BODY)
 # path → (methods, request model or None, required body, extra error statuses)
 _JSON = (400, 413, 415)
 _ROUTES: dict[str, tuple[tuple[str, ...], Any, bool, tuple[int, ...]]] = {
-    "/generate": (("post",), GenerateReqInput, True, (*_JSON, 429, 503)),
+    "/generate": (("post",), GenerateReqInput, True, (*_JSON, 404, 429, 503)),
     "/v1/completions": (("post",), CompletionRequest, True, (*_JSON, 404, 429, 503)),
     "/v1/chat/completions": (("post",), ChatCompletionRequest, True, (*_JSON, 404, 429, 503)),
     "/abort_request": (("post",), AbortRequest, True, (*_JSON, 403, 404)),

@@ -56,7 +56,9 @@ class SchedulerLoop:
         parent_pid: pid of the HTTP process; the loop ends when it is gone.
     """
 
-    def __init__(self, scheduler: Any, recv: zmq.Socket[Any], send: zmq.Socket[Any], parent_pid: int) -> None:
+    def __init__(
+        self, scheduler: Any, recv: zmq.Socket[Any], send: zmq.Socket[Any], parent_pid: int, dp_rank: int = 0
+    ) -> None:
         import msgspec
 
         from radixgen.runtime.profiler import SchedulerProfiler  # torch: only in the scheduler process
@@ -65,6 +67,7 @@ class SchedulerLoop:
         self.recv = recv
         self.send_sock = send
         self.parent_pid = parent_pid
+        self.dp_rank = dp_rank
         self.decoder = msgspec.msgpack.Decoder(ServerSchedulerInput)
         self.profiler = SchedulerProfiler()
         self.handlers: dict[type, Any] = {
@@ -96,6 +99,7 @@ class SchedulerLoop:
             max_total_tokens=total,
             num_retractions=s.num_retractions,
             num_forward_steps=s.num_forward_steps,
+            dp_rank=self.dp_rank,
             **(s.spec.stats.scheduler_fields() if s.spec is not None else {}),
         )
 
@@ -155,14 +159,15 @@ class SchedulerLoop:
         logger.info("scheduler: the HTTP process is gone; exiting")
 
 
-def run_scheduler_process(server_args: ServerArgs, ipc: IpcEndpoints, parent_pid: int) -> None:
-    """Entry point of the spawned scheduler process: load the model, report ready, serve.
+def run_scheduler_process(server_args: ServerArgs, ipc: IpcEndpoints, parent_pid: int, dp_rank: int = 0) -> None:
+    """Entry point of the spawned scheduler process (replica ``dp_rank`` with ``--dp-size``): load the model, report
+    ready, serve.
 
     Exits with status 1 (after logging the traceback) if loading or serving fails.
     """
     from radixgen.runtime.ipc import setup_child_process
 
-    setup_child_process(server_args.log_level, "scheduler")
+    setup_child_process(server_args.log_level, "scheduler" if dp_rank == 0 else f"scheduler-{dp_rank}")
     ctx: zmq.Context[Any] = zmq.Context()
     try:
         import torch
@@ -174,13 +179,13 @@ def run_scheduler_process(server_args: ServerArgs, ipc: IpcEndpoints, parent_pid
         from radixgen.runtime.model_runner import ModelRunner
         from radixgen.runtime.scheduler import Scheduler
 
-        recv = pull_socket(ctx, ipc.scheduler)
+        recv = pull_socket(ctx, ipc.scheduler_inputs(server_args.dp_size)[dp_rank])
         send = push_socket(ctx, ipc.detokenizer)
         runner = ModelRunner(server_args)
         tokenizer = load_hf_tokenizer(server_args.resolved_tokenizer_path)  # once: stop strings and grammars
         eos = tuple(runner.model_config.eos_token_ids)
         scheduler = Scheduler(server_args, runner, eos, tokenizer)
-        loop = SchedulerLoop(scheduler, recv, send, parent_pid)
+        loop = SchedulerLoop(scheduler, recv, send, parent_pid, dp_rank)
         delay = float(os.environ.get(READY_DELAY_ENV, "0") or 0)
         if delay > 0:
             time.sleep(delay)
@@ -188,6 +193,7 @@ def run_scheduler_process(server_args: ServerArgs, ipc: IpcEndpoints, parent_pid
             runner.context_len, runner.vocab_size, runner.max_total_tokens, list(eos), os.getpid(),
             runner.memory_report(),
             None if runner.lora_manager is None else runner.lora_manager.loaded(),
+            dp_rank,
         )
         loop.send(ready)
         try:

@@ -79,6 +79,9 @@ class ServerArgs:
     max_loras_per_batch: int = 8
     max_lora_rank: int | None = None
     lora_target_modules: tuple[str, ...] | None = None
+    # parallelism (DESIGN.md "Parallelism"): data-parallel scheduler replicas behind the one HTTP front end
+    dp_size: int = 1
+    load_balance_method: Literal["cache_aware", "round_robin", "shortest_queue"] = "cache_aware"
     # server (the HTTP process); unused by the offline Engine
     host: str = "127.0.0.1"
     port: int = 30000
@@ -124,7 +127,7 @@ class ServerArgs:
                 raise ValueError(f"{name}: must be a positive integer or None, got {v!r}")
         for name in (
             "max_running_requests", "max_prefill_tokens", "chunked_prefill_size", "stream_interval",
-            "max_prompts_per_request",
+            "max_prompts_per_request", "dp_size",
         ):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
@@ -140,6 +143,7 @@ class ServerArgs:
         if not 0.0 <= self.new_token_ratio_decay < 1.0:
             raise ValueError("new_token_ratio_decay: must be in [0, 1)")
         _choice("grammar_backend", self.grammar_backend, _GRAMMAR_BACKENDS)
+        _choice("load_balance_method", self.load_balance_method, ("cache_aware", "round_robin", "shortest_queue"))
         for name in ("grammar_max_spec_bytes", "grammar_max_nesting_depth"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
@@ -321,6 +325,11 @@ _HELP: dict[str, str] = {
     "--lora-paths, or 16.",
     "lora_target_modules": "Projections adapters may adapt: q_proj k_proj v_proj o_proj gate_proj up_proj down_proj "
     "or all-linear (default).",
+    "dp_size": "Data parallelism: this many scheduler replicas (each with its own model copy, KV pool and radix cache; "
+    "the default KV budget is shared among them) behind the one HTTP front end, which sends each request to the "
+    "replica most likely to hold its prefix, balanced against load (SGLang's cache-aware router policy).",
+    "load_balance_method": "How --dp-size routes requests: cache_aware (longest approximate prefix match, else the "
+    "least loaded replica; SGLang router's policy), round_robin or shortest_queue (SGLang's DP controller names).",
     "host": "HTTP listen address.",
     "port": "HTTP listen port.",
     "served_model_name": "Model name reported by the OpenAI API; default the model path.",

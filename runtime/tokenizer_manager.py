@@ -18,6 +18,7 @@ import msgspec
 import zmq
 import zmq.asyncio
 
+from radixgen.runtime.dp_dispatch import DataParallelDispatcher, combine_stats
 from radixgen.runtime.errors import InvalidRequestError, RequestFailedError, ServerUnavailableError
 from radixgen.runtime.fast_tokenizer import load_tokenizer
 from radixgen.runtime.generate_request import GenerateReqInput, PlannedReq, max_prompt_chars, plan_requests
@@ -38,7 +39,7 @@ from radixgen.runtime.io_struct import (
     SchedulerStats,
     UnloadLoRAAdapterReq,
 )
-from radixgen.runtime.ipc import ENCODER, IpcEndpoints, pull_socket, push_socket
+from radixgen.runtime.ipc import IpcEndpoints, pull_socket
 from radixgen.runtime.metrics import ServerMetrics
 from radixgen.runtime.request_state import RequestState
 from radixgen.runtime.server_args import ServerArgs
@@ -86,7 +87,12 @@ class TokenizerManager:
         self.charge_tokens: Any = None  # api_keys.KeyLimiter.charge_tokens when API keys have token quotas
         self._states: dict[str, RequestState] = {}
         self._sync_ctx: zmq.Context[Any] = zmq.Context()
-        self._send_sock = push_socket(self._sync_ctx, ipc.scheduler)
+        # the scheduler replicas (one without --dp-size): requests are routed, control messages go to all
+        self.dp = DataParallelDispatcher(
+            self._sync_ctx, ipc.scheduler_inputs(server_args.dp_size), server_args.load_balance_method
+        )
+        self._ready_ranks: set[int] = set()
+        self._stats: dict[int, SchedulerStats] = {}
         self._async_ctx = zmq.asyncio.Context()
         self._recv_sock = pull_socket(self._async_ctx, ipc.tokenizer)
         self._decoder = msgspec.msgpack.Decoder(DetokenizerOutput)
@@ -96,7 +102,9 @@ class TokenizerManager:
             FlushCacheOut: asyncio.Lock(), ProfileOut: asyncio.Lock(), LoRAUpdateOut: asyncio.Lock()
         }
         self._control_futures: dict[type, asyncio.Future[Any]] = {}
-        self._info_futures: dict[str, asyncio.Future[SchedulerStats]] = {}
+        self._info_futures: dict[str, asyncio.Future[list[SchedulerStats]]] = {}
+        self._control_replies: dict[type, list[Any]] = {}  # replies gathered so far, one per scheduler replica
+        self._info_replies: dict[str, list[SchedulerStats]] = {}
         self._recv_task: asyncio.Task[None] | None = None
         self.loop: asyncio.AbstractEventLoop | None = None  # the server's event loop, once started
         self._handlers: dict[type, Any] = {
@@ -121,7 +129,7 @@ class TokenizerManager:
             self._recv_task.cancel()
             await asyncio.gather(self._recv_task, return_exceptions=True)
         self._recv_sock.close(0)
-        self._send_sock.close(0)
+        self.dp.close()
         self._async_ctx.term()
         self._sync_ctx.term()
 
@@ -183,7 +191,7 @@ class TokenizerManager:
             st.owner = owner
         try:
             for p in planned:
-                self._send(p.req)
+                self.dp.send_request(p.rid, p.req.input_ids, p.req)
             if obj.stream:
                 multi = len(states) > 1
                 while True:
@@ -212,7 +220,7 @@ class TokenizerManager:
                         del self._states[rid]
                 elif self.dead_reason is None:
                     # the state stays registered until the scheduler's abort output arrives (logged, counted)
-                    self._send(AbortReq(rid))  # synchronous: safe inside a cancelled task
+                    self.dp.broadcast(AbortReq(rid))  # synchronous: safe inside a cancelled task
 
     async def plan(self, obj: GenerateReqInput, text_field: str = "text") -> tuple[list[PlannedReq], bool]:
         """``plan_requests`` with the server's limits; a large request is tokenized on a worker thread, so the event
@@ -243,13 +251,13 @@ class TokenizerManager:
         if abort_all:
             if not admin:
                 return False
-            self._send(AbortReq("", abort_all=True))
+            self.dp.broadcast(AbortReq("", abort_all=True))
             return True
         targets = [
             st for st in self._states.values() if (st.rid == rid or st.group == rid) and (admin or st.owner is owner)
         ]
         for st in targets:
-            self._send(AbortReq(st.rid))
+            self.dp.broadcast(AbortReq(st.rid))
         return bool(targets)
 
     async def flush_cache(self) -> bool:
@@ -290,30 +298,37 @@ class TokenizerManager:
         return reply
 
     async def _control(self, msg: msgspec.Struct, reply_type: type, timeout: float | None = _CONTROL_TIMEOUT) -> Any:
-        """Send a control request and wait (``timeout`` seconds; None: no limit) for the scheduler's reply of
-        ``reply_type`` (one at a time per type)."""
+        """Send a control request to every scheduler replica and wait (``timeout`` seconds; None: no limit) for
+        their replies of ``reply_type`` (one request at a time per type). Returns the first reply that failed
+        (``success`` False), else the first one."""
         self.check_available()
         async with self._control_locks[reply_type]:
             fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
             self._control_futures[reply_type] = fut
-            self._send(msg)
-            return await asyncio.wait_for(fut, timeout)
+            self._control_replies[reply_type] = []
+            self.dp.broadcast(msg)
+            replies = await asyncio.wait_for(fut, timeout)
+            return next((r for r in replies if not getattr(r, "success", True)), replies[0])
 
-    async def get_scheduler_stats(self) -> SchedulerStats:
-        """The scheduler's current load and KV usage (asked now, not the last piggybacked value).
+    async def get_scheduler_stats(self) -> list[SchedulerStats]:
+        """Each scheduler replica's current load and KV usage (asked now, not the last piggybacked value), by
+        ``dp_rank``.
 
         Raises:
             ServerUnavailableError: not ready / a process died. TimeoutError: no answer in 30 s.
         """
         self.check_available()
         req_id = uuid.uuid4().hex
-        fut: asyncio.Future[SchedulerStats] = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[list[SchedulerStats]] = asyncio.get_running_loop().create_future()
         self._info_futures[req_id] = fut
+        self._info_replies[req_id] = []
         try:
-            self._send(GetInfoReq(req_id))
-            return await asyncio.wait_for(fut, _CONTROL_TIMEOUT)
+            self.dp.broadcast(GetInfoReq(req_id))
+            stats = await asyncio.wait_for(fut, _CONTROL_TIMEOUT)
+            return sorted(stats, key=lambda s: s.dp_rank)
         finally:
             self._info_futures.pop(req_id, None)
+            self._info_replies.pop(req_id, None)
 
     # ------------------------------------------------------------------ internals
     def _new_state(self, p: PlannedReq, event: asyncio.Event) -> RequestState:
@@ -331,10 +346,6 @@ class TokenizerManager:
             raise ServerUnavailableError(message)
         raise RequestFailedError(status, message)
 
-    def _send(self, msg: msgspec.Struct) -> None:
-        if self._send_sock.closed:  # shutting down: the scheduler is being stopped anyway
-            return
-        self._send_sock.send(ENCODER.encode(msg), copy=False)
 
     async def _recv_loop(self) -> None:
         while True:
@@ -346,9 +357,13 @@ class TokenizerManager:
                 logger.exception("tokenizer manager: failed to handle a message")
 
     def _on_ready(self, msg: SchedulerReady) -> None:
+        """A scheduler replica has loaded the model; the server is ready when all have."""
+        self._ready_ranks.add(msg.dp_rank)
+        self.max_total_tokens += msg.max_total_tokens  # summed over the replicas
+        if len(self._ready_ranks) < self.dp.size:
+            return
         self.context_len = msg.context_len
         self.vocab_size = msg.vocab_size
-        self.max_total_tokens = msg.max_total_tokens
         self.memory_report = msg.memory
         self.eos_token_ids = list(msg.eos_token_ids)
         self.lora_adapters = None if msg.lora_adapters is None else dict(msg.lora_adapters)
@@ -370,28 +385,39 @@ class TokenizerManager:
             st.apply(out, text)
             if st.finish_reason is not None:
                 del self._states[out.rid]
+                self.dp.finished(out.rid)
                 self._log_finished(st)
 
     def _on_error(self, msg: ErrorOut) -> None:
         st = self._states.pop(msg.rid, None)
+        self.dp.finished(msg.rid)
         if st is not None:
             st.fail(msg.status, msg.message, msg.param)
             self._log_finished(st)
 
     def _on_control_reply(self, msg: FlushCacheOut | ProfileOut | LoRAUpdateOut) -> None:
         fut = self._control_futures.get(type(msg))
-        if fut is not None and not fut.done():
-            fut.set_result(msg)
+        replies = self._control_replies.get(type(msg))
+        if fut is None or fut.done() or replies is None:
+            return
+        replies.append(msg)
+        if len(replies) == self.dp.size:
+            fut.set_result(replies)
 
     def _on_info(self, msg: InfoOut) -> None:
         self._on_stats(msg.stats)
         fut = self._info_futures.get(msg.req_id)
-        if fut is not None and not fut.done():
-            fut.set_result(msg.stats)
+        replies = self._info_replies.get(msg.req_id)
+        if fut is None or fut.done() or replies is None:
+            return
+        replies.append(msg.stats)
+        if len(replies) == self.dp.size:
+            fut.set_result(replies)
 
     def _on_stats(self, stats: SchedulerStats) -> None:
+        self._stats[stats.dp_rank] = stats
         if self.metrics is not None:
-            self.metrics.observe_stats(stats)
+            self.metrics.observe_stats(combine_stats(list(self._stats.values())))
 
     def _log_finished(self, st: RequestState) -> None:
         """Charge the request's tokens to its API key; one structured (JSON) log line and its metrics (unless
