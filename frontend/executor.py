@@ -11,13 +11,14 @@ thread or (via ``asyncio.wrap_future``) from a coroutine. Design after SGLang's 
 from __future__ import annotations
 
 import asyncio
+import copy
 import queue
 import threading
 from collections.abc import Awaitable, Callable, Generator
 from concurrent.futures import Future
 from typing import Any, Literal
 
-from radixgen.backends.base import USAGE_KEYS, Backend, PromptView
+from radixgen.backends.base import USAGE_KEYS, Backend, PromptView, add_usage
 from radixgen.calls import Call, GenCall, PrefixCall, SelectCall, TemplateCall, WaitCall, perform_async, perform_sync
 from radixgen.instructions import (
     AddText,
@@ -51,13 +52,16 @@ class Executor:
     """Runs one program state's instructions; owns its text, messages, variables and their meta info.
 
     Only the driver (thread or task) mutates the state; readers first wait on a Barrier (``sync``) or a
-    variable's future. ``lock`` orders text appends against stream subscriptions.
+    variable's future. ``lock`` orders text appends against stream subscriptions. ``defaults`` (sampling) and
+    ``lora`` (the default LoRA adapter, None = the base model) are the run's; fork branches get their parent's.
     """
 
     def __init__(
-        self, backend: Backend, defaults: SamplingParams | None, name: str, mode: Mode, stream: bool = False
+        self, backend: Backend, defaults: SamplingParams | None, name: str, mode: Mode, stream: bool = False,
+        lora: str | None = None,
     ) -> None:
         self.backend, self.defaults, self.name, self.mode, self.stream = backend, defaults, name, mode, stream
+        self.lora = lora
         self.lock = threading.Lock()
         self.parts: list[str] = []
         self.messages: list[dict[str, str]] = []
@@ -198,11 +202,15 @@ class Executor:
     def text(self) -> str:
         return "".join(self.parts)
 
-    def view(self) -> PromptView:
-        """The prompt a backend call sees now."""
+    def view(self, lora: str | None = None) -> PromptView:
+        """The prompt a backend call sees now, under the call's adapter ``lora`` (None: the run's default). Raises
+        BackendRequestError for an adapter the backend cannot send (``Backend.check_lora``)."""
+        adapter = lora if lora is not None else self.lora
+        self.backend.check_lora(adapter)
         text = self.text()
         content = text[self.role_start :] if self.open_role is not None else ""
-        return PromptView(text, tuple(dict(m) for m in self.messages), self.open_role, content, "".join(self.outside))
+        messages, outside = tuple(dict(m) for m in self.messages), "".join(self.outside)
+        return PromptView(text, messages, self.open_role, content, outside, adapter)
 
     def _append(self, text: str, streamed: bool = False) -> None:
         if not text:
@@ -260,21 +268,14 @@ class Executor:
 
     def snapshot(self) -> dict[str, Any]:
         """A copy of the state for a fork branch (taken now: the parent goes on; each branch copies it again)."""
-        return {"parts": [self.text()], **{k: _copied(getattr(self, k)) for k in _FORKED}}
+        return {"parts": [self.text()], **{k: copy.copy(getattr(self, k)) for k in _FORKED}}
 
     def _load(self, snap: dict[str, Any]) -> None:
         with self.lock:
             for key, value in snap.items():
-                setattr(self, key, _copied(value))
+                setattr(self, key, copy.copy(value))  # a list or dict copied, shallowly
             self.messages = [dict(m) for m in self.messages]
             self.fork_length = self.length
-
-    def _add_usage(self, meta: dict[str, Any], calls: int = 1) -> None:
-        for key in USAGE_KEYS:
-            value = meta.get(key)
-            if isinstance(value, int):
-                self.usage[key] += value
-        self.usage["calls"] += calls
 
     # ---- instruction semantics (sans-IO) ------------------------------------------------------------------------
     def _chat_template(self) -> Generator[Call, Any, Any]:
@@ -310,9 +311,9 @@ class Executor:
             yield from self._run_gen(instr)
         elif isinstance(instr, RunSelect):
             sel = instr.select
-            out = yield SelectCall(self.view(), sel.choices, sel.choices_method, sel.temperature)
+            out = yield SelectCall(self.view(sel.lora), sel.choices, sel.choices_method, sel.temperature)
             self._emit(sel.name, out.choice)
-            self._add_usage(out.meta, calls=len(sel.choices))
+            add_usage(self.usage, out.meta, calls=len(sel.choices))
             self._set(sel.name, out.choice, {**out.meta, "text": out.choice}, instr.future)
         elif isinstance(instr, SetVar):
             self._set(instr.name, instr.value, {}, instr.future)
@@ -327,9 +328,9 @@ class Executor:
             value = self.text()[start:]
             self._set(instr.name, value, {"text": value}, instr.future)
         elif isinstance(instr, ForkPoint):
-            if self.length:
+            if self.length:  # warmed under the run's adapter: the KV the branches' calls continue from by default
                 meta = yield PrefixCall(self.view())
-                self._add_usage(meta)
+                add_usage(self.usage, meta)
             instr.future.set_result(self.snapshot())
         elif isinstance(instr, Inherit):
             self._load((yield WaitCall(instr.future)))
@@ -349,12 +350,12 @@ class Executor:
             self.current_gen, self.current_partial = gen.name, []
         streaming = (self.stream or bool(self.subscribers)) and params.samples == 1  # n > 1: added when done
         try:
-            out = yield GenCall(self.view(), params, self._on_delta if streaming else None)
+            out = yield GenCall(self.view(gen.lora), params, self._on_delta if streaming else None)
         finally:
             with self.lock:
                 streamed, self.current_gen, self.current_partial = bool(self.current_partial), None, []
         self._emit(gen.name, out.text, streamed=streamed)
-        self._add_usage(out.meta)
+        add_usage(self.usage, out.meta)
         self._set(gen.name, gen_value(gen, out), {**out.meta, "text": out.text}, instr.future)
 
     def _split_reasoning(self, instr: SplitReasoning) -> None:
@@ -384,7 +385,7 @@ class Executor:
         if failed is not None:
             raise failed
         for branch in instr.branches:
-            self._add_usage(branch.usage, calls=branch.usage["calls"])
+            add_usage(self.usage, branch.usage, calls=branch.usage["calls"])
         if instr.mode == "concate_and_append":
             for branch in instr.branches:
                 self._append(branch.text()[branch.fork_length :])
@@ -392,8 +393,3 @@ class Executor:
             values = [b.values.get(name) for b in instr.branches]
             self.values[name], self.meta[name] = values, {"branches": [b.meta.get(name) for b in instr.branches]}
             fut.set_result(values)
-
-
-def _copied(value: Any) -> Any:
-    """A shallow copy of a list or dict; any other value as it is."""
-    return value.copy() if isinstance(value, list | dict) else value

@@ -45,12 +45,14 @@ class _ExprOps:
 @dataclass(frozen=True)
 class Gen(_ExprOps):
     """Generate text into variable ``name`` (None = anonymous) with ``params``; ``dtype`` parses the result;
-    ``tools`` (with ``params.tools``): the variable holds the typed tool calls (``radixgen.tools.ToolCalls``)."""
+    ``tools`` (with ``params.tools``): the variable holds the typed tool calls (``radixgen.tools.ToolCalls``);
+    ``lora``: the LoRA adapter to run under (None = the program's default adapter, see ``gen``)."""
 
     name: str | None
     params: SamplingParams
     dtype: type | None = None
     tools: tuple[ToolSpec, ...] = ()
+    lora: str | None = None
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,7 @@ class Select(_ExprOps):
     choices: tuple[str, ...]
     temperature: float = 0.0
     choices_method: ChoicesMethod = field(default_factory=lambda: resolve_choices_method(None))
+    lora: str | None = None  # the adapter that scores the choices (None = the program's default adapter)
 
 
 @dataclass(frozen=True)
@@ -147,6 +150,7 @@ def gen(
     tools: Sequence[Any] | None = None,
     tool_choice: Any = None,
     parallel_tool_calls: bool | None = None,
+    lora: str | None = None,
 ) -> Gen | Select:
     """Generate into variable ``name``: ``s += rg.gen("answer", max_tokens=64, stop="\\n")`` (SGLang's ``sgl.gen``,
     same parameters in the same order, plus ``ebnf``).
@@ -161,6 +165,8 @@ def gen(
     ``"auto"`` / ``"none"`` / ``"required"`` / a tool or its name, and ``parallel_tool_calls``) makes the gen an
     OpenAI tool-calling chat completion (first thing in an assistant turn): the variable is a ``radixgen.tools
     .ToolCalls`` list of typed calls, ``.content`` the text outside them (see ``radixgen.tools``).
+    ``lora="name"`` runs this call under the server's LoRA adapter ``name`` (one of its ``--lora-paths``); None
+    (the default) uses the program's default adapter, ``program.run(..., lora=...)``, or else the base model.
 
     Raises:
         TypeError: an unknown parameter name. ValueError: an invalid value (the message names the field).
@@ -168,6 +174,7 @@ def gen(
     # first statement: locals() holds exactly the parameters; keep the sampling ones that were given
     params = {k: v for k, v in locals().items() if k in _SAMPLING_NAMES and v is not None}
     _check_name(name)
+    check_lora(lora)
     specs: tuple[ToolSpec, ...] = ()
     if tools is not None:
         if choices is not None or dtype is not None:
@@ -179,7 +186,7 @@ def gen(
     if choices is not None:
         if params.keys() - {"temperature"} or dtype is not None:
             raise ValueError("choices: gen with choices is a select; only temperature may be given with it")
-        return select(name, choices, temperature=temperature or 0.0, choices_method=choices_method)
+        return select(name, choices, temperature=temperature or 0.0, choices_method=choices_method, lora=lora)
     if choices_method is not None:
         raise ValueError("choices_method: only meaningful with choices")
     sampling = SamplingParams.from_kwargs(params)
@@ -191,12 +198,12 @@ def gen(
         if sampling.regex is not None or sampling.json_schema is not None or sampling.ebnf is not None:
             raise ValueError("dtype: cannot be combined with regex, json_schema or ebnf")
         sampling = sampling.with_updates(regex=DTYPE_REGEX[dtype])
-    return Gen(name, sampling, dtype, specs)
+    return Gen(name, sampling, dtype, specs, lora)
 
 
 _NOT_TYPED = frozenset(
     {"min_tokens", "dtype", "choices", "choices_method", "regex", "json_schema", "ebnf", "tools", "tool_choice",
-     "parallel_tool_calls"}
+     "parallel_tool_calls", "lora"}
 )
 
 
@@ -216,8 +223,9 @@ def _typed_gen(dtype: type, api_name: str) -> Callable[..., Gen]:
     typed_gen.__doc__ = f"""``gen(name, ..., dtype={dtype.__name__})`` (SGLang's ``sgl.{api_name}``): the text is
     constrained to a {dtype.__name__} literal ({DTYPE_REGEX[dtype]}); the variable holds the parsed value.
 
-    Takes ``gen``'s parameters, in its order, except min_tokens, dtype, choices, choices_method, regex, json_schema
-    and ebnf.
+    Takes ``gen``'s parameters, in its order, except min_tokens, dtype, choices, choices_method, regex, json_schema,
+    ebnf, tools and lora (SGLang's signature; the program's default adapter still applies, and
+    ``gen(..., dtype={dtype.__name__}, lora=...)`` picks one per call).
 
     Raises:
         TypeError: an unknown or extra parameter. ValueError: an invalid value (the message names the field).
@@ -234,17 +242,21 @@ def select(
     choices: Sequence[str] | None = None,
     temperature: float = 0.0,
     choices_method: ChoicesMethod | str | None = None,
+    *,
+    lora: str | None = None,
 ) -> Select:
     """Choose one of ``choices`` into variable ``name`` by the model's logprobs of each choice after the prompt.
 
     ``choices_method``: "token_length_normalized" (default: mean token logprob), "greedy_token_selection" or
     "unconditional_likelihood_normalized" (as in SGLang's ``choices`` module), or a ``ChoicesMethod``.
-    ``temperature`` > 0 samples from the softmax of the scores instead of taking the best.
+    ``temperature`` > 0 samples from the softmax of the scores instead of taking the best. ``lora``: the LoRA
+    adapter whose logprobs score the choices (None: the program's default adapter, as for ``gen``).
 
     Raises:
-        ValueError: no/empty/duplicate choices, bad temperature, unknown method.
+        ValueError: no/empty/duplicate choices, bad temperature, unknown method, a ``lora`` that is not a name.
     """
     _check_name(name)
+    check_lora(lora)
     if choices is None or isinstance(choices, str) or not choices:
         raise ValueError("choices: must be a non-empty list of strings")
     if not all(isinstance(c, str) and c for c in choices):
@@ -253,7 +265,7 @@ def select(
         raise ValueError("choices: must be distinct")
     if isinstance(temperature, bool) or not isinstance(temperature, int | float) or temperature < 0:
         raise ValueError("temperature: must be a number >= 0")
-    return Select(name, tuple(choices), float(temperature), resolve_choices_method(choices_method))
+    return Select(name, tuple(choices), float(temperature), resolve_choices_method(choices_method), lora)
 
 
 def role_call(block: AbstractContextManager[Any], content: Any) -> Any:
@@ -356,3 +368,10 @@ def video(path: str, num_frames: int) -> NoReturn:
 def _check_name(name: Any) -> None:
     if name is not None and (not isinstance(name, str) or not name):
         raise ValueError("name: must be a non-empty string or None")
+
+
+def check_lora(lora: Any) -> None:
+    """``lora`` (of ``gen``, ``select``, ``program.run``) must be None or an adapter name: a non-empty string (the
+    server checks that it names a loaded adapter). Raises ValueError naming ``lora``."""
+    if lora is not None and (not isinstance(lora, str) or not lora.strip()):
+        raise ValueError(f"lora: must be a LoRA adapter name (a non-empty string) or None, got {lora!r}")

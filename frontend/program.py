@@ -15,6 +15,7 @@ from typing import Any, overload
 from radixgen.backends.base import Backend, PromptView
 from radixgen.executor import Executor
 from radixgen.instructions import End
+from radixgen.ir import check_lora
 from radixgen.sampling import RUN_ONLY_NAMES, SamplingParams
 from radixgen.state import ProgramState
 from radixgen.tracing import extract_prefix
@@ -71,8 +72,9 @@ class Program:
             raise TypeError(f"@function {self.name}: the first parameter must be the program state `s`")
 
     def _executor(self, backend: Backend | None, defaults: dict[str, Any], mode: str, stream: bool) -> Executor:
-        params = SamplingParams.from_kwargs(defaults) if defaults else None
-        return Executor(_resolve_backend(backend), params, self.name, mode, stream)  # type: ignore[arg-type]
+        chosen = _resolve_backend(backend)
+        params, lora = _run_options(defaults, chosen)
+        return Executor(chosen, params, self.name, mode, stream, lora)  # type: ignore[arg-type]
 
     def run(
         self, *args: Any, backend: Backend | None = None, stream: bool = False, use_thread: bool = True, **kwargs: Any
@@ -81,10 +83,13 @@ class Program:
         thread; read it with ``state.text_iter()``). SGLang's ``program.run``.
 
         Keyword arguments that name SamplingParams fields (max_tokens — or SGLang's max_new_tokens —, n, stop,
-        temperature, return_logprob, ...) are defaults for every gen; the rest go to the program. ``use_thread`` is
-        accepted for SGLang programs and changes nothing (every state has its own worker). Raises the program's
-        error (with a note naming the program line) — a backend error, an invalid constraint, or an exception in
-        the program's own code.
+        temperature, return_logprob, ...) are defaults for every gen, ``lora="name"`` the default LoRA adapter of
+        every gen / select / fork warm-up (a call's own ``lora=`` overrides it); the rest go to the program (unless
+        the program itself takes a parameter of that name). ``use_thread`` is accepted for SGLang programs and
+        changes nothing (every state has its own worker). Raises the program's error (with a note naming the program
+        line) — a backend error (an unknown adapter: BackendRequestError naming it), an invalid constraint, or an
+        exception in the program's own code; before running, ValueError for a bad default and BackendRequestError
+        for a ``lora`` on a backend that cannot send it.
         """
         if self.is_async:
             raise TypeError(f"{self.name} is an async program: use `await {self.name}.run_async(...)`")
@@ -126,22 +131,25 @@ class Program:
             backend: default: the default backend. num_threads: "auto" (min(len(batch), 64)) or an int >= 1.
             progress_bar: a tqdm bar. generator_style: return an iterator yielding each state, in order, as soon as
                 it (and those before it) finished, instead of the list.
-            defaults: SamplingParams fields (or SGLang's ``max_new_tokens``), defaults for every gen.
+            defaults: SamplingParams fields (or SGLang's ``max_new_tokens``), defaults for every gen; ``lora``: the
+                default LoRA adapter of every program (as in ``run``).
 
-        The programs' common constant prefix (found by tracing) is prefilled once before fanning out. A failing
+        The programs' common constant prefix (found by tracing) is prefilled once, under ``lora``, before fanning
+        out. A failing
         program fails alone: its state's ``error`` holds the exception (reading its variables raises it), the
         others complete.
 
         Raises:
             TypeError: batch_kwargs is not a list of dicts / argument lists, an argument list does not fit the
-                program's parameters, an async program, an unknown sampling name. ValueError: a bad num_threads or
-                sampling value, no backend.
+                program's parameters, an async program, an unknown sampling name. ValueError: a bad num_threads,
+                sampling value or ``lora``, no backend. BackendRequestError: ``lora`` on a backend that cannot send
+                it.
         """
         if self.is_async:
             raise TypeError(f"{self.name} is an async program: use run_async")
         batch = self._batch_arguments(batch_kwargs)
         chosen = _resolve_backend(backend)
-        params = SamplingParams.from_kwargs(defaults) if defaults else None
+        params, lora = _run_options(defaults, chosen)
         if num_threads == "auto":
             workers = max(1, min(len(batch), 64))
         elif isinstance(num_threads, int) and not isinstance(num_threads, bool) and num_threads >= 1:
@@ -149,8 +157,8 @@ class Program:
         else:
             raise ValueError("num_threads: must be 'auto' or an integer >= 1")
         if len(batch) > 1:
-            self.cache_prefix(chosen)
-        states = self._iter_batch(chosen, params, batch, workers, progress_bar)
+            self.cache_prefix(chosen, lora=lora)
+        states = self._iter_batch(chosen, params, lora, batch, workers, progress_bar)
         return states if generator_style else list(states)
 
     def _batch_arguments(self, batch_kwargs: Any) -> list[dict[str, Any]]:
@@ -174,7 +182,13 @@ class Program:
         return out
 
     def _iter_batch(
-        self, backend: Backend, params: SamplingParams | None, batch: list[dict[str, Any]], workers: int, bar: bool
+        self,
+        backend: Backend,
+        params: SamplingParams | None,
+        lora: str | None,
+        batch: list[dict[str, Any]],
+        workers: int,
+        bar: bool,
     ) -> Iterator[ProgramState]:
         """Start every run on a pool of ``workers`` threads; yield the states in order as they finish."""
         progress = None
@@ -184,7 +198,7 @@ class Program:
             progress = tqdm(total=len(batch), desc=self.name)
 
         def one(kwargs: dict[str, Any]) -> ProgramState:
-            ex = Executor(backend, params, self.name, "thread")
+            ex = Executor(backend, params, self.name, "thread", lora=lora)
             state = ProgramState(ex)
             self._body(ex, state, (), kwargs)
             ex.done.result()
@@ -202,14 +216,19 @@ class Program:
             if progress is not None:
                 progress.close()
 
-    def cache_prefix(self, backend: Backend | None = None) -> str:
-        """Trace the program's constant prefix and prefill it on ``backend``; returns the prefix ("" = none)."""
+    def cache_prefix(self, backend: Backend | None = None, lora: str | None = None) -> str:
+        """Trace the program's constant prefix and prefill it on ``backend`` under LoRA adapter ``lora`` (None: the
+        base model; the server caches KV per adapter, so warm the one the programs will run under); returns the
+        prefix ("" = none). Raises ValueError for a ``lora`` that is not a name, BackendRequestError for an adapter
+        on a backend that cannot send it."""
         chosen = _resolve_backend(backend)
+        check_lora(lora)
+        chosen.check_lora(lora)
         if self.is_async:
             return ""
         prefix = extract_prefix(self.func, chosen.chat_template())
         if prefix:
-            chosen.cache_prefix(PromptView(prefix))
+            chosen.cache_prefix(PromptView(prefix, lora=lora))
         return prefix
 
     async def run_async(self, *args: Any, backend: Backend | None = None, **kwargs: Any) -> ProgramState:
@@ -229,15 +248,26 @@ class Program:
         return state
 
     def _split(self, kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-        """(sampling defaults, program kwargs): SamplingParams names (and SGLang's max_new_tokens) the function
-        does not itself take."""
-        sampling_names = {*SamplingParams.__dataclass_fields__, *RUN_ONLY_NAMES}
+        """(run defaults, program kwargs): SamplingParams names (and SGLang's max_new_tokens, and ``lora``) the
+        function does not itself take."""
+        sampling_names = {*SamplingParams.__dataclass_fields__, *RUN_ONLY_NAMES, "lora"}
         params = inspect.signature(self.func).parameters
         defaults = {k: v for k, v in kwargs.items() if k in sampling_names and k not in params}
         return defaults, {k: v for k, v in kwargs.items() if k not in defaults}
 
     def __repr__(self) -> str:
         return f"<radixgen program {self.name}>"
+
+
+def _run_options(defaults: dict[str, Any], backend: Backend) -> tuple[SamplingParams | None, str | None]:
+    """A run's defaults as (sampling defaults, default LoRA adapter) — ``lora`` is not a sampling parameter but
+    travels the same way. Raises TypeError / ValueError like ``SamplingParams.from_kwargs``, ValueError for a bad
+    ``lora``, BackendRequestError for an adapter on a backend that cannot send it (before anything runs)."""
+    sampling = {k: v for k, v in defaults.items() if k != "lora"}
+    lora = defaults.get("lora")
+    check_lora(lora)
+    backend.check_lora(lora)
+    return (SamplingParams.from_kwargs(sampling) if sampling else None), lora
 
 
 @contextmanager

@@ -85,8 +85,9 @@ class ProgramState:
     def fork(self, size: int = 1) -> ProgramStateGroup:
         """``size`` branches that continue from the current state, running concurrently (SGLang's ``s.fork``).
 
-        The shared prefix is prefilled once (a max_new_tokens=0 request) before the branches start, so every
-        branch's first call hits the radix cache for it. Raises ValueError for size < 1.
+        The shared prefix is prefilled once (a max_new_tokens=0 request, under the run's default LoRA adapter, the
+        one branches inherit) before the branches start, so every branch's first call hits the radix cache for it.
+        Raises ValueError for size < 1.
         """
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
             raise ValueError("fork: size must be an integer >= 1")
@@ -95,7 +96,8 @@ class ProgramState:
         branches = []
         for i in range(size):
             parent = self._ex
-            ex = Executor(parent.backend, parent.defaults, f"{parent.name}[{i}]", parent.mode, parent.stream)
+            name = f"{parent.name}[{i}]"
+            ex = Executor(parent.backend, parent.defaults, name, parent.mode, parent.stream, parent.lora)
             with parent.lock:
                 ex.futures = dict(parent.futures)
             parent.children.append(ex)

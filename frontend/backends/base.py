@@ -23,6 +23,15 @@ DeltaCallback = Callable[[str], None]
 USAGE_KEYS = ("prompt_tokens", "completion_tokens", "cached_tokens")
 
 
+def add_usage(usage: dict[str, int], meta: dict[str, Any], calls: int = 1) -> None:
+    """Add a call's token counts (the ``USAGE_KEYS`` of its meta info that are ints) and ``calls`` to ``usage``."""
+    for key in USAGE_KEYS:
+        value = meta.get(key)
+        if isinstance(value, int):
+            usage[key] += value
+    usage["calls"] += calls
+
+
 class BackendError(RuntimeError):
     """A backend call failed (connection, server error, malformed response)."""
 
@@ -41,6 +50,9 @@ class PromptView:
         open_role: the role whose block is open at the call (None outside any role).
         open_content: the text inside the open role so far (what an assistant turn has before the gen).
         outside_text: text added outside any role block (a chat-only API cannot send it and must refuse).
+        lora: the LoRA adapter every request of the call runs under (None: the base model): the call's own
+            ``lora=`` or the program's default. Part of the prompt because the server caches KV per adapter: the
+            same text under another adapter is another prefix. Backends that can send it set ``supports_lora``.
     """
 
     text: str
@@ -48,6 +60,7 @@ class PromptView:
     open_role: str | None = None
     open_content: str = ""
     outside_text: str = ""
+    lora: str | None = None
 
 
 @dataclass
@@ -103,7 +116,25 @@ class SelectOutput:
 
 class Backend(ABC):
     """A model endpoint the interpreter calls. Implementations must be safe to call from many threads at once
-    (sync methods) and from one event loop (async methods)."""
+    (sync methods) and from one event loop (async methods).
+
+    ``supports_lora``: whether the backend sends ``PromptView.lora`` with every request of a call (generate, select
+    and cache_prefix); the interpreter refuses an adapter for a backend that does not (``check_lora``).
+    """
+
+    supports_lora: bool = False
+
+    def check_lora(self, lora: str | None) -> None:
+        """Refuse a call under LoRA adapter ``lora`` on a backend that would ignore it.
+
+        Raises:
+            BackendRequestError: ``lora`` is set and ``supports_lora`` is False (the message names ``lora``).
+        """
+        if lora is not None and not self.supports_lora:
+            raise BackendRequestError(
+                f"lora: {type(self).__name__} cannot run a call under a LoRA adapter ({lora!r}); use a "
+                "RuntimeEndpoint / Runtime (native lora_path) or an OpenAI backend (model = the adapter name)"
+            )
 
     @abstractmethod
     def chat_template(self) -> ChatTemplate | None:

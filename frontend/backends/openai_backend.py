@@ -47,8 +47,11 @@ class OpenAI(Backend):
     ``select`` is refused (chat completions return no prompt logprobs). Completions mode: each ``gen`` sends
     ``prompt.text`` to ``/v1/completions``; ``select`` scores choices from the prompt logprobs of ``echo``.
 
+    LoRA: a call under an adapter (``PromptView.lora``) sends the adapter's name as ``model`` (how vLLM and this
+    project's server pick an adapter); an adapter the server does not serve is its 404 on ``model``.
+
     Args:
-        model: the model name sent with every request.
+        model: the model name sent with every request (of a call without an adapter).
         base_url: the API root (e.g. ``http://127.0.0.1:30000/v1``); None = OpenAI's (or env ``OPENAI_BASE_URL``).
         api_key: defaults to env ``OPENAI_API_KEY``, else ``"EMPTY"`` when ``base_url`` is given.
         is_chat_model: chat mode (``/v1/chat/completions``) or completions mode (``/v1/completions``).
@@ -57,6 +60,8 @@ class OpenAI(Backend):
 
     Raises ImportError without the ``openai`` package, BackendRequestError when no api key can be found.
     """
+
+    supports_lora = True
 
     def __init__(
         self,
@@ -143,6 +148,10 @@ class OpenAI(Backend):
             cls = BackendRequestError if isinstance(code, int) and 400 <= code < 500 else BackendError
             raise cls(_server_message(e)) from e
 
+    def _model(self, prompt: PromptView) -> str:
+        """The ``model`` of a request of this call: its LoRA adapter's name, else the backend's model."""
+        return self.model if prompt.lora is None else prompt.lora
+
     def _gen_kwargs(self, prompt: PromptView, params: SamplingParams, stream: bool) -> dict[str, Any]:
         """The ``create(...)`` keyword arguments of one gen. Raises BackendRequestError for a chat-mode misuse and
         for ``stop_regex`` (the OpenAI API has no such parameter)."""
@@ -152,7 +161,7 @@ class OpenAI(Backend):
                 "parameter); use stop=... or a RuntimeEndpoint / Runtime backend"
             )
         kw = params.to_openai()
-        kw["model"] = self.model
+        kw["model"] = self._model(prompt)
         top_n = params.top_logprobs_num or 0
         if self.is_chat_model:
             check_chat_prompt(prompt)
@@ -217,7 +226,7 @@ class OpenAI(Backend):
         prompts = [prompt.text + c for c in choices]
         if method.requires_unconditional_logprobs:
             prompts += list(choices)
-        kw = dict(model=self.model, prompt=prompts, echo=True, logprobs=1)
+        kw = dict(model=self._model(prompt), prompt=prompts, echo=True, logprobs=1)
         for retry in (False, True):
             try:
                 resp = yield {**kw, "max_tokens": self._echo_max_tokens}

@@ -44,24 +44,35 @@ def server_cli_args(model_path: str, **server_args: Any) -> list[str]:
     """The ``launch_server`` flags for ``model_path`` and keyword ``server_args``, spelled generically.
 
     ``foo_bar=3`` becomes ``--foo-bar 3``, ``foo_bar=True`` becomes ``--foo-bar`` (bools are ``store_true``
-    flags), False and None are omitted (the server's default). ``model_path`` becomes ``--model-path`` (the server
+    flags), False and None are omitted (the server's default); a non-empty list/tuple of strings gives the flag its
+    items, as the server's multi-value flags (its ``tuple[str, ...]`` settings) take them
+    (``lora_paths=["a=/x", "b=/y"]`` -> ``--lora-paths a=/x b=/y``), a dict of strings its ``key=value`` pairs
+    (``lora_paths={"a": "/x"}`` -> ``--lora-paths a=/x``). ``model_path`` becomes ``--model-path`` (the server
     accepts it as well as ``--model``; likewise ``--tokenizer-path``). Nothing else is validated here: the server's
     argument parser rejects unknown flags and invalid values (see ``Runtime``).
 
     Raises:
-        TypeError: a value that is not a str, int, float or bool (it has no CLI spelling; the keyword is named).
+        TypeError: a value with no CLI spelling — not a str, int, float, bool, or a non-empty list/tuple/dict of
+            strings (the keyword is named).
     """
     argv = [_flag("model_path"), model_path]
     for name, value in server_args.items():
         if value is None or value is False:
             continue
         flag = _flag(name)
+        if isinstance(value, dict) and all(isinstance(x, str) for kv in value.items() for x in kv):
+            value = [f"{k}={v}" for k, v in value.items()]
         if value is True:
             argv.append(flag)
         elif isinstance(value, str | int | float):
             argv += [flag, str(value)]
+        elif isinstance(value, list | tuple) and value and all(isinstance(v, str) for v in value):
+            argv += [flag, *value]
         else:
-            raise TypeError(f"{name}: a server argument must be a str, int, float or bool, got {value!r}")
+            raise TypeError(
+                f"{name}: a server argument must be a str, int, float, bool or a non-empty list/dict of strings, "
+                f"got {value!r}"
+            )
     return argv
 
 
@@ -75,6 +86,9 @@ class Runtime(RuntimeEndpoint):
             takes its place).
         chat_template: a built-in name, Jinja file or inline Jinja, passed to the server (``--chat-template``)
             and used by the frontend to render roles.
+        lora_paths: LoRA adapters to serve (``--lora-paths``): ``{name: dir}`` or a list of ``"name=dir"`` / ``dir``
+            (relative directories are made absolute); calls pick one with ``rg.gen(..., lora=name)`` or
+            ``program.run(..., lora=name)``.
         **server_args: any other server setting, as the keyword form of its ``launch_server`` flag (e.g.
             ``max_total_tokens=4096``, ``api_key="k"``, ``enable_metrics=True``; see ``server_cli_args``). They
             are validated by the server process's argument parser, which exits at once on a bad one.
@@ -109,6 +123,8 @@ class Runtime(RuntimeEndpoint):
         self.model_path = _absolute_if_exists(model_path)
         if isinstance(server_args.get("tokenizer_path"), str):
             server_args["tokenizer_path"] = _absolute_if_exists(server_args["tokenizer_path"])
+        if server_args.get("lora_paths") is not None:
+            server_args["lora_paths"] = _absolute_lora_paths(server_args["lora_paths"])
         if chat_template is not None:
             chat_template = _absolute_if_exists(chat_template)
         self.server_args = {"host": host, "port": port, "chat_template": chat_template, **server_args}
@@ -206,3 +222,21 @@ class Runtime(RuntimeEndpoint):
 def _absolute_if_exists(path: str) -> str:
     """``path`` made absolute when it names an existing file or directory (a Hub id or template name is kept)."""
     return os.path.abspath(path) if os.path.exists(path) else path
+
+
+def _absolute_lora_paths(value: Any) -> Any:
+    """``lora_paths`` (a dict ``{name: dir}``, a ``"name=dir"`` / ``"dir"`` string or a list of them) as a list of
+    ``"name=dir"`` with existing directories made absolute; a bare ``dir`` keeps its name (the server names it by
+    itself). Anything else is returned unchanged for ``server_cli_args`` / the server to reject."""
+    if isinstance(value, dict):
+        value = [f"{k}={v}" for k, v in value.items()]
+    elif isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+        return value
+    out = []
+    for spec in value:
+        name, sep, path = spec.partition("=")
+        path = path if sep else spec
+        out.append(f"{name}={_absolute_if_exists(path)}" if name and path else spec)
+    return out

@@ -61,6 +61,10 @@ class RuntimeEndpoint(Backend):
         chat_template: a built-in name, Jinja file or inline Jinja to render roles with instead of the server's.
         timeout: seconds for one HTTP request (a whole non-streamed generation).
 
+    LoRA: a call's adapter (``PromptView.lora``) goes as ``lora_path`` (SGLang's field, the adapter's name) in every
+    ``/generate`` of the call — gen, select's scoring requests and prefix warm-ups — and as ``model`` in a tool-call
+    chat completion; the server answers 404 naming the field for an adapter it has not loaded.
+
     Nothing is contacted on construction. Safe to call from many threads (one pooled ``httpx.Client``, sized
     for ~256 concurrent programs) and from any number of event loops (one ``httpx.AsyncClient`` per loop).
 
@@ -68,6 +72,8 @@ class RuntimeEndpoint(Backend):
     ``BackendError`` for other statuses, connection failures and malformed responses (the message has the URL).
     The constructor raises ValueError when both ``chat_template`` and ``chat_template_name`` are given.
     """
+
+    supports_lora = True
 
     def __init__(
         self,
@@ -212,6 +218,7 @@ class RuntimeEndpoint(Backend):
             return (yield from self._tool_steps(prompt, params))
         text = yield from self._wire_text(prompt.text)
         body = {"text": text, "sampling_params": params.to_native(), **params.native_request_fields(), "stream": stream}
+        body |= _adapter(prompt)
         out = yield ("STREAM" if stream else "POST", "/generate", body)
         if stream:
             return out
@@ -225,6 +232,8 @@ class RuntimeEndpoint(Backend):
         check_chat_prompt(prompt)
         kw = params.to_openai()
         body = {"messages": [dict(m) for m in prompt.messages], **kw.pop("extra_body", {}), **kw}
+        if prompt.lora is not None:
+            body["model"] = prompt.lora  # the OpenAI routes pick an adapter by model
         if params.return_logprob:
             body.update(logprobs=True, top_logprobs=params.top_logprobs_num or 0)
         acc = Accumulator(True, params)
@@ -233,7 +242,7 @@ class RuntimeEndpoint(Backend):
 
     def _cache_steps(self, prompt: PromptView) -> Steps:
         body = {"text": (yield from self._wire_text(prompt.text)), "sampling_params": {"max_new_tokens": 0}}
-        return (yield ("POST", "/generate", body))["meta_info"]
+        return (yield ("POST", "/generate", body | _adapter(prompt)))["meta_info"]
 
     def _select_steps(
         self, prompt: PromptView, choices: tuple[str, ...], method: ChoicesMethod, temperature: float
@@ -247,6 +256,8 @@ class RuntimeEndpoint(Backend):
         3. For methods needing unconditional logprobs, a second batch scores the same choice ids after only the
            tokenizer's BOS. Without a BOS the first choice token has no context-free logprob: its conditional
            logprob is used (it then adds 0 to the PMI score; SGLang leaves that position out).
+
+        Every scoring request runs under ``prompt.lora`` (the unconditional ones too: the adapted model scores).
         """
         if not choices:
             raise BackendRequestError("choices: must be non-empty")
@@ -260,7 +271,7 @@ class RuntimeEndpoint(Backend):
             if start == 0:
                 raise BackendRequestError(f"choices: {choice!r} merges with the whole prompt; no token to condition on")
         first = min(starts)
-        outs = yield ("POST", "/generate", _score_body(full_ids, first))
+        outs = yield ("POST", "/generate", _score_body(full_ids, first) | _adapter(prompt))
         logprobs = [_slice_logprobs(o, s - first) for o, s in zip(outs, starts, strict=True)]
         unconditional = None
         if method.requires_unconditional_logprobs:
@@ -271,7 +282,8 @@ class RuntimeEndpoint(Backend):
             rows = [i for i, ids in enumerate(choice_ids) if bos or len(ids) > 1]
             unconditional = [[] if bos else [lp[0]] for lp in logprobs]
             if rows:
-                uouts = yield ("POST", "/generate", _score_body([bos + choice_ids[i] for i in rows], len(bos) or 1))
+                rows_ids = [bos + choice_ids[i] for i in rows]
+                uouts = yield ("POST", "/generate", _score_body(rows_ids, len(bos) or 1) | _adapter(prompt))
                 for i, o in zip(rows, uouts, strict=True):
                     unconditional[i] += _slice_logprobs(o, 0)
         return SelectOutput.decided(
@@ -355,6 +367,12 @@ class RuntimeEndpoint(Backend):
 
 def _common_prefix_len(a: list[int], b: list[int]) -> int:
     return next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+
+
+def _adapter(prompt: PromptView) -> dict[str, Any]:
+    """The LoRA field of a ``/generate`` body for ``prompt``'s adapter: ``{"lora_path": name}``, {} for the base
+    model (so a server without LoRA support never sees the field)."""
+    return {} if prompt.lora is None else {"lora_path": prompt.lora}
 
 
 def _score_body(input_ids: list[list[int]], start: int) -> dict[str, Any]:
