@@ -94,6 +94,11 @@ def test_native_errors_name_the_field(server: ServerHandle) -> None:
                                                           _generate(client, None).json()["text"]]
         info = client.get("/get_server_info").json()
         assert info["lora_buffer_bytes"] > 0
+        # sglang-router's model field on /generate names the served model or an adapter, as on /v1
+        by_model = client.post("/generate", json={"text": PROMPT, "model": "a", "sampling_params": GREEDY})
+        assert by_model.json()["text"] == _generate(client, "a").json()["text"]
+        r = client.post("/generate", json={"text": PROMPT, "model": "nope", "sampling_params": GREEDY})
+        assert r.status_code == 404 and r.json()["error"]["param"] == "model"
 
 
 def test_cache_isolation_over_http(server: ServerHandle) -> None:
