@@ -22,7 +22,9 @@ class KVHarness:
     """Scheduler stand-in for model tests.
 
     Args:
-        model: the model under test (its ``config`` sizes the pools; the pools use the model's dtype and device).
+        model: the model under test (its ``config`` sizes the pools, with the KV heads of its
+            ``tp_partition``: a tensor-parallel rank's pool holds its own KV heads; the pools use the model's dtype
+            and device).
         max_requests: rows of the ReqToTokenPool.
         num_slots: KV slots; the free list is shuffled with ``seed`` so a request's slots are not contiguous.
         backend: the attention backend (default: the torch backend).
@@ -45,7 +47,8 @@ class KVHarness:
         self.model = model
         self.req_pool = ReqToTokenPool(max_requests, cfg.context_len, device)
         self.kv_pool = TokenToKVPool(
-            num_slots, cfg.num_hidden_layers, cfg.num_key_value_heads, cfg.head_dim, model.dtype, device, kv_cache_dtype
+            num_slots, cfg.num_hidden_layers, model.tp_partition.num_kv_heads, cfg.head_dim, model.dtype, device,
+            kv_cache_dtype,
         )
         self.allocator = TokenSlotAllocator(num_slots, device)
         gen = torch.Generator().manual_seed(seed)

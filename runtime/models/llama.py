@@ -9,6 +9,12 @@ embeddings. Numerics follow the transformers implementations, which the tests us
 
 The q/k/v projections are fused into one ``qkv_proj`` and gate/up into one ``gate_up_proj`` (one GEMM
 each); ``hf_weight_views`` maps the checkpoint's separate tensors onto slices of the fused weights.
+
+Tensor parallelism (Megatron-LM, Shoeybi et al. 2019): given a ``TensorParallelGroup`` of ``tp`` ranks, each
+rank's model holds its ``TPPartition`` of the heads, the intermediate dimension and the vocabulary (see
+``radixgen.runtime.models.tensor_parallel``) and the ranks all-reduce after ``o_proj`` and ``down_proj`` (whose
+biases are kept outside the kernel and added after the reduce, at every ``tp``), all-reduce the embedding and
+all-gather the logits.
 """
 
 from __future__ import annotations
@@ -20,10 +26,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from radixgen.runtime.attention.base import AttentionLayer
+from radixgen.runtime.distributed import TensorParallelGroup
 from radixgen.runtime.models.config import ModelConfig
 from radixgen.runtime.models.linear import LinearKernel, convert_linear, cpu_float_kernel
 from radixgen.runtime.models.quant_config import QuantizationConfig
 from radixgen.runtime.models.rope import RotaryEmbedding, apply_rotary
+from radixgen.runtime.models.tensor_parallel import TPPartition, VocabParallelEmbedding, reduce_row_parallel
 
 if TYPE_CHECKING:
     from radixgen.runtime.forward_batch import ForwardBatch
@@ -53,23 +61,33 @@ class RMSNorm(nn.Module):
         return self.weight * x.to(input_dtype)
 
 
-class LlamaAttention(nn.Module):
-    """Self-attention of one layer: fused qkv projection, optional q/k norm, RoPE, pool attention, o_proj."""
+def _row_bias(present: bool, size: int, dtype: torch.dtype) -> nn.Parameter | None:
+    """A row-parallel projection's bias ``[size]``, added after the all-reduce (zeros until loaded)."""
+    return nn.Parameter(torch.zeros(size, dtype=dtype)) if present else None
 
-    def __init__(self, config: ModelConfig, layer_id: int, dtype: torch.dtype) -> None:
+
+class LlamaAttention(nn.Module):
+    """Self-attention of one layer over this rank's heads: fused qkv projection (column-parallel), optional q/k
+    norm, RoPE, pool attention, o_proj (row-parallel: all-reduce, then ``o_proj_bias``)."""
+
+    def __init__(
+        self, config: ModelConfig, layer_id: int, dtype: torch.dtype, part: TPPartition, tp: TensorParallelGroup
+    ) -> None:
         super().__init__()
-        self.q_size, self.kv_size, self.head_dim = config.q_size, config.kv_size, config.head_dim
+        self.head_dim, self.tp = config.head_dim, tp
+        self.q_size, self.kv_size = part.num_heads * config.head_dim, part.num_kv_heads * config.head_dim
         self.layer_id = layer_id
         self.qkv_proj = nn.Linear(
             config.hidden_size, self.q_size + 2 * self.kv_size, bias=config.attention_bias, dtype=dtype
         )
-        self.o_proj = nn.Linear(self.q_size, config.hidden_size, bias=config.o_proj_bias, dtype=dtype)
+        self.o_proj = nn.Linear(self.q_size, config.hidden_size, bias=False, dtype=dtype)
+        self.o_proj_bias = _row_bias(config.o_proj_bias, config.hidden_size, dtype)
         self.q_norm = RMSNorm(config.head_dim, config.rms_norm_eps, dtype) if config.qk_norm else None
         self.k_norm = RMSNorm(config.head_dim, config.rms_norm_eps, dtype) if config.qk_norm else None
         self.layer = AttentionLayer(
             layer_id=layer_id,
-            num_heads=config.num_attention_heads,
-            num_kv_heads=config.num_key_value_heads,
+            num_heads=part.num_heads,
+            num_kv_heads=part.num_kv_heads,
             head_dim=config.head_dim,
             scaling=config.head_dim**-0.5,
         )
@@ -77,8 +95,9 @@ class LlamaAttention(nn.Module):
     def forward(
         self, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, batch: ForwardBatch
     ) -> torch.Tensor:
-        """``hidden [T, hidden_size]``, ``cos``/``sin [T, 1, D/2]`` → ``[T, hidden_size]``; with ``batch.lora``
-        each projection adds its rows' LoRA deltas."""
+        """``hidden [T, hidden_size]``, ``cos``/``sin [T, 1, D/2]`` → ``[T, hidden_size]`` (summed over the
+        ranks); with ``batch.lora`` each projection adds its rows' LoRA deltas. Shapes below are this rank's
+        (``Hq``, ``Hkv``: its heads)."""
         num_tokens = hidden.shape[0]
         lora = batch.lora
         qkv = self.qkv_proj(hidden)  # [T, Hq*D + 2*Hkv*D]
@@ -91,10 +110,10 @@ class LlamaAttention(nn.Module):
         q = apply_rotary(q, cos, sin, self.head_dim)  # [T, Hq*D]
         k = apply_rotary(k, cos, sin, self.head_dim)  # [T, Hkv*D]
         out = batch.attn_backend.forward(q, k, v.contiguous(), self.layer, batch)  # [T, Hq*D]
-        projected = self.o_proj(out)  # [T, hidden_size]
+        projected = self.o_proj(out)  # [T, hidden_size], this rank's partial sum
         if lora is not None:
             lora.apply(self.layer_id, "o_proj", out, projected)
-        return projected
+        return reduce_row_parallel(projected, self.o_proj_bias, self.tp)
 
 
 # tokens per MLP block in a long (prefill) batch: the [block, 2 * intermediate] activations of one block stay in
@@ -103,33 +122,38 @@ MLP_TOKEN_BLOCK = 512
 
 
 class LlamaMLP(nn.Module):
-    """SwiGLU MLP: ``down(silu(gate(x)) * up(x))`` with gate and up fused into one projection; batches of more
-    than ``MLP_TOKEN_BLOCK`` tokens run block by block (rows are independent, so the result is the same) — except
-    with LoRA, whose segments span the whole batch."""
+    """SwiGLU MLP: ``down(silu(gate(x)) * up(x))`` with gate and up fused into one projection, over this rank's
+    range of the intermediate dimension (gate_up column-parallel, down row-parallel: one all-reduce, then
+    ``down_proj_bias``). Batches of more than ``MLP_TOKEN_BLOCK`` tokens run block by block (rows are
+    independent, so the result is the same) — except with LoRA, whose segments span the whole batch."""
 
-    def __init__(self, config: ModelConfig, layer_id: int, dtype: torch.dtype) -> None:
+    def __init__(
+        self, config: ModelConfig, layer_id: int, dtype: torch.dtype, part: TPPartition, tp: TensorParallelGroup
+    ) -> None:
         super().__init__()
-        self.layer_id = layer_id
-        self.intermediate_size = config.intermediate_size
+        self.layer_id, self.tp = layer_id, tp
+        self.intermediate_size = part.intermediate_size
         self.gate_up_proj = nn.Linear(
-            config.hidden_size, 2 * config.intermediate_size, bias=config.mlp_bias, dtype=dtype
+            config.hidden_size, 2 * self.intermediate_size, bias=config.mlp_bias, dtype=dtype
         )
-        self.down_proj = nn.Linear(
-            config.intermediate_size, config.hidden_size, bias=config.mlp_bias, dtype=dtype
-        )
+        self.down_proj = nn.Linear(self.intermediate_size, config.hidden_size, bias=False, dtype=dtype)
+        self.down_proj_bias = _row_bias(config.mlp_bias, config.hidden_size, dtype)
 
     def forward(self, x: torch.Tensor, lora: LoRABatchInfo | None = None) -> torch.Tensor:
-        """``x [T, hidden_size]`` → ``[T, hidden_size]``; ``lora``: the batch's LoRA deltas, if any."""
+        """``x [T, hidden_size]`` → ``[T, hidden_size]`` (summed over the ranks); ``lora``: the batch's LoRA
+        deltas, if any."""
         num_tokens = x.shape[0]
         if num_tokens <= MLP_TOKEN_BLOCK or lora is not None:
-            return self._block(x, lora)
-        out = torch.empty_like(x)
-        for start in range(0, num_tokens, MLP_TOKEN_BLOCK):
-            out[start : start + MLP_TOKEN_BLOCK] = self._block(x[start : start + MLP_TOKEN_BLOCK], None)
-        return out
+            out = self._block(x, lora)
+        else:
+            out = torch.empty_like(x)
+            for start in range(0, num_tokens, MLP_TOKEN_BLOCK):
+                out[start : start + MLP_TOKEN_BLOCK] = self._block(x[start : start + MLP_TOKEN_BLOCK], None)
+        return reduce_row_parallel(out, self.down_proj_bias, self.tp)
 
     def _block(self, x: torch.Tensor, lora: LoRABatchInfo | None) -> torch.Tensor:
-        gate_up = self.gate_up_proj(x)  # [T, 2 * intermediate_size]
+        """This rank's partial ``down_proj`` output ``[T, hidden_size]`` (before the reduce and the bias)."""
+        gate_up = self.gate_up_proj(x)  # [T, 2 * intermediate_size] (this rank's range)
         if lora is not None:
             lora.apply(self.layer_id, "gate_up_proj", x, gate_up)
         gate, up = gate_up.chunk(2, dim=-1)  # each [T, intermediate_size]
@@ -143,12 +167,14 @@ class LlamaMLP(nn.Module):
 class LlamaDecoderLayer(nn.Module):
     """Pre-norm block: ``h = h + attn(norm(h)); h = h + mlp(norm(h))``."""
 
-    def __init__(self, config: ModelConfig, layer_id: int, dtype: torch.dtype) -> None:
+    def __init__(
+        self, config: ModelConfig, layer_id: int, dtype: torch.dtype, part: TPPartition, tp: TensorParallelGroup
+    ) -> None:
         super().__init__()
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype)
-        self.self_attn = LlamaAttention(config, layer_id, dtype)
+        self.self_attn = LlamaAttention(config, layer_id, dtype, part, tp)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype)
-        self.mlp = LlamaMLP(config, layer_id, dtype)
+        self.mlp = LlamaMLP(config, layer_id, dtype, part, tp)
 
     def forward(
         self, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, batch: ForwardBatch
@@ -159,13 +185,14 @@ class LlamaDecoderLayer(nn.Module):
 
 
 class LlamaModel(nn.Module):
-    """Embedding, decoder layers and final norm (the ``model.`` prefix of Hugging Face checkpoints)."""
+    """Embedding (vocabulary-parallel), decoder layers and final norm (the ``model.`` prefix of Hugging Face
+    checkpoints)."""
 
-    def __init__(self, config: ModelConfig, dtype: torch.dtype) -> None:
+    def __init__(self, config: ModelConfig, dtype: torch.dtype, part: TPPartition, tp: TensorParallelGroup) -> None:
         super().__init__()
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, dtype=dtype)
+        self.embed_tokens = VocabParallelEmbedding(part, config.hidden_size, tp, dtype)
         self.layers = nn.ModuleList(
-            [LlamaDecoderLayer(config, i, dtype) for i in range(config.num_hidden_layers)]
+            [LlamaDecoderLayer(config, i, dtype, part, tp) for i in range(config.num_hidden_layers)]
         )
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype)
 
@@ -176,21 +203,30 @@ class LlamaForCausalLM(nn.Module):
     Args:
         config: the model's ``ModelConfig`` (any of ``SUPPORTED_ARCHITECTURES``).
         dtype: parameter dtype (float32, bfloat16 or float16).
+        tp_group: the tensor-parallel group this rank's model is a shard of (None: one rank, the whole model).
 
     Use ``radixgen.runtime.models.load_model`` to build one with checkpoint or dummy weights; constructing
     directly gives PyTorch's default initialisation. ``forward`` returns final-normed hidden states;
     ``compute_logits`` projects them to the vocabulary (tied embeddings reuse ``embed_tokens.weight``).
+    ``tp_partition`` says which heads this rank holds: its KV pool is sized with ``tp_partition.num_kv_heads``.
+
+    Raises:
+        ValueError: the group size cannot split the heads (``TPPartition.build``).
     """
 
-    def __init__(self, config: ModelConfig, dtype: torch.dtype = torch.float32) -> None:
+    def __init__(
+        self, config: ModelConfig, dtype: torch.dtype = torch.float32, tp_group: TensorParallelGroup | None = None
+    ) -> None:
         super().__init__()
         self.config = config
         self.dtype = dtype
-        self.model = LlamaModel(config, dtype)
+        self.tp_group = tp_group if tp_group is not None else TensorParallelGroup()
+        self.tp_partition = TPPartition.build(config, self.tp_group.rank, self.tp_group.world_size)
+        self.model = LlamaModel(config, dtype, self.tp_partition, self.tp_group)
         self.lm_head = (
             None
             if config.tie_word_embeddings
-            else nn.Linear(config.hidden_size, config.vocab_size, bias=False, dtype=dtype)
+            else nn.Linear(config.hidden_size, self.tp_partition.vocab_part, bias=False, dtype=dtype)
         )
         self.logits_proj: LinearKernel | None = None  # set by process_weights_after_loading
         self.weights_processed = False
@@ -204,12 +240,19 @@ class LlamaForCausalLM(nn.Module):
         The caller (the model runner) has written ``req_to_token`` for the new positions and called
         ``batch.attn_backend.init_forward_metadata(batch)``.
 
+        With ``tp_size > 1`` every rank runs the same batch (its own KV pool holding its KV heads) and gets the
+        same hidden states.
+
         Args:
             batch: EXTEND or DECODE batch; ``input_ids`` and ``positions`` int64 ``[num_tokens]``, positions
                 in ``[0, config.context_len)``.
         Returns:
             Final-normed hidden states ``[num_tokens, hidden_size]`` in the model dtype.
+        Raises:
+            ValueError: ``batch.lora`` with ``tp_size > 1`` (LoRA is not sharded).
         """
+        if batch.lora is not None and self.tp_group.world_size > 1:
+            raise ValueError(f"LoRA is not supported with tensor parallelism (tp_size {self.tp_group.world_size})")
         hidden = self.model.embed_tokens(batch.input_ids)  # [T, hidden_size]
         cos, sin = self.rotary_emb.cos_sin(batch.positions, hidden.dtype)  # each [T, 1, D/2]
         for layer in self.model.layers:
@@ -226,7 +269,9 @@ class LlamaForCausalLM(nn.Module):
         its own kernel module on CPU too (quantized only with ``quant.quantize_lm_head``); with tied embeddings
         that is a prepacked or quantized copy of the table, which the embedding lookup keeps reading in float —
         except a tied float32 head, which keeps reading the table itself.
-        ``hf_weight_views`` is unavailable afterwards (the weights are repacked).
+        ``hf_weight_views`` is unavailable afterwards (the weights are repacked). With ``tp_size > 1`` the
+        kernels take this rank's shards (int8 / int4 scales of the row-parallel ``o_proj`` / ``down_proj`` then
+        cover this rank's input columns only, so a quantized sharded model is close to, not equal to, tp_size 1).
 
         Raises:
             ValueError: a weight shape the quantization cannot take (names ``quantization``).
@@ -251,7 +296,8 @@ class LlamaForCausalLM(nn.Module):
         """Weight formats and bytes for ``/get_server_info``: ``{"formats": {format: count}, "bytes": int}``.
 
         ``bytes`` counts the projections in their stored format (scales and zero points included, a tied LM
-        head's packed copy included), plus the embedding table, norms and biases.
+        head's packed copy included), plus the embedding table, norms and biases — this rank's shards when
+        ``tp_size > 1``.
         """
         formats: dict[str, int] = {}
         total = 0
@@ -266,36 +312,42 @@ class LlamaForCausalLM(nn.Module):
         return {"formats": formats, "bytes": total}
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Project hidden states ``[n, hidden_size]`` to float32 logits ``[n, vocab_size]``.
+        """Project hidden states ``[n, hidden_size]`` to float32 logits ``[n, vocab_size]`` (on every rank).
 
-        The projection runs in the model dtype (as transformers does) and is then upcast.
+        The projection runs in the model dtype (as transformers does) and is then upcast; with ``tp_size > 1``
+        each rank projects onto its vocabulary slice and the slices are all-gathered.
         """
         if self.logits_proj is not None:
-            return self.logits_proj(hidden).float()  # [n, vocab_size]
-        weight = self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
-        return F.linear(hidden, weight).float()  # [n, vocab_size]
+            local = self.logits_proj(hidden)  # [n, vocab_part]
+        else:
+            weight = self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
+            local = F.linear(hidden, weight)  # [n, vocab_part]
+        return self.tp_partition.gather_logits(local, self.tp_group).float()  # [n, vocab_size]
 
     def hf_weight_views(self) -> dict[str, torch.Tensor]:
         """Map every Hugging Face checkpoint tensor name to the parameter storage it fills.
 
         Values are views (``.data`` slices, no autograd) of this module's parameters with exactly the
-        checkpoint tensor's shape: ``q_proj``/``k_proj``/``v_proj`` are row ranges of ``qkv_proj``
-        (``[q_size | kv_size | kv_size]``), ``gate_proj``/``up_proj`` row halves of ``gate_up_proj``.
-        With tied embeddings there is no ``lm_head.weight`` entry.
+        checkpoint tensor's shape — with ``tp_size > 1``, the shape of this rank's part of it
+        (``tp_partition.shard``): ``q_proj``/``k_proj``/``v_proj`` are row ranges of ``qkv_proj``
+        (``[q_size | kv_size | kv_size]``), ``gate_proj``/``up_proj`` row halves of ``gate_up_proj``, the
+        embedding (and LM head) the table's rows without the vocabulary padding. With tied embeddings there is no
+        ``lm_head.weight`` entry.
 
         Raises:
             RuntimeError: after ``process_weights_after_loading`` (the projections are repacked).
         """
         if self.weights_processed:
             raise RuntimeError("hf_weight_views: the weights were repacked by process_weights_after_loading")
-        c = self.config
-        q, kv, inter = c.q_size, c.kv_size, c.intermediate_size
+        c, part = self.config, self.tp_partition
+        q, kv, inter = part.num_heads * c.head_dim, part.num_kv_heads * c.head_dim, part.intermediate_size
+        vocab_rows = part.vocab_end - part.vocab_start
         views: dict[str, torch.Tensor] = {
-            "model.embed_tokens.weight": self.model.embed_tokens.weight.data,
+            "model.embed_tokens.weight": self.model.embed_tokens.weight.data[:vocab_rows],
             "model.norm.weight": self.model.norm.weight.data,
         }
         if self.lm_head is not None:
-            views["lm_head.weight"] = self.lm_head.weight.data
+            views["lm_head.weight"] = self.lm_head.weight.data[:vocab_rows]
         kinds = ["weight"] + (["bias"] if c.attention_bias else [])
         for i, module in enumerate(self.model.layers):
             pre = f"model.layers.{i}."
@@ -307,8 +359,8 @@ class LlamaForCausalLM(nn.Module):
                 views[pre + f"self_attn.k_proj.{kind}"] = fused[q : q + kv]
                 views[pre + f"self_attn.v_proj.{kind}"] = fused[q + kv :]
             views[pre + "self_attn.o_proj.weight"] = attn.o_proj.weight.data
-            if attn.o_proj.bias is not None:
-                views[pre + "self_attn.o_proj.bias"] = attn.o_proj.bias.data
+            if attn.o_proj_bias is not None:
+                views[pre + "self_attn.o_proj.bias"] = attn.o_proj_bias.data
             if attn.q_norm is not None and attn.k_norm is not None:
                 views[pre + "self_attn.q_norm.weight"] = attn.q_norm.weight.data
                 views[pre + "self_attn.k_norm.weight"] = attn.k_norm.weight.data
@@ -316,7 +368,9 @@ class LlamaForCausalLM(nn.Module):
                 fused = getattr(mlp.gate_up_proj, kind).data  # [2 * inter, hidden] or [2 * inter]
                 views[pre + f"mlp.gate_proj.{kind}"] = fused[:inter]
                 views[pre + f"mlp.up_proj.{kind}"] = fused[inter:]
-                views[pre + f"mlp.down_proj.{kind}"] = getattr(mlp.down_proj, kind).data
+            views[pre + "mlp.down_proj.weight"] = mlp.down_proj.weight.data
+            if mlp.down_proj_bias is not None:
+                views[pre + "mlp.down_proj.bias"] = mlp.down_proj_bias.data
             views[pre + "input_layernorm.weight"] = layer.input_layernorm.weight.data
             views[pre + "post_attention_layernorm.weight"] = layer.post_attention_layernorm.weight.data
         return views

@@ -1,16 +1,17 @@
 """Build a model from a ``ModelConfig``: weights from safetensors files (float or compressed-tensors), a GGUF
-file, or random ("dummy") weights."""
+file, or random ("dummy") weights — the whole model, or one tensor-parallel rank's shard of it."""
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
 import torch
 
+from radixgen.runtime.distributed import TensorParallelGroup
 from radixgen.runtime.models.config import ModelConfig
 from radixgen.runtime.models.llama import LlamaForCausalLM
 from radixgen.runtime.models.quant_config import QuantizationConfig
@@ -30,6 +31,7 @@ def load_model(
     seed: int = 0,
     quantization: QuantizationConfig | None = None,
     process_weights: bool = True,
+    tp_group: TensorParallelGroup | None = None,
 ) -> LlamaForCausalLM:
     """Create the model for ``config`` on ``device`` with ``dtype`` parameters, in eval mode, without grads.
 
@@ -48,6 +50,12 @@ def load_model(
         process_weights: convert the projections to their kernel modules
             (``LlamaForCausalLM.process_weights_after_loading``: oneDNN-prepacked on CPU, or quantized). False
             keeps plain ``nn.Linear`` weights, e.g. to copy them into a reference model with ``hf_weight_views``.
+        tp_group: build this rank's shard for tensor parallelism (``TensorParallelGroup.initialize``; every rank
+            calls ``load_model`` with the same arguments). The checkpoint is checked against the full model's
+            names and shapes and streamed one tensor at a time, each cut to the rank's part
+            (``TPPartition.shard``) before it is stored. Dummy weights are drawn for the full model on the CPU and
+            then cut, so every ``tp_size`` gets the same model as a ``tp_size`` 1 CPU load of that seed. None: one
+            rank.
 
     Checkpoint names are the Hugging Face ones (``model.embed_tokens.weight``,
     ``model.layers.N.self_attn.q_proj.weight``, ``...mlp.gate_proj.weight``, ``model.norm.weight``,
@@ -58,7 +66,7 @@ def load_model(
         ValueError: unsupported ``dtype`` or ``load_format``; no safetensors file in ``model_path``; a shard
             named by the index is absent; the checkpoint has unknown tensors or lacks expected ones (both
             listed); a tensor's shape differs from the model's (the tensor is named); an unreadable GGUF file or
-            compressed-tensors module (named).
+            compressed-tensors module (named); ``tp_size`` cannot split the model's heads (``TPPartition.build``).
     """
     if dtype not in SUPPORTED_DTYPES:
         raise ValueError(f"load_model: dtype {dtype} not supported (supported: {list(SUPPORTED_DTYPES)})")
@@ -69,14 +77,24 @@ def load_model(
     reader = None if load_format == "dummy" else checkpoint_reader(config, load_format)
     # Build on the meta device (no allocation, no default init), then allocate on the target device.
     with torch.device("meta"):
-        model = LlamaForCausalLM(config, dtype=dtype)
+        model = LlamaForCausalLM(config, dtype=dtype, tp_group=tp_group)
     model = model.to_empty(device=device)
     model.requires_grad_(False)
+    sharded = model.tp_partition.tp_size > 1
     with torch.no_grad():
-        if reader is None:
-            _init_dummy(model, seed)
-        else:
+        if sharded:
+            for param in model.parameters():
+                param.zero_()  # the vocabulary padding rows stay zero
+        if reader is not None:
             _load_checked(model, reader)
+        elif sharded:
+            with torch.device("meta"):
+                full = LlamaForCausalLM(config, dtype=dtype)
+            full = full.to_empty(device="cpu").requires_grad_(False)  # the whole model
+            _init_dummy(full, seed)
+            _copy_shards(model, full.hf_weight_views().items())
+        else:
+            _init_dummy(model, seed)
     if process_weights:
         model.process_weights_after_loading(quantization)
     elif quantization is not None:
@@ -225,9 +243,14 @@ def resolve_quantization(
 
 
 def _load_checked(model: LlamaForCausalLM, reader: CheckpointReader) -> None:
-    """Check the checkpoint's names and shapes against the model before reading any data, then copy."""
+    """Check the checkpoint's names and shapes against the (full) model before reading any data, then copy each
+    tensor's part for this rank."""
     model_path = model.config.model_path
-    views = model.hf_weight_views()
+    if model.tp_partition.tp_size == 1:
+        views = model.hf_weight_views()
+    else:  # the checkpoint holds the full tensors: check against an unsharded model's shapes (meta: no memory)
+        with torch.device("meta"):
+            views = LlamaForCausalLM(model.config, dtype=model.dtype).hf_weight_views()
     located = reader.shapes(views.keys())
 
     def ignored(name: str) -> bool:
@@ -248,8 +271,15 @@ def _load_checked(model: LlamaForCausalLM, reader: CheckpointReader) -> None:
                 f"model_path {model_path!r}: tensor {name!r} has shape {list(shape)}, "
                 f"expected {list(view.shape)}"
             )
-    for name, tensor in reader.tensors(set(views)):
-        views[name].copy_(tensor)
+    _copy_shards(model, reader.tensors(set(views)))
+
+
+def _copy_shards(model: LlamaForCausalLM, tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+    """Store each full checkpoint tensor ``(name, tensor)``'s part for the model's rank (the whole tensor for one
+    rank) into the model's ``hf_weight_views``."""
+    views, partition = model.hf_weight_views(), model.tp_partition
+    for name, tensor in tensors:
+        views[name].copy_(partition.shard(name, tensor))
 
 
 def _init_dummy(model: LlamaForCausalLM, seed: int) -> None:
@@ -264,7 +294,7 @@ def _init_dummy(model: LlamaForCausalLM, seed: int) -> None:
     for name, param in model.named_parameters():
         if name.endswith("norm.weight"):
             param.fill_(1.0)
-        elif name.endswith(".bias"):
+        elif name.endswith("bias"):  # ".bias", and the row-parallel "o_proj_bias" / "down_proj_bias"
             param.zero_()
         else:
             sample = torch.empty(param.shape, dtype=torch.float32, device=device)
