@@ -16,9 +16,11 @@ Module-level imports stay light: spawned children re-import the main module.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 from collections.abc import Sequence
@@ -41,6 +43,13 @@ def _describe_exit(code: int | None) -> str:
         except ValueError:
             return f"was killed by signal {-code}"
     return f"exited with status {code}"
+
+
+def _free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (the tensor-parallel rendezvous of a one-machine server)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 class _Launcher:
@@ -82,6 +91,31 @@ class _Launcher:
         if self.server is not None:
             self.server.should_exit = True
 
+    def _start(self, ctx: Any, children: list[tuple[str, Any, tuple[Any, ...]]], ipc: Any) -> None:
+        for name, target, extra in children:
+            proc = ctx.Process(target=target, args=(self.args, ipc, os.getpid(), *extra), name=name, daemon=True)
+            proc.start()
+            self.procs.append(proc)
+
+    def _run_ranks(self, ctx: Any, ranks: list[tuple[str, Any, tuple[Any, ...]]], ipc: Any) -> int:
+        """Node ``node_rank > 0``: run this machine's tensor-parallel ranks until rank 0 stops them (status 0) or
+        one fails (status 1; the others are stopped)."""
+        from multiprocessing.connection import wait
+
+        self._start(ctx, ranks, ipc)
+        started = ", ".join(f"{p.name} (pid {p.pid})" for p in self.procs)
+        logger.info("node %d: started %s", self.args.node_rank, started)
+        pending = list(self.procs)
+        while pending:
+            for sentinel in wait([p.sentinel for p in pending]):
+                proc = next(p for p in pending if p.sentinel == sentinel)
+                proc.join()
+                pending.remove(proc)
+                if proc.exitcode != 0:
+                    logger.error("the %s process (pid %d) %s", proc.name, proc.pid, _describe_exit(proc.exitcode))
+                    return 1
+        return 0
+
     def stop_children(self) -> None:
         os.write(self._stop_w, b"x")
         for p in self.procs:
@@ -102,25 +136,33 @@ class _Launcher:
         from radixgen.runtime.detokenizer_process import run_detokenizer_process
         from radixgen.runtime.http_server import create_app
         from radixgen.runtime.ipc import IpcEndpoints
-        from radixgen.runtime.scheduler_process import run_scheduler_process
+        from radixgen.runtime.scheduler_process import run_scheduler_process, run_tp_follower_process
         from radixgen.runtime.tokenizer_manager import TokenizerManager
 
         args = self.args
+        if args.tp_size > 1 and args.dist_init_addr is None:
+            args = self.args = dataclasses.replace(args, dist_init_addr=f"127.0.0.1:{_free_port()}")
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, self.on_signal)
         ipc = IpcEndpoints.create()
+        per_node = args.tp_size // args.nnodes
+        followers: list[tuple[str, Any, tuple[Any, ...]]] = [
+            (f"tp-rank-{r}", run_tp_follower_process, (r,))
+            for r in range(args.node_rank * per_node, (args.node_rank + 1) * per_node)
+            if r > 0
+        ]
         try:
-            self.tm = TokenizerManager(args, ipc)
             ctx = mp.get_context("spawn")
+            if args.node_rank > 0:  # another machine's share of the ranks: no HTTP server, no scheduler
+                return self._run_ranks(ctx, followers, ipc)
+            self.tm = TokenizerManager(args, ipc)
             children: list[tuple[str, Any, tuple[Any, ...]]] = [
                 ("scheduler" if rank == 0 else f"scheduler-{rank}", run_scheduler_process, (rank,))
                 for rank in range(args.dp_size)
             ]
+            children += followers
             children.append(("detokenizer", run_detokenizer_process, ()))
-            for name, target, extra in children:
-                proc = ctx.Process(target=target, args=(args, ipc, os.getpid(), *extra), name=name, daemon=True)
-                proc.start()
-                self.procs.append(proc)
+            self._start(ctx, children, ipc)
             self.tm.child_pids = {p.name: p.pid for p in self.procs}
             logger.info("started %s", ", ".join(f"{p.name} (pid {p.pid})" for p in self.procs))
             app = create_app(self.tm, args)

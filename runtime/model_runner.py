@@ -11,10 +11,12 @@ import torch
 from radixgen.radix import ReqToTokenPool, TokenSlotAllocator, TokenToKVPool
 from radixgen.runtime.attention import create_attention_backend
 from radixgen.runtime.cpu_threads import ThreadGovernor, available_cores
+from radixgen.runtime.distributed import TensorParallelGroup
 from radixgen.runtime.forward_batch import ForwardBatch
 from radixgen.runtime.models import ModelConfig, load_model
 from radixgen.runtime.models.loader import resolve_quantization
 from radixgen.runtime.server_args import ServerArgs
+from radixgen.runtime.tp_worker import TPBroadcast, plan_of
 
 if TYPE_CHECKING:
     from radixgen.runtime.lora.manager import LoRAManager
@@ -54,11 +56,16 @@ class ModelRunner:
         ValueError: from the model config or loader (missing directory, unknown architecture, bad weights).
     """
 
-    def __init__(self, args: ServerArgs) -> None:
-        # intra-op threads: fixed with --num-threads; otherwise (CPU) the free cores, re-checked every second
+    def __init__(self, args: ServerArgs, tp_group: TensorParallelGroup | None = None) -> None:
+        self.tp = tp_group if tp_group is not None else TensorParallelGroup()
+        self.tp_channel = TPBroadcast(self.tp) if self.tp.world_size > 1 else None
+        # intra-op threads: fixed with --num-threads; otherwise (CPU) the free cores, re-checked every second —
+        # except for tensor-parallel ranks, which compute at the same time: an equal share of the cores each
         self.thread_governor: ThreadGovernor | None = None
         if args.num_threads:
             torch.set_num_threads(args.num_threads)
+        elif args.device == "cpu" and self.tp.world_size > 1:
+            torch.set_num_threads(max(1, available_cores() // (args.tp_size // args.nnodes)))
         elif args.device == "cpu":
             self.thread_governor = ThreadGovernor(available_cores())
         self.args = args
@@ -74,12 +81,14 @@ class ModelRunner:
             device=args.device,
             seed=args.random_seed,
             quantization=self.quantization,
+            tp_group=self.tp,
         )
         cfg = self.model_config
+        kv_heads = self.model.tp_partition.num_kv_heads  # this rank's KV heads (all of them without TP)
         self.vocab_size = cfg.vocab_size
         context_len = cfg.context_len if args.context_length is None else min(args.context_length, cfg.context_len)
         per_token = TokenToKVPool.bytes_per_token(
-            cfg.num_hidden_layers, cfg.num_key_value_heads, cfg.head_dim, self.dtype, args.kv_cache_dtype
+            cfg.num_hidden_layers, kv_heads, cfg.head_dim, self.dtype, args.kv_cache_dtype
         )
         if args.max_total_tokens is not None:
             total = args.max_total_tokens
@@ -89,22 +98,21 @@ class ModelRunner:
             ) // args.dp_size  # data-parallel replicas share the default budget
             total = min(budget // per_token, args.max_running_requests * context_len)
             total = max(total, context_len)
+        if self.tp_channel is not None:  # every rank's pool has rank 0's number of slots (rank 0 hands them out)
+            total = self.tp_channel.sync(total)
         self.context_len = min(context_len, total)
         self.max_total_tokens = total
         self.kv_bytes = total * per_token
         self.req_to_token_pool = ReqToTokenPool(args.max_running_requests, self.context_len + 1, self.device)
         self.token_to_kv_pool = TokenToKVPool(
-            total, cfg.num_hidden_layers, cfg.num_key_value_heads, cfg.head_dim, self.dtype, self.device,
-            args.kv_cache_dtype,
+            total, cfg.num_hidden_layers, kv_heads, cfg.head_dim, self.dtype, self.device, args.kv_cache_dtype
         )
         self.allocator = TokenSlotAllocator(total, self.device)
         # default: a quarter of the pool — enough for the decode batch of typical workloads, while the process
         # stays within weights + KV pool + 1 GiB (issue 7) when the whole pool is in use. The dense copy holds
         # K/V in the model dtype, so a quantized pool's quarter is counted in model-dtype bytes (the same number
         # of tokens as an unquantized pool's quarter)
-        model_dtype_per_token = TokenToKVPool.bytes_per_token(
-            cfg.num_hidden_layers, cfg.num_key_value_heads, cfg.head_dim, self.dtype
-        )
+        model_dtype_per_token = TokenToKVPool.bytes_per_token(cfg.num_hidden_layers, kv_heads, cfg.head_dim, self.dtype)
         dense_default = total * model_dtype_per_token // 4
         dense_bytes = dense_default if args.dense_decode_kv_mb is None else args.dense_decode_kv_mb * 2**20
         self.attn_backend = create_attention_backend(
@@ -165,7 +173,9 @@ class ModelRunner:
 
     def prepare(self, plan: ScheduleBatch) -> ForwardBatch:
         """Batch preparation: the ForwardBatch tensors, the attention backend's metadata and the rows' LoRA adapters
-        (see ``forward``)."""
+        (see ``forward``); with tensor parallelism, the plan goes to the other ranks first (runtime/tp_worker.py)."""
+        if self.tp_channel is not None:
+            self.tp_channel.send(plan_of(self, plan))
         batch = ForwardBatch.build(
             plan.mode,
             plan.input_ids,

@@ -181,7 +181,7 @@ def run_scheduler_process(server_args: ServerArgs, ipc: IpcEndpoints, parent_pid
 
         recv = pull_socket(ctx, ipc.scheduler_inputs(server_args.dp_size)[dp_rank])
         send = push_socket(ctx, ipc.detokenizer)
-        runner = ModelRunner(server_args)
+        runner = ModelRunner(server_args, join_tp_group(server_args, 0))
         tokenizer = load_hf_tokenizer(server_args.resolved_tokenizer_path)  # once: stop strings and grammars
         eos = tuple(runner.model_config.eos_token_ids)
         scheduler = Scheduler(server_args, runner, eos, tokenizer)
@@ -200,8 +200,53 @@ def run_scheduler_process(server_args: ServerArgs, ipc: IpcEndpoints, parent_pid
             loop.run()
         finally:
             scheduler.shutdown()
+            if runner.tp_channel is not None:
+                runner.tp_channel.send(None)  # the follower ranks stop
     except Exception:  # noqa: BLE001 - log whatever killed the scheduler, then exit non-zero
         logger.exception("scheduler process failed")
         sys.exit(1)
     finally:
         ctx.destroy(linger=0)
+
+
+# idle follower ranks wait in a broadcast until rank 0 has work: the group's collectives must not time out meanwhile
+_TP_TIMEOUT_S = 30 * 24 * 3600.0
+
+
+def join_tp_group(server_args: ServerArgs, tp_rank: int) -> Any:
+    """This process's ``TensorParallelGroup`` (``--tp-size`` ranks meeting at ``--dist-init-addr``; a one-rank group
+    without tensor parallelism)."""
+    from radixgen.runtime.distributed import TensorParallelGroup
+
+    addr = f"tcp://{server_args.dist_init_addr}" if server_args.dist_init_addr else "tcp://127.0.0.1:0"
+    return TensorParallelGroup.initialize(server_args.tp_size, tp_rank, addr, server_args.device, _TP_TIMEOUT_S)
+
+
+def run_tp_follower_process(server_args: ServerArgs, _ipc: IpcEndpoints, parent_pid: int, tp_rank: int) -> None:
+    """Entry point of a tensor-parallel rank > 0: load this rank's shard, then run every forward rank 0 broadcasts
+    (runtime/tp_worker.py) until rank 0 stops it. Exits with status 1 (after logging the traceback) on failure."""
+    from radixgen.runtime.ipc import setup_child_process
+
+    setup_child_process(server_args.log_level, f"tp-rank-{tp_rank}")
+    try:
+        import torch
+
+        if not torch.cuda.is_available():
+            os.environ.setdefault("TRITON_INTERPRET", "1")
+        from radixgen.runtime.model_runner import ModelRunner
+        from radixgen.runtime.tp_worker import follow
+
+        runner = ModelRunner(server_args, join_tp_group(server_args, tp_rank))
+        assert runner.tp_channel is not None
+        logger.info("tensor-parallel rank %d of %d ready (parent %d)", tp_rank, server_args.tp_size, parent_pid)
+        try:
+            follow(runner, runner.tp_channel)
+        except RuntimeError as e:
+            if "closed by peer" not in str(e):
+                raise
+            logger.info("tensor-parallel rank %d: rank 0 has gone away; stopping", tp_rank)  # its server stopped
+            return
+        logger.info("tensor-parallel rank %d: stopped by rank 0", tp_rank)
+    except Exception:  # noqa: BLE001 - log whatever killed the rank, then exit non-zero
+        logger.exception("tensor-parallel rank %d failed", tp_rank)
+        sys.exit(1)

@@ -81,6 +81,10 @@ class ServerArgs:
     lora_target_modules: tuple[str, ...] | None = None
     # parallelism (DESIGN.md "Parallelism"): data-parallel scheduler replicas behind the one HTTP front end
     dp_size: int = 1
+    tp_size: int = 1
+    nnodes: int = 1
+    node_rank: int = 0
+    dist_init_addr: str | None = None
     load_balance_method: Literal["cache_aware", "round_robin", "shortest_queue"] = "cache_aware"
     # server (the HTTP process); unused by the offline Engine
     host: str = "127.0.0.1"
@@ -127,7 +131,7 @@ class ServerArgs:
                 raise ValueError(f"{name}: must be a positive integer or None, got {v!r}")
         for name in (
             "max_running_requests", "max_prefill_tokens", "chunked_prefill_size", "stream_interval",
-            "max_prompts_per_request", "dp_size",
+            "max_prompts_per_request", "dp_size", "tp_size", "nnodes",
         ):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
@@ -150,6 +154,7 @@ class ServerArgs:
                 raise ValueError(f"{name}: must be a positive integer, got {v!r}")
         self._validate_speculative()
         self._validate_lora()
+        self._validate_parallel()
         if self.quantization is not None:
             self.quantization_config  # noqa: B018 - parses and validates, naming the field
         elif self.quantize_lm_head:
@@ -199,6 +204,26 @@ class ServerArgs:
                 object.__setattr__(self, name, tuple(v))
         if self.lora_config is not None and self.speculative_algorithm is not None:
             raise ValueError("speculative_algorithm: speculative decoding is not supported together with LoRA adapters")
+
+    def _validate_parallel(self) -> None:
+        """tp_size / nnodes / node_rank / dist_init_addr / dp_size together; raises ValueError naming the field."""
+        if self.tp_size % self.nnodes:
+            raise ValueError(f"nnodes: tp_size {self.tp_size} must be a multiple of nnodes {self.nnodes}")
+        rank = self.node_rank
+        if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < self.nnodes:
+            raise ValueError(f"node_rank: must be in [0, nnodes={self.nnodes}), got {self.node_rank!r}")
+        addr = self.dist_init_addr
+        if addr is not None:
+            host, sep, port = addr.rpartition(":")
+            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"dist_init_addr: must be host:port, got {addr!r}")
+        elif self.nnodes > 1:
+            raise ValueError("dist_init_addr: several nodes need the rendezvous address of node 0 (host:port)")
+        if self.tp_size > 1:
+            for name, on in (("dp_size", self.dp_size > 1), ("speculative_algorithm", self.speculative_algorithm),
+                             ("enable_lora", self.enable_lora or self.lora_paths)):  # fmt: skip
+                if on:
+                    raise ValueError(f"{name}: not supported together with tp_size > 1 yet")
 
     @property
     def lora_config(self) -> LoRAConfig | None:
@@ -328,6 +353,12 @@ _HELP: dict[str, str] = {
     "dp_size": "Data parallelism: this many scheduler replicas (each with its own model copy, KV pool and radix cache; "
     "the default KV budget is shared among them) behind the one HTTP front end, which sends each request to the "
     "replica most likely to hold its prefix, balanced against load (SGLang's cache-aware router policy).",
+    "tp_size": "Tensor parallelism: shard every layer's heads, MLP and vocabulary (and the KV pool, by KV head) over "
+    "this many scheduler processes (torch.distributed: gloo on CPU, NCCL on CUDA); rank 0 schedules and broadcasts "
+    "each batch.",
+    "nnodes": "Machines the --tp-size ranks span (tp_size / nnodes ranks each); node 0 also runs the HTTP server.",
+    "node_rank": "This machine's index among --nnodes (0 serves HTTP; the others run only their ranks).",
+    "dist_init_addr": "host:port where the tensor-parallel ranks meet (node 0's address); default: a free local port.",
     "load_balance_method": "How --dp-size routes requests: cache_aware (longest approximate prefix match, else the "
     "least loaded replica; SGLang router's policy), round_robin or shortest_queue (SGLang's DP controller names).",
     "host": "HTTP listen address.",

@@ -46,6 +46,7 @@ class DraftSeq:
         self.kv_len = 0
         self.prefix_len = 0
         self.last_node: Any = None
+        self.lora_uid: int | None = None  # the draft model's cache has one namespace (no LoRA with speculation)
 
     def seq(self) -> list[int]:
         return self.tokens
