@@ -291,3 +291,40 @@ def test_lora_over_bf16_and_int8_weights(
         want = reference_logits(ref, name, prompt)
         assert float((logits[start : start + len(prompt)] - want).abs().max()) < 0.5, name
         start += len(prompt)
+
+
+@pytest.mark.parametrize(
+    ("slots", "lens", "layout"),
+    [
+        ([2, -1, 2], [3, 2, 1], "single"),  # one adapter: plain matmuls
+        ([1, 0, -1, 3, 0], [1, 1, 1, 1, 1], "bmm"),  # decode: padded bmm over the used slots
+        ([0, 1, 3, -1], [40, 1, 1, 2], "grouped"),  # one long prefill row block: _grouped_mm
+        ([1, 0], [4, 4], "bmm"),  # slot 1 first: the rows are scattered back out of slot order
+    ],
+)
+def test_site_layouts_match_a_loop(slots: list[int], lens: list[int], layout: str) -> None:
+    """``lora_site_torch`` adds ``(x @ A_s) @ B_s`` to each adapter row's fused-part columns in every layout."""
+    from radixgen.runtime.lora.ops import LoRASegments, lora_site_torch
+
+    gen = torch.Generator().manual_seed(0)
+    num_slots, k, r, outs = 4, 12, 4, [8, 4, 4]
+    seg = LoRASegments.build(slots, lens, num_slots)
+    got_layout = "single" if seg.single_slot is not None else "bmm" if seg.padded_rows is not None else "grouped"
+    assert got_layout == layout
+    t = sum(lens)
+    x = torch.randn(t, k - 2, generator=gen)  # K padded to 12 in the buffers
+    a_buf = torch.zeros(num_slots, k, len(outs) * r)
+    a_buf[:, : k - 2] = torch.randn(num_slots, k - 2, len(outs) * r, generator=gen)
+    b_bufs = [torch.randn(num_slots, r, o, generator=gen) for o in outs]
+    cols = [(0, 8), (8, 12), (12, 16)]
+    out = torch.randn(t, 16, generator=gen)
+    want = out.clone()
+    start = 0
+    for s, n in zip(slots, lens, strict=True):
+        if s >= 0:
+            a = x[start : start + n] @ a_buf[s, : k - 2]  # [n, 3R]
+            for i in (0, 2):  # part 1 is not adapted
+                want[start : start + n, slice(*cols[i])] += a[:, i * r : (i + 1) * r] @ b_bufs[i][s]
+        start += n
+    lora_site_torch(x, out, a_buf, b_bufs, cols, r, [0, 2], seg)
+    torch.testing.assert_close(out, want, atol=1e-5, rtol=1e-5)

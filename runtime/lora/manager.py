@@ -25,7 +25,7 @@ import torch
 from radixgen.runtime.errors import LoRAError
 from radixgen.runtime.lora.adapter import LoRAAdapter, module_shape
 from radixgen.runtime.lora.config import LORA_SITES, LoRAConfig
-from radixgen.runtime.lora.ops import LoRASegments, lora_expand_add_torch, lora_shrink_torch
+from radixgen.runtime.lora.ops import LoRASegments, lora_site_torch
 from radixgen.runtime.models.config import ModelConfig
 
 logger = logging.getLogger(__name__)
@@ -84,10 +84,7 @@ class LoRABatchInfo:
                     max_seg_len=seg.max_seg_len,
                 )  # fmt: skip
             return
-        a = lora_shrink_torch(x, bufs.a, seg)  # [T_lora, n*R] float32, rows in slot order
-        for i in parts:
-            lo, hi = bufs.cols[i]
-            lora_expand_add_torch(out[:, lo:hi], a[:, i * r : (i + 1) * r], bufs.b[i], seg)
+        lora_site_torch(x, out, bufs.a, bufs.b, bufs.cols, r, parts, seg)
 
 
 class LoRAManager:

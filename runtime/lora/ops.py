@@ -7,10 +7,15 @@ This is the SGMV ("segmented gather matrix-vector") formulation of Punica (Chen 
 LoRA Serving") and S-LoRA (Sheng et al. 2023): one shrink ``[T, K] → [T, r]`` and one expand ``[T, r] → [T, M]``
 per layer, grouped by adapter, with no per-request loop.
 
-CPU / torch path (this module): the adapter rows are gathered in slot order once per layer (a stable sort computed
-once per batch) and each matmul is a single ``torch._grouped_mm`` over the slot groups; the delta is scattered back
-with ``index_add_`` (or added in place when the batch is already in slot order). CUDA path: the Triton SGMV kernels
-of ``radixgen.kernels.lora`` over the same ``LoRASegments`` (per-request segments, no sort), checked against this
+CPU / torch path (``lora_site_torch``), one of three layouts chosen per batch by ``LoRASegments.build``:
+- one adapter in the batch: two plain matmuls with that slot's weights (views, no copy) over its rows;
+- several adapters and few rows per adapter (decode): the rows are gathered into a ``[G, M, K]`` block padded to the
+  largest adapter's row count ``M`` and each matmul is one ``torch.bmm`` over the ``G`` adapters' weights;
+- otherwise (prefill): the rows are gathered in slot order (a stable sort computed once per batch) and each matmul
+  is one ``torch._grouped_mm`` over the slot groups.
+Every fused part's delta goes into one full-width buffer that is added to the output once (in place when the adapter
+rows are the batch's first rows in order, else with ``index_add_``). CUDA path: the Triton SGMV kernels of
+``radixgen.kernels.lora`` over the same ``LoRASegments`` (per-request segments, no sort), checked against this
 module under ``TRITON_INTERPRET``.
 """
 
@@ -21,7 +26,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-__all__ = ["LoRASegments", "lora_expand_add_torch", "lora_shrink_torch"]
+__all__ = ["LoRASegments", "lora_expand_add_torch", "lora_shrink_torch", "lora_site_torch"]
 
 
 @dataclass(frozen=True)
@@ -38,6 +43,12 @@ class LoRASegments:
         num_lora_rows: rows that use an adapter.
         num_rows: all rows of the batch (tokens).
         max_seg_len: the longest segment (sizes the Triton grid without reading ``seg_indptr`` back to the host).
+        single_slot: the slot when exactly one adapter has rows, else None.
+        used_slots: int64 ``[G]`` the slots with rows, ascending (the ``bmm`` layout's weight order).
+        padded_rows: int64 ``[G, M]`` for the ``bmm`` layout: the batch rows of each used slot, padded with its first
+            row; None when the padding would cost more than the rows themselves (then ``_grouped_mm``).
+        padded_valid: int64 ``[num_lora_rows]`` positions in the flattened ``padded_rows`` that are real rows, in
+            the order of ``valid_rows``; valid_rows: int64 ``[num_lora_rows]`` their batch rows.
     """
 
     seg_indptr: torch.Tensor
@@ -47,6 +58,11 @@ class LoRASegments:
     num_lora_rows: int
     num_rows: int
     max_seg_len: int
+    single_slot: int | None = None
+    used_slots: torch.Tensor | None = None
+    padded_rows: torch.Tensor | None = None
+    padded_valid: torch.Tensor | None = None
+    valid_rows: torch.Tensor | None = None
 
     @classmethod
     def build(
@@ -85,6 +101,20 @@ class LoRASegments:
             if perm_rows == list(range(total))
             else torch.tensor(perm_rows, dtype=torch.int64, device=device)
         )
+        rows_of: dict[int, list[int]] = {}
+        for s, i in order:
+            rows_of.setdefault(s, []).extend(range(indptr[i], indptr[i + 1]))
+        used = sorted(rows_of)
+        width = max((len(r) for r in rows_of.values()), default=0)
+        padded = valid = valid_rows = None
+        if len(used) > 1 and len(used) * width <= 2 * total:  # the bmm layout wastes at most as much as it computes
+            grid = [rows_of[s] + [rows_of[s][0]] * (width - len(rows_of[s])) for s in used]  # [G, M]
+            padded = torch.tensor(grid, dtype=torch.int64, device=device)
+            valid = torch.tensor(
+                [g * width + j for g, s in enumerate(used) for j in range(len(rows_of[s]))], dtype=torch.int64,
+                device=device,
+            )
+            valid_rows = torch.tensor([r for s in used for r in rows_of[s]], dtype=torch.int64, device=device)
         return cls(
             seg_indptr=torch.tensor(indptr, dtype=torch.int32, device=device),
             weight_indices=torch.tensor(slots, dtype=torch.int32, device=device),
@@ -93,6 +123,11 @@ class LoRASegments:
             num_lora_rows=total,
             num_rows=indptr[-1],
             max_seg_len=max(extend_lens, default=0),
+            single_slot=used[0] if len(used) == 1 else None,
+            used_slots=torch.tensor(used, dtype=torch.int64, device=device),
+            padded_rows=padded,
+            padded_valid=valid,
+            valid_rows=valid_rows,
         )
 
 
@@ -128,3 +163,65 @@ def lora_expand_add_torch(out: torch.Tensor, a: torch.Tensor, weights: torch.Ten
         out[: seg.num_lora_rows] += delta
     else:
         out.index_add_(0, seg.sort_perm, delta)
+
+
+def _fit(rows: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """``rows [n, K]`` in ``weights``' dtype and zero-padded to its ``K' >= K`` rows (a copy only when needed)."""
+    rows = rows.to(weights.dtype)
+    k = weights.shape[-2]
+    return rows if rows.shape[1] == k else F.pad(rows, (0, k - rows.shape[1]))
+
+
+def lora_site_torch(
+    x: torch.Tensor,
+    out: torch.Tensor,
+    a_buf: torch.Tensor,
+    b_bufs: list[torch.Tensor],
+    cols: list[tuple[int, int]],
+    rank: int,
+    parts: list[int],
+    seg: LoRASegments,
+) -> None:
+    """``out += delta`` in place for one fused projection (see the module docstring for the three layouts).
+
+    Args:
+        x: ``[T, K]`` the projection's input; out: ``[T, M_total]`` its output (model dtype).
+        a_buf: ``[slots, K', n * R]`` stacked A (float32, K' >= K); b_bufs: per part ``[slots, R, M_i']`` (M_i' >= M_i).
+        cols: per part, its ``(start, end)`` columns of ``out``; rank: ``R``; parts: the parts some adapter adapts.
+        seg: the batch's segments.
+    """
+    if seg.num_lora_rows == 0:
+        return
+    lo, hi = cols[parts[0]][0], cols[parts[-1]][1]
+    if seg.single_slot is not None or seg.padded_rows is not None:
+        if seg.single_slot is not None:
+            s = seg.single_slot
+            rows = x[: seg.num_lora_rows] if seg.sort_perm is None else x.index_select(0, seg.sort_perm)  # [n, K]
+            a = _fit(rows, a_buf) @ a_buf[s]  # [n, n_parts * R]
+            deltas = [a[:, i * rank : (i + 1) * rank] @ b_bufs[i][s] for i in parts]  # each [n, M_i']
+            target_rows = seg.sort_perm
+        else:
+            assert seg.padded_rows is not None and seg.used_slots is not None
+            g, m = seg.padded_rows.shape
+            rows = _fit(x.index_select(0, seg.padded_rows.flatten()), a_buf).view(g, m, -1)  # [G, M, K']
+            a = torch.bmm(rows, a_buf.index_select(0, seg.used_slots))  # [G, M, n_parts * R]
+            deltas = [
+                torch.bmm(a[:, :, i * rank : (i + 1) * rank], b_bufs[i].index_select(0, seg.used_slots))
+                .view(g * m, -1)
+                .index_select(0, seg.padded_valid)  # type: ignore[arg-type]
+                for i in parts
+            ]  # each [n, M_i'], rows in valid_rows order
+            target_rows = seg.valid_rows
+        full = torch.zeros(seg.num_lora_rows, hi - lo, dtype=out.dtype, device=out.device)  # [n, parts' columns]
+        for i, d in zip(parts, deltas, strict=True):
+            c0, c1 = cols[i]
+            full[:, c0 - lo : c1 - lo] = d[:, : c1 - c0]
+        if target_rows is None:
+            out[: seg.num_lora_rows, lo:hi] += full
+        else:
+            out[:, lo:hi].index_add_(0, target_rows, full)
+        return
+    a = lora_shrink_torch(x, a_buf, seg)  # [T_lora, n*R] float32, rows in slot order
+    for i in parts:
+        c0, c1 = cols[i]
+        lora_expand_add_torch(out[:, c0:c1], a[:, i * rank : (i + 1) * rank], b_bufs[i], seg)
