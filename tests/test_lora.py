@@ -296,7 +296,8 @@ def test_lora_over_bf16_and_int8_weights(
 @pytest.mark.parametrize(
     ("slots", "lens", "layout"),
     [
-        ([2, -1, 2], [3, 2, 1], "single"),  # one adapter: plain matmuls
+        ([2, -1, 2], [3, 2, 1], "single"),  # one adapter: plain matmuls, rows scattered back
+        ([2, -1], [3, 2], "single"),  # one adapter whose rows come first: accumulated straight into out
         ([1, 0, -1, 3, 0], [1, 1, 1, 1, 1], "bmm"),  # decode: padded bmm over the used slots
         ([0, 1, 3, -1], [40, 1, 1, 2], "grouped"),  # one long prefill row block: _grouped_mm
         ([1, 0], [4, 4], "bmm"),  # slot 1 first: the rows are scattered back out of slot order

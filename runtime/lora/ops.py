@@ -44,7 +44,8 @@ class LoRASegments:
         num_rows: all rows of the batch (tokens).
         max_seg_len: the longest segment (sizes the Triton grid without reading ``seg_indptr`` back to the host).
         single_slot: the slot when exactly one adapter has rows, else None.
-        used_slots: int64 ``[G]`` the slots with rows, ascending (the ``bmm`` layout's weight order).
+        used_slots: int64 ``[G]`` the slots with rows, ascending (the ``bmm`` layout's weight order);
+            used_range: ``(first, last + 1)`` when they are consecutive (the weights are then a view, not a copy).
         padded_rows: int64 ``[G, M]`` for the ``bmm`` layout: the batch rows of each used slot, padded with its first
             row; None when the padding would cost more than the rows themselves (then ``_grouped_mm``).
         padded_valid: int64 ``[num_lora_rows]`` positions in the flattened ``padded_rows`` that are real rows, in
@@ -60,6 +61,7 @@ class LoRASegments:
     max_seg_len: int
     single_slot: int | None = None
     used_slots: torch.Tensor | None = None
+    used_range: tuple[int, int] | None = None
     padded_rows: torch.Tensor | None = None
     padded_valid: torch.Tensor | None = None
     valid_rows: torch.Tensor | None = None
@@ -125,6 +127,7 @@ class LoRASegments:
             max_seg_len=max(extend_lens, default=0),
             single_slot=used[0] if len(used) == 1 else None,
             used_slots=torch.tensor(used, dtype=torch.int64, device=device),
+            used_range=(used[0], used[-1] + 1) if used and used[-1] - used[0] + 1 == len(used) else None,
             padded_rows=padded,
             padded_valid=valid,
             valid_rows=valid_rows,
@@ -172,6 +175,14 @@ def _fit(rows: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     return rows if rows.shape[1] == k else F.pad(rows, (0, k - rows.shape[1]))
 
 
+def _slots(weights: torch.Tensor, seg: LoRASegments) -> torch.Tensor:
+    """The used slots' weights ``[G, ...]``: a view when they are consecutive, else a gathered copy."""
+    if seg.used_range is not None:
+        return weights[seg.used_range[0] : seg.used_range[1]]
+    assert seg.used_slots is not None
+    return weights.index_select(0, seg.used_slots)
+
+
 def lora_site_torch(
     x: torch.Tensor,
     out: torch.Tensor,
@@ -198,15 +209,20 @@ def lora_site_torch(
             s = seg.single_slot
             rows = x[: seg.num_lora_rows] if seg.sort_perm is None else x.index_select(0, seg.sort_perm)  # [n, K]
             a = _fit(rows, a_buf) @ a_buf[s]  # [n, n_parts * R]
+            if seg.sort_perm is None and out.dtype == a.dtype:  # rows in order: accumulate straight into out
+                for i in parts:
+                    c0, c1 = cols[i]
+                    out[: seg.num_lora_rows, c0:c1].addmm_(a[:, i * rank : (i + 1) * rank], b_bufs[i][s, :, : c1 - c0])
+                return
             deltas = [a[:, i * rank : (i + 1) * rank] @ b_bufs[i][s] for i in parts]  # each [n, M_i']
             target_rows = seg.sort_perm
         else:
             assert seg.padded_rows is not None and seg.used_slots is not None
             g, m = seg.padded_rows.shape
             rows = _fit(x.index_select(0, seg.padded_rows.flatten()), a_buf).view(g, m, -1)  # [G, M, K']
-            a = torch.bmm(rows, a_buf.index_select(0, seg.used_slots))  # [G, M, n_parts * R]
+            a = torch.bmm(rows, _slots(a_buf, seg))  # [G, M, n_parts * R]
             deltas = [
-                torch.bmm(a[:, :, i * rank : (i + 1) * rank], b_bufs[i].index_select(0, seg.used_slots))
+                torch.bmm(a[:, :, i * rank : (i + 1) * rank], _slots(b_bufs[i], seg))
                 .view(g * m, -1)
                 .index_select(0, seg.padded_valid)  # type: ignore[arg-type]
                 for i in parts
