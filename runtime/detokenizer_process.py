@@ -17,7 +17,7 @@ import msgspec
 import zmq
 
 from radixgen.runtime.detokenizer import Detokenizer
-from radixgen.runtime.io_struct import BatchTokenOut, DetokRegister, SchedulerOutput
+from radixgen.runtime.io_struct import BatchTokenOut, DetokRegister, ErrorOut, SchedulerOutput
 from radixgen.runtime.ipc import ENCODER, IDLE_POLL_MS, IpcEndpoints, parent_alive, pull_socket, push_socket
 from radixgen.runtime.server_args import ServerArgs
 
@@ -49,6 +49,8 @@ def run_detokenizer_process(server_args: ServerArgs, ipc: IpcEndpoints, parent_p
             elif isinstance(msg, DetokRegister):
                 detok.register(msg)
             else:
+                if isinstance(msg, ErrorOut):
+                    detok.states.pop(msg.rid, None)  # a request that failed after it was registered
                 send.send(raw, copy=False)  # ready / error / reply: forward as is
         logger.info("detokenizer: the HTTP process is gone; exiting")
     except Exception:  # noqa: BLE001 - log whatever killed the detokenizer, then exit non-zero

@@ -29,7 +29,7 @@ _UNSUPPORTED_SGLANG_FIELDS = frozenset(
         "return_hidden_states", "return_routed_experts", "routed_experts_start_len", "return_indexer_topk",
         "return_sampling_mask", "sampling_logprobs_mode", "return_flat_raw_top_logprobs",
         "return_flat_raw_output_top_logprobs", "return_flat_raw_top_logprobs_b64",
-        "bootstrap_host", "bootstrap_port", "bootstrap_room", "bootstrap_pair_key", "decode_tp_size",
+        "bootstrap_room", "bootstrap_pair_key", "decode_tp_size",
         "data_parallel_rank", "routed_dp_rank", "disagg_prefill_dp_rank", "routing_key", "http_worker_ipc",
         "background", "require_reasoning", "max_thinking_tokens", "priority", "extra_key", "no_logs",
         "custom_labels", "conversation_id", "return_bytes", "return_entropy",
@@ -62,6 +62,9 @@ class GenerateReqInput:
             the base model).
         model: the model the request is for (sglang-router sets it; null from a single-model router): the served
             model or a LoRA adapter, named as on the OpenAI routes; the HTTP layer resolves it (404 when unknown).
+        bootstrap_host / bootstrap_port: the prefill server (host, ``--disaggregation-bootstrap-port``) a
+            ``--disaggregation-mode decode`` server fetches the prompts' KV from (SGLang's fields; set by the PD
+            router, runtime/disaggregation/router.py); both or neither.
     """
 
     text: str | list[str] | None = None
@@ -78,6 +81,8 @@ class GenerateReqInput:
     log_metrics: bool = True
     lora_path: str | list[str | None] | None = None
     model: str | None = None
+    bootstrap_host: str | None = None
+    bootstrap_port: int | None = None
 
 
 @dataclass
@@ -307,6 +312,7 @@ def plan_requests(
             raise InvalidRequestError("rid", f"rid: give one rid per prompt ({len(id_lists)})")
         if not all(isinstance(r, str) and r for r in rids) or len(set(rids)) != len(rids):
             raise InvalidRequestError("rid", "rid: must be distinct non-empty strings")
+    _check_bootstrap(obj.bootstrap_host, obj.bootstrap_port)
     total = sum(p.n for p in param_list)
     if max_prompts is not None and total > max_prompts:
         field = text_field if obj.text is not None else "input_ids"
@@ -329,11 +335,23 @@ def plan_requests(
                 stream=obj.stream,
                 token_ids_logprob=asked[i],
                 lora_path=loras[i],
+                bootstrap_host=obj.bootstrap_host,
+                bootstrap_port=obj.bootstrap_port,
             )
             planned.append(
                 PlannedReq(req, len(planned), i, base, obj.return_text_in_logprobs, obj.session_id, obj.log_metrics)
             )
     return planned, single and len(planned) == 1
+
+
+def _check_bootstrap(host: Any, port: Any) -> None:
+    """``bootstrap_host`` (a non-empty string) and ``bootstrap_port`` (1..65535) come together or not at all."""
+    if host is None and port is None:
+        return
+    if not isinstance(host, str) or not host or any(c in host for c in "/: "):
+        raise InvalidRequestError("bootstrap_host", f"bootstrap_host: must be a host name or address, got {host!r}")
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+        raise InvalidRequestError("bootstrap_port", f"bootstrap_port: must be in 1..65535, got {port!r}")
 
 
 def check_prompt_chars(text: str, field: str, max_chars: int | None) -> None:

@@ -65,6 +65,9 @@ class TokenizedGenerateReq(msgspec.Struct, tag=True):
     stream: bool = False
     token_ids_logprob: list[int] | None = None
     lora_path: str | None = None  # the LoRA adapter's name (SGLang's field); None: the base model
+    # prefill/decode disaggregation (SGLang's fields): the prefill server whose bootstrap port serves the prompt's KV
+    bootstrap_host: str | None = None
+    bootstrap_port: int | None = None
 
 
 class AbortReq(msgspec.Struct, tag=True):
@@ -151,6 +154,11 @@ class SchedulerStats(msgspec.Struct):
     spec_accepted_tokens: int = 0
     spec_accept_hist: list[int] = []
     dp_rank: int = 0  # the scheduler replica (--dp-size)
+    # prefill/decode disaggregation, cumulative: KV transfers completed (decode: received; prefill: sent and acked),
+    # tokens received and the transfers' wall time summed (decode side: fetch sent → last page written)
+    pd_transfers: int = 0
+    pd_transfer_tokens: int = 0
+    pd_transfer_seconds: float = 0.0
 
 
 class BatchTokenOut(msgspec.Struct, tag=True):

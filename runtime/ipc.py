@@ -26,6 +26,8 @@ import zmq
 ENCODER = msgspec.msgpack.Encoder()
 # how long an idle child process blocks on its socket before checking that its parent is still alive (ms)
 IDLE_POLL_MS = 500
+# how long a loop with background work in flight (e.g. a KV transfer) blocks on its sockets (ms)
+BUSY_POLL_MS = 5
 
 
 @dataclass(frozen=True)

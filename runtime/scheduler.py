@@ -112,6 +112,7 @@ class Scheduler:
         self.grammar = GrammarHooks(server_args, tokenizer, model_runner.vocab_size, self.eos_token_ids)
         self.spec = create_spec_worker(server_args, model_runner, self.kv, self.sampler, self.eos_token_ids)
         self.lora = LoRAHooks(getattr(model_runner, "lora_manager", None))
+        self.disagg: Any = None  # a decode server's DecodeKVReceiver (runtime/disaggregation), set by its process
         self.reqs: dict[str, Req] = {}  # every live request, whatever its status
         self.waiting: list[Req] = []
         self.running: list[Req] = []  # requests in the decode phase (kv_len == seq_len - 1)
@@ -156,6 +157,8 @@ class Scheduler:
                 nothing is queued then.
         """
         self.validate_grammar(msg)
+        if msg.bootstrap_host is not None and self.disagg is None:
+            raise InvalidRequestError("bootstrap_host", "bootstrap_host: needs a --disaggregation-mode decode server")
         lora_name, lora_uid = self.lora.bind(msg.lora_path)
         params = msg.sampling_params
         req = Req(
@@ -175,6 +178,8 @@ class Scheduler:
         self.reqs[req.rid] = req
         if params.constraint is not None:
             self.grammar.add(req)  # joins the waiting queue when its grammar is compiled
+        elif msg.bootstrap_host is not None and self.disagg.add(req, msg.bootstrap_host, msg.bootstrap_port):
+            pass  # joins the waiting queue when its prompt's KV has arrived from the prefill server
         else:
             self.waiting.append(req)
 
@@ -193,7 +198,8 @@ class Scheduler:
         if req is None:
             return False
         if req.status in (ReqStatus.WAITING, ReqStatus.RETRACTED):
-            if self.grammar.remove(rid) is None:
+            fetching = self.disagg is not None and self.disagg.remove(rid)
+            if not fetching and self.grammar.remove(rid) is None:
                 self.waiting.remove(req)
         elif req.status is ReqStatus.PREFILLING:
             self.chunked_req = None
@@ -227,6 +233,8 @@ class Scheduler:
         timer = self.step_timer
         timer.begin()
         self._admit_compiled_grammars()
+        if self.disagg is not None:
+            self.disagg.poll(idle=not (self.waiting or self.running or self.chunked_req or self._pending))
         outputs, self._pending = self._pending, []
         batch = self.schedule()
         if batch is None:
@@ -493,7 +501,8 @@ class Scheduler:
         """
         chunked = [self.chunked_req] if self.chunked_req is not None else []
         compiling = self.grammar.queued()
-        queued = [*self.waiting, *compiling, *chunked, *self.running]
+        fetching = self.disagg.queued() if self.disagg is not None else []  # hold a row: the KV received so far
+        queued = [*self.waiting, *compiling, *fetching, *chunked, *self.running]
         assert len({id(r) for r in queued}) == len(queued), "a request is in two queues"
         assert {r.rid for r in queued} == set(self.reqs), "live requests and queues differ"
         expected = {ReqStatus.WAITING, ReqStatus.RETRACTED}

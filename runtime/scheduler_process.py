@@ -37,7 +37,14 @@ from radixgen.runtime.io_struct import (
     TokenizedGenerateReq,
     UnloadLoRAAdapterReq,
 )
-from radixgen.runtime.ipc import ENCODER, IDLE_POLL_MS, IpcEndpoints, parent_alive, pull_socket, push_socket
+from radixgen.runtime.ipc import (
+    ENCODER,
+    IDLE_POLL_MS,
+    IpcEndpoints,
+    parent_alive,
+    pull_socket,
+    push_socket,
+)
 from radixgen.runtime.server_args import ServerArgs
 
 logger = logging.getLogger(__name__)
@@ -54,10 +61,18 @@ class SchedulerLoop:
         recv: PULL socket of requests from the tokenizer manager.
         send: PUSH socket to the detokenizer.
         parent_pid: pid of the HTTP process; the loop ends when it is gone.
+        prefill: with ``--disaggregation-mode prefill``, the PrefillKVSender polled each iteration (its socket
+            wakes the idle loop; its requests' outputs are kept from the detokenizer).
     """
 
     def __init__(
-        self, scheduler: Any, recv: zmq.Socket[Any], send: zmq.Socket[Any], parent_pid: int, dp_rank: int = 0
+        self,
+        scheduler: Any,
+        recv: zmq.Socket[Any],
+        send: zmq.Socket[Any],
+        parent_pid: int,
+        dp_rank: int = 0,
+        prefill: Any = None,
     ) -> None:
         import msgspec
 
@@ -68,6 +83,7 @@ class SchedulerLoop:
         self.send_sock = send
         self.parent_pid = parent_pid
         self.dp_rank = dp_rank
+        self.prefill = prefill  # a prefill server's PrefillKVSender (runtime/disaggregation/prefill.py)
         self.decoder = msgspec.msgpack.Decoder(ServerSchedulerInput)
         self.profiler = SchedulerProfiler()
         self.handlers: dict[type, Any] = {
@@ -101,7 +117,18 @@ class SchedulerLoop:
             num_forward_steps=s.num_forward_steps,
             dp_rank=self.dp_rank,
             **(s.spec.stats.scheduler_fields() if s.spec is not None else {}),
+            **self._pd_stats(),
         )
+
+    def _pd_stats(self) -> dict[str, Any]:
+        """The disaggregation counters of SchedulerStats (empty without a mode)."""
+        if self.prefill is not None:
+            return {"pd_transfers": self.prefill.num_transfers}
+        d = self.scheduler.disagg
+        if d is None:
+            return {}
+        return {"pd_transfers": d.num_transfers, "pd_transfer_tokens": d.transfer_tokens,
+                "pd_transfer_seconds": d.transfer_seconds}  # fmt: skip
 
     # ------------------------------------------------------------------ handlers
     def on_generate(self, msg: TokenizedGenerateReq) -> None:
@@ -145,17 +172,28 @@ class SchedulerLoop:
         """Serve until the HTTP process is gone (or an exception propagates)."""
         poller = zmq.Poller()
         poller.register(self.recv, zmq.POLLIN)
+        if self.prefill is not None:
+            poller.register(self.prefill.sock, zmq.POLLIN)
         while parent_alive(self.parent_pid):
-            if not self.scheduler.has_work() and not poller.poll(IDLE_POLL_MS):
-                continue  # idle: blocked in poll, woke up only to check the parent
+            if not self.scheduler.has_work():
+                wait_ms = IDLE_POLL_MS if self.prefill is None else self.prefill.idle_ms()
+                if not poller.poll(wait_ms) and wait_ms == IDLE_POLL_MS:
+                    continue  # idle: blocked in poll, woke up only to check the parent
             self.drain()
+            if self.prefill is not None:
+                self.prefill.poll()
             if self.scheduler.has_work():
                 outputs = self.scheduler.step()
                 self.profiler.step()
+                if self.prefill is not None:
+                    outputs = self.prefill.take_outputs(outputs)
                 if outputs:
                     self.send(BatchTokenOut(outputs, self.stats()))
                 for reply in self.scheduler.lora.take_replies():
                     self.send(reply)
+                if self.scheduler.disagg is not None:
+                    for error in self.scheduler.disagg.take_errors():
+                        self.send(error)
         logger.info("scheduler: the HTTP process is gone; exiting")
 
 
@@ -185,7 +223,7 @@ def run_scheduler_process(server_args: ServerArgs, ipc: IpcEndpoints, parent_pid
         tokenizer = load_hf_tokenizer(server_args.resolved_tokenizer_path)  # once: stop strings and grammars
         eos = tuple(runner.model_config.eos_token_ids)
         scheduler = Scheduler(server_args, runner, eos, tokenizer)
-        loop = SchedulerLoop(scheduler, recv, send, parent_pid, dp_rank)
+        loop = SchedulerLoop(scheduler, recv, send, parent_pid, dp_rank, attach_disaggregation(scheduler, ctx))
         delay = float(os.environ.get(READY_DELAY_ENV, "0") or 0)
         if delay > 0:
             time.sleep(delay)
@@ -207,6 +245,21 @@ def run_scheduler_process(server_args: ServerArgs, ipc: IpcEndpoints, parent_pid
         sys.exit(1)
     finally:
         ctx.destroy(linger=0)
+
+
+def attach_disaggregation(scheduler: Any, ctx: zmq.Context[Any]) -> Any:
+    """With ``--disaggregation-mode``: give a decode server's scheduler its DecodeKVReceiver, or return a prefill
+    server's PrefillKVSender (bound to its bootstrap port) for the loop; None otherwise."""
+    mode = scheduler.args.disaggregation_mode
+    if mode == "decode":
+        from radixgen.runtime.disaggregation.decode import DecodeKVReceiver
+
+        scheduler.disagg = DecodeKVReceiver(scheduler, scheduler.args, ctx)
+    elif mode == "prefill":
+        from radixgen.runtime.disaggregation.prefill import PrefillKVSender
+
+        return PrefillKVSender(scheduler, scheduler.args, ctx)
+    return None
 
 
 # idle follower ranks wait in a broadcast until rank 0 has work: the group's collectives must not time out meanwhile

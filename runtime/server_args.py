@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import MISSING, dataclass, fields
 from typing import Any, Literal
 
+from radixgen.runtime.disaggregation import validate_disaggregation
 from radixgen.runtime.lora.config import LoRAConfig
 from radixgen.runtime.models.checkpoint_path import find_gguf_file
 from radixgen.runtime.models.quant_config import QuantizationConfig
@@ -86,6 +87,10 @@ class ServerArgs:
     node_rank: int = 0
     dist_init_addr: str | None = None
     load_balance_method: Literal["cache_aware", "round_robin", "shortest_queue"] = "cache_aware"
+    # prefill/decode disaggregation (runtime/disaggregation): SGLang's flag names
+    disaggregation_mode: Literal["null", "prefill", "decode"] = "null"
+    disaggregation_bootstrap_port: int = 8998
+    disaggregation_transfer_timeout: float = 30.0
     # server (the HTTP process); unused by the offline Engine
     host: str = "127.0.0.1"
     port: int = 30000
@@ -155,6 +160,7 @@ class ServerArgs:
         self._validate_speculative()
         self._validate_lora()
         self._validate_parallel()
+        validate_disaggregation(self)
         if self.quantization is not None:
             self.quantization_config  # noqa: B018 - parses and validates, naming the field
         elif self.quantize_lm_head:
@@ -361,6 +367,13 @@ _HELP: dict[str, str] = {
     "dist_init_addr": "host:port where the tensor-parallel ranks meet (node 0's address); default: a free local port.",
     "load_balance_method": "How --dp-size routes requests: cache_aware (longest approximate prefix match, else the "
     "least loaded replica; SGLang router's policy), round_robin or shortest_queue (SGLang's DP controller names).",
+    "disaggregation_mode": "Prefill/decode disaggregation: prefill (serve prompts' KV to decode servers on "
+    "--disaggregation-bootstrap-port) or decode (requests carrying bootstrap_host/bootstrap_port fetch their prompt's "
+    "KV from that prefill server, page by page over ZeroMQ); pair them with python -m "
+    "radixgen.runtime.disaggregation.router.",
+    "disaggregation_bootstrap_port": "Prefill server: TCP port (on --host) where decode servers fetch KV.",
+    "disaggregation_transfer_timeout": "Seconds a KV transfer may go without a message from the other server before "
+    "it is failed (decode: the request gets a 503; prefill: the KV is released).",
     "host": "HTTP listen address.",
     "port": "HTTP listen port.",
     "served_model_name": "Model name reported by the OpenAI API; default the model path.",
