@@ -27,14 +27,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
+from bench_prefix_cache import build_workload  # the same shuffled shared-prefix prompts and ideal hit rate
 from bench_serving import launch_process, launch_server, stop_server
-from common import BENCH_220M_CONFIG, BENCH_MODEL, LLAMA2_TOKENIZER, gsm8k_few_shot_groups
+from common import BENCH_220M_CONFIG, BENCH_MODEL, LLAMA2_TOKENIZER
 from native_client import (
     flush_cache,
     print_targets,
@@ -51,15 +51,6 @@ DP_RUNS = [
     ("dp2 round_robin", ["--dp-size", "2", "--load-balance-method", "round_robin"]),
 ]
 ROUTER_POLICIES = ["cache_aware", "round_robin"]
-
-
-def build_workload(tokenizer: Any, args: argparse.Namespace) -> tuple[list[list[int]], float]:
-    """The shuffled prompts (token ids) and the ideal cache hit rate (a fraction of prompt tokens)."""
-    prompts, prefix_lens = gsm8k_few_shot_groups(tokenizer, args.groups, args.per_group, args.prefix_tokens)
-    reusable = sum(prefix_lens) - sum(prefix_lens[:: args.per_group])
-    order = list(range(len(prompts)))
-    random.Random(args.seed).shuffle(order)
-    return [prompts[i] for i in order], reusable / sum(len(p) for p in prompts)
 
 
 def _run(base: str, payloads: list[dict[str, Any]], servers: list[str]) -> dict[str, Any]:

@@ -68,18 +68,9 @@ class ServerHandle:
     def wait_ready(self, timeout: float = 120.0) -> None:
         """Poll ``/health`` until 200. Raises RuntimeError (with the server log) if the process exits or the
         timeout (seconds) passes."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode} before ready:\n{self.logs()}")
-            try:
-                if httpx.get(f"{self.base_url}/health", timeout=2.0).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        self.stop()
-        raise RuntimeError(f"server not ready after {timeout} s:\n{self.logs()}")
+        if not wait_healthy(self.proc, self.base_url, timeout, self.log_path):
+            self.stop()
+            raise RuntimeError(f"server not ready after {timeout} s:\n{self.logs()}")
 
     def stop(self, timeout: float = 20.0) -> int:
         """SIGTERM the server and wait (SIGKILL after ``timeout`` seconds); returns its exit code."""
@@ -93,6 +84,26 @@ class ServerHandle:
         if self._log_file is not None:
             self._log_file.close()  # type: ignore[attr-defined]
         return int(self.proc.returncode)
+
+
+def wait_healthy(proc: subprocess.Popen[bytes], base_url: str, timeout: float, log: Path | None = None) -> bool:
+    """Poll ``<base_url>/health`` until it answers 200 (True) or ``timeout`` seconds pass (False).
+
+    Raises:
+        RuntimeError: ``proc`` exited first (the message holds the text of ``log``, its output file, if given).
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            text = log.read_text(errors="replace") if log is not None else ""
+            raise RuntimeError(f"process exited with {proc.returncode} before ready:\n{text}")
+        try:
+            if httpx.get(f"{base_url}/health", timeout=2.0).status_code == 200:
+                return True
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    return False
 
 
 def start_server(

@@ -13,13 +13,12 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from server_fixtures import STORIES, ServerHandle, free_port, start_server
+from server_fixtures import STORIES, ServerHandle, free_port, start_server, wait_healthy
 
 pytest.importorskip("sglang_router")
 
@@ -48,16 +47,9 @@ class Router:
         self.proc = subprocess.Popen(cmd, stdout=fd, stderr=subprocess.STDOUT, cwd=tempfile.gettempdir())
         os.close(fd)
         self.url = f"http://127.0.0.1:{self.port}"
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, Path(self.log).read_text(errors="replace")
-            try:
-                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError(f"router not ready: {Path(self.log).read_text(errors='replace')}")
+        if not wait_healthy(self.proc, self.url, 60, Path(self.log)):
+            self.stop()
+            raise RuntimeError(f"router not ready: {Path(self.log).read_text(errors='replace')}")
 
     def stop(self) -> None:
         self.proc.send_signal(signal.SIGTERM)
