@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from bench_prefix_cache import build_workload  # the same shuffled shared-prefix prompts and ideal hit rate
-from bench_serving import launch_process, launch_server, stop_server
+from bench_serving import _free_port, launch_process, launch_server, stop_server
 from common import BENCH_220M_CONFIG, BENCH_MODEL, LLAMA2_TOKENIZER
 from native_client import (
     flush_cache,
@@ -65,7 +65,8 @@ def _router(workers: list[str], policy: str) -> tuple[Any, str]:
     def cmd(port: int) -> list[str]:
         return [
             sys.executable, "-P", "-m", "sglang_router.launch_router", "--host", "127.0.0.1", "--port", str(port),
-            "--prometheus-port", str(port + 1), "--policy", policy, "--worker-urls", *workers, "--log-level", "warn",
+            "--prometheus-port", str(_free_port()), "--policy", policy, "--worker-urls", *workers,
+            "--log-level", "warn",
         ]  # fmt: skip
 
     return launch_process(cmd, "bench-router-", 60.0)

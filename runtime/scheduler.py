@@ -38,6 +38,7 @@ from radixgen.runtime.req_kv import ReqKVManager
 from radixgen.runtime.sampler import Sampler
 from radixgen.runtime.schedule_batch import ScheduleBatch
 from radixgen.runtime.schedule_policy import PrefillAdder, order_waiting, prefix_match_key
+from radixgen.runtime.scheduler_integrity import check_scheduler
 from radixgen.runtime.server_args import ServerArgs
 from radixgen.runtime.speculative import create_spec_worker
 from radixgen.runtime.step_timing import StepTimer
@@ -178,10 +179,8 @@ class Scheduler:
         self.reqs[req.rid] = req
         if params.constraint is not None:
             self.grammar.add(req)  # joins the waiting queue when its grammar is compiled
-        elif msg.bootstrap_host is not None and self.disagg.add(req, msg.bootstrap_host, msg.bootstrap_port):
-            pass  # joins the waiting queue when its prompt's KV has arrived from the prefill server
-        else:
-            self.waiting.append(req)
+        elif msg.bootstrap_host is None or not self.disagg.add(req, msg.bootstrap_host, msg.bootstrap_port):
+            self.waiting.append(req)  # (a fetched prompt joins the queue when its KV has come from the prefill server)
 
     def abort_request(self, msg: AbortReq) -> bool:
         """Abort a queued or running request — or every one with ``abort_all`` —; its KV (and row) is released.
@@ -492,28 +491,9 @@ class Scheduler:
         self.lora.unbind(req)
 
     def check_integrity(self) -> None:
-        """Assert that the queues follow from the request statuses (every live request in exactly the queue of its
-        status, nothing finished queued) and that every KV slot is exactly one of free, cached
-        (evictable/protected) or request-owned.
+        """Assert the scheduler's invariants (``runtime/scheduler_integrity.py``).
 
         Raises:
             AssertionError: naming the inconsistency.
         """
-        chunked = [self.chunked_req] if self.chunked_req is not None else []
-        compiling = self.grammar.queued()
-        fetching = self.disagg.queued() if self.disagg is not None else []  # hold a row: the KV received so far
-        queued = [*self.waiting, *compiling, *fetching, *chunked, *self.running]
-        assert len({id(r) for r in queued}) == len(queued), "a request is in two queues"
-        assert {r.rid for r in queued} == set(self.reqs), "live requests and queues differ"
-        expected = {ReqStatus.WAITING, ReqStatus.RETRACTED}
-        for r in [*self.waiting, *compiling]:
-            assert r.status in expected and r.req_pool_idx is None, f"{r} in the waiting queue"
-        for r in chunked:
-            assert r.status is ReqStatus.PREFILLING and r.req_pool_idx is not None, f"{r} as the chunked request"
-        for r in self.running:
-            assert r.status is ReqStatus.RUNNING and r.req_pool_idx is not None, f"{r} in the running batch"
-        self.kv.check_integrity(queued)
-        if self.lora.manager is not None:
-            self.lora.manager.check_integrity()
-        if self.spec is not None:
-            self.spec.check_integrity(queued)
+        check_scheduler(self)

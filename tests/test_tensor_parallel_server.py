@@ -13,7 +13,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 
 import httpx
@@ -91,4 +90,3 @@ def test_a_dead_rank_takes_the_server_down(server: ServerHandle) -> None:
     os.kill(pid, signal.SIGKILL)
     assert server.proc.wait(30) == 1
     assert "tp-rank-1 process" in server.logs()
-    time.sleep(0.1)

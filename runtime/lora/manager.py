@@ -102,6 +102,7 @@ class LoRAManager:
         self.config = config
         self.model_config = model_config
         self.num_slots = config.max_loras_per_batch
+        self.device = device
         self.use_triton = device.type == "cuda"
         align = 1 if self.use_triton else 4  # elements: torch._grouped_mm needs 16-byte float32 strides
         dtype = dtype if self.use_triton else torch.float32
@@ -241,9 +242,8 @@ class LoRAManager:
             self.slot_lru.move_to_end(slot)
         modules = set().union(*(self.adapters[n].modules for n in distinct))
         active = {site: [i for i, m in enumerate(mods) if m in modules] for site, mods in LORA_SITES.items()}
-        device = self.sites[0][next(iter(self.sites[0]))].a.device if self.sites and self.sites[0] else "cpu"
         seg = LoRASegments.build(
-            [-1 if n is None else slot_of[n] for n in names], extend_lens, self.num_slots, device
+            [-1 if n is None else slot_of[n] for n in names], extend_lens, self.num_slots, self.device
         )
         return LoRABatchInfo(seg, self.sites, active, self.rank, self.use_triton)
 

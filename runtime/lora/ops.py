@@ -134,6 +134,16 @@ class LoRASegments:
         )
 
 
+def _fit(rows: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """``rows [n, K]`` in ``weights``' dtype, zero-padded to its ``K' >= K`` rows and with dense rows (what
+    ``torch._grouped_mm`` needs); a copy only when needed."""
+    rows = rows.to(weights.dtype)
+    k = weights.shape[-2]
+    if rows.shape[1] == k and (rows.shape[0] <= 1 or rows.stride(0) == k):
+        return rows
+    return F.pad(rows, (0, k - rows.shape[1]))  # [n, K'] (a fresh, dense copy)
+
+
 def lora_shrink_torch(x: torch.Tensor, weights: torch.Tensor, seg: LoRASegments) -> torch.Tensor:
     """The shrink half: ``x[t] @ weights[s_t]`` for the adapter rows, in sorted (slot) order, in ``weights``' dtype.
 
@@ -145,10 +155,7 @@ def lora_shrink_torch(x: torch.Tensor, weights: torch.Tensor, seg: LoRASegments)
         ``[seg.num_lora_rows, N]``: row ``j`` belongs to batch row ``seg.sort_perm[j]`` (or ``j``).
     """
     rows = x[: seg.num_lora_rows] if seg.sort_perm is None else x.index_select(0, seg.sort_perm)  # [T_l, K]
-    rows = rows.to(weights.dtype)
-    if rows.shape[1] != weights.shape[1] or rows.stride(0) != weights.shape[1]:  # pad / make rows contiguous
-        rows = F.pad(rows, (0, weights.shape[1] - rows.shape[1]))  # [T_l, K']
-    return torch._grouped_mm(rows, weights, offs=seg.group_offs)  # [T_l, N]
+    return torch._grouped_mm(_fit(rows, weights), weights, offs=seg.group_offs)  # [T_l, N]
 
 
 def lora_expand_add_torch(out: torch.Tensor, a: torch.Tensor, weights: torch.Tensor, seg: LoRASegments) -> None:
@@ -166,13 +173,6 @@ def lora_expand_add_torch(out: torch.Tensor, a: torch.Tensor, weights: torch.Ten
         out[: seg.num_lora_rows] += delta
     else:
         out.index_add_(0, seg.sort_perm, delta)
-
-
-def _fit(rows: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """``rows [n, K]`` in ``weights``' dtype and zero-padded to its ``K' >= K`` rows (a copy only when needed)."""
-    rows = rows.to(weights.dtype)
-    k = weights.shape[-2]
-    return rows if rows.shape[1] == k else F.pad(rows, (0, k - rows.shape[1]))
 
 
 def _slots(weights: torch.Tensor, seg: LoRASegments) -> torch.Tensor:
