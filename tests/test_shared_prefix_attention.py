@@ -125,7 +125,11 @@ def test_merge_attention_matches_softmax_over_union() -> None:
 @pytest.mark.parametrize("dense_bytes", [0, 1 << 26])
 def test_cascade_decode_matches_reference(q_per_kv: int, dense_bytes: int) -> None:
     layers = [AttentionLayer(0, HKV * q_per_kv, HKV, D, D**-0.5), AttentionLayer(1, HKV * q_per_kv, HKV, D, 0.3)]
-    worlds = [(TorchAttentionBackend(dense_bytes, shared_prefix=on), *_pools(torch.float32, 7)) for on in (1, 0)]
+    # cpu_kernel=False: the torch paths (dense copy, buckets, cascade) under test; the CPU kernel has its own tests
+    worlds = [
+        (TorchAttentionBackend(dense_bytes, shared_prefix=on, cpu_kernel=False), *_pools(torch.float32, 7))
+        for on in (1, 0)
+    ]
     gen = torch.Generator().manual_seed(q_per_kv)
     seq = [s for _, _, s in REQUESTS]
     for step in range(3):
@@ -159,7 +163,7 @@ def test_cascade_decode_matches_reference(q_per_kv: int, dense_bytes: int) -> No
 
 def test_cascade_decode_bfloat16_pool() -> None:
     layer = AttentionLayer(0, HKV * 2, HKV, D, D**-0.5)
-    backend = TorchAttentionBackend()
+    backend = TorchAttentionBackend(cpu_kernel=False)
     req_pool, kv, rows = _pools(torch.bfloat16, 3)
     seq = [s for _, _, s in REQUESTS]
     table = req_pool.req_to_token

@@ -40,8 +40,9 @@ from radixgen.runtime.models.tensor_parallel import TPPartition
 TP = 2
 # float32: |sharded - unsharded| <= ATOL + RTOL * |unsharded|. The relative term is float32's floor for a changed
 # summation order: stories260K's logits reach 19, and the unsharded model with plain nn.Linear instead of its
-# column-major kernels already differs by 1.24e-5 (sharded: 1.7e-5); the random models stay within 1e-5 absolute
-ATOL, RTOL = 1e-5, 2e-6
+# column-major kernels already differs by 1.24e-5 (sharded: 1.7e-5); the random models stay within 1e-5 absolute.
+# With the CPU kernels (norms, attention in their own summation order) the largest difference seen is 1.3e-5
+ATOL, RTOL = 2e-5, 2e-6
 LONG_PROMPT = 600  # > MLP_TOKEN_BLOCK: the MLP runs block by block, then reduces once
 TEACHER_STEPS = 64  # tokens of the float model's greedy text teacher-forced through the quantized shards
 QUANT_BOUNDS = {"int8wo": (1e-3, 0.97), "int4wo-32": (0.08, 0.88)}  # (max mean KL, min top-1), test_quantization

@@ -15,10 +15,14 @@ from radixgen.runtime.attention.shared_prefix import (
     plan_step,
     prefix_attention,
 )
+from radixgen.runtime.cpu import ops as cpu_ops
 from radixgen.runtime.forward_batch import ForwardBatch, ForwardMode
 
 # requests per decode length bucket (see init_forward_metadata)
 DECODE_BUCKET = 16
+# extends of at most this many new tokens per request (speculative verifies, short chunks) take the CPU kernel;
+# longer ones SDPA, which reads each K/V row once for all of a request's queries
+PAGED_EXTEND_MAX_TOKENS = 8
 
 
 class TorchAttentionBackend(AttentionBackend):
@@ -46,6 +50,12 @@ class TorchAttentionBackend(AttentionBackend):
     rounded to the storage dtype, or quantized and dequantized), so extend sees exactly what later decode steps
     read back.
 
+    CPU kernel (``radixgen.runtime.cpu.ops.PagedAttentionPlan``, built on first use): decode batches without
+    shared-prefix groups and extends of at most ``PAGED_EXTEND_MAX_TOKENS`` new tokens per request (speculative
+    verifies, short chunks) read K/V straight from the pool through ``req_to_token`` in one call per layer,
+    instead of the paths above, when the pool holds the model's float32 / bfloat16 K/V on the CPU
+    (``use_cpu_kernel``). Shared-prefix groups keep the cascade, which reads each prefix once per group.
+
     Quantized KV (``--kv-cache-dtype int8 | fp8_*``): every read of the pool goes through ``pool.get_kv``, which
     dequantizes the gathered slots to q's dtype; the dense decode copy holds dequantized K/V in the model dtype,
     so decode steps that append to it dequantize only the new token.
@@ -53,11 +63,13 @@ class TorchAttentionBackend(AttentionBackend):
     Args:
         dense_decode_kv_bytes: memory budget of the dense decode KV copy (all layers, K and V); 0 disables it.
         shared_prefix: use cascade attention for decode requests that share a KV prefix.
+        cpu_kernel: use the CPU kernel where it applies (and builds); False keeps every step on torch ops.
     """
 
-    def __init__(self, dense_decode_kv_bytes: int = 0, shared_prefix: bool = True) -> None:
+    def __init__(self, dense_decode_kv_bytes: int = 0, shared_prefix: bool = True, cpu_kernel: bool = True) -> None:
         self.dense = DenseDecodeKV(dense_decode_kv_bytes, DECODE_BUCKET) if dense_decode_kv_bytes > 0 else None
         self.shared_prefix = shared_prefix
+        self.allow_cpu_kernel = cpu_kernel
         self._groups_key: tuple[int, ...] | None = None  # request rows of the batch the groups were found for
         self._groups: list[tuple[list[int], int]] = []
 
@@ -72,8 +84,34 @@ class TorchAttentionBackend(AttentionBackend):
             self._groups_key = key
         return self._groups
 
+    def use_cpu_kernel(self, pool: TokenToKVPool) -> bool:
+        """True when this backend's steps over ``pool`` may take the CPU kernel (see the class docstring)."""
+        return (
+            self.allow_cpu_kernel
+            and pool.device.type == "cpu"
+            and not pool.quantized
+            and cpu_ops.supports(pool.model_dtype, pool.dtype, pool.head_dim)
+            and cpu_ops.available()
+        )
+
+    def _paged_plan(self, batch: ForwardBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per new token, its request row and the positions it sees (int64 ``[T]`` each) for the CPU kernel."""
+        if batch.mode == ForwardMode.DECODE:
+            return batch.req_pool_indices, batch.seq_lens
+        rows = torch.repeat_interleave(batch.req_pool_indices, batch.extend_seq_lens)  # [T]
+        return rows, batch.positions + 1
+
     def init_forward_metadata(self, batch: ForwardBatch) -> None:
         meta = batch.metadata
+        pool = batch.token_to_kv_pool
+        if self.use_cpu_kernel(pool):
+            small = batch.mode == ForwardMode.DECODE or max(batch.extend_seq_lens_cpu) <= PAGED_EXTEND_MAX_TOKENS
+            if small and not (batch.mode == ForwardMode.DECODE and self.shared_prefix and self._decode_groups(batch)):
+                if batch.mode == ForwardMode.EXTEND and self.dense is not None:
+                    self.dense.invalidate()
+                rows, kv_lens = self._paged_plan(batch)
+                meta["paged"] = cpu_ops.PagedAttentionPlan(batch.req_to_token_pool.req_to_token, rows, kv_lens)
+                return
         if batch.mode == ForwardMode.DECODE:
             table = batch.req_to_token_pool.req_to_token
             groups = self._decode_groups(batch) if self.shared_prefix else []
@@ -127,6 +165,13 @@ class TorchAttentionBackend(AttentionBackend):
         num_tokens = q.shape[0]
         k = k.view(num_tokens, layer.num_kv_heads, layer.head_dim)  # [T, Hkv, D]
         v = v.view(num_tokens, layer.num_kv_heads, layer.head_dim)  # [T, Hkv, D]
+        paged = batch.metadata.get("paged")
+        if paged is not None:
+            pool.set_kv_buffer(layer.layer_id, batch.out_cache_loc, k, v)
+            k_buf, v_buf = pool.get_kv_buffer(layer.layer_id)
+            q3 = q.view(num_tokens, layer.num_heads, layer.head_dim)  # [T, Hq, D]
+            out = paged.run(q3, k_buf, v_buf, layer.scaling)  # [T, Hq, D]
+            return out.view(num_tokens, layer.num_heads * layer.head_dim)  # [T, Hq*D]
         meta = batch.metadata  # new_k/new_v: [T, Hkv, D] each as stored (rounded or quantized), read back as q's dtype
         meta["new_k"], meta["new_v"] = pool.store_kv(layer.layer_id, batch.out_cache_loc, k, v, q.dtype)
         q = q.view(num_tokens, layer.num_heads, layer.head_dim)  # [T, Hq, D]

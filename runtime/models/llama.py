@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from radixgen.runtime.attention.base import AttentionLayer
+from radixgen.runtime.cpu import ops as cpu_ops
 from radixgen.runtime.distributed import TensorParallelGroup
 from radixgen.runtime.models.config import ModelConfig
 from radixgen.runtime.models.linear import LinearKernel, convert_linear, cpu_float_kernel
@@ -43,15 +44,20 @@ class RMSNorm(nn.Module):
 
     ``y = weight * (x / sqrt(mean(x^2) + eps)).to(x.dtype)``; input ``[..., dim]``, output same shape/dtype.
     float32 takes torch's fused ``F.rms_norm`` (one pass; bitwise equal to the formula above in float32, 3x
-    faster on CPU for 4096 x 512); other dtypes follow transformers op for op.
+    faster on CPU for 4096 x 512); other dtypes follow transformers op for op. With ``fused_cpu`` (set by
+    ``LlamaForCausalLM.process_weights_after_loading``) 2-D inputs take the CPU kernel
+    (``radixgen.runtime.cpu.ops.rms_norm``), which rounds where this formula does.
     """
 
     def __init__(self, dim: int, eps: float, dtype: torch.dtype) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.ones(dim, dtype=dtype))
         self.eps = eps
+        self.fused_cpu = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fused_cpu and x.dim() == 2:
+            return cpu_ops.rms_norm(x, self.weight, self.eps)
         if x.dtype == torch.float32 and self.weight.dtype == torch.float32:
             return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
         input_dtype = x.dtype
@@ -91,10 +97,10 @@ class LlamaAttention(nn.Module):
             head_dim=config.head_dim,
             scaling=config.head_dim**-0.5,
         )
+        # the rotary cos/sin cache [max_positions, D] when RoPE runs in place on qkv (CPU kernel), else None
+        self.fused_rope_cache: torch.Tensor | None = None
 
-    def forward(
-        self, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, batch: ForwardBatch
-    ) -> torch.Tensor:
+    def forward(self, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
         """``hidden [T, hidden_size]``, ``cos``/``sin [T, 1, D/2]`` → ``[T, hidden_size]`` (summed over the
         ranks); with ``batch.lora`` each projection adds its rows' LoRA deltas. Shapes below are this rank's
         (``Hq``, ``Hkv``: its heads)."""
@@ -103,6 +109,18 @@ class LlamaAttention(nn.Module):
         qkv = self.qkv_proj(hidden)  # [T, Hq*D + 2*Hkv*D]
         if lora is not None:
             lora.apply(self.layer_id, "qkv_proj", hidden, qkv)
+        if self.fused_rope_cache is not None:  # RoPE in place on the q and k columns, then strided views
+            cpu_ops.rotary_inplace(
+                qkv,
+                batch.positions,
+                self.fused_rope_cache,
+                self.layer.num_heads,
+                self.layer.num_kv_heads,
+                self.head_dim,
+            )
+            q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)  # views [T, Hq*D], [T, Hkv*D] x2
+            out = batch.attn_backend.forward(q, k, v, self.layer, batch)  # [T, Hq*D]
+            return self._project(out, lora)
         q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)  # [T, Hq*D], [T, Hkv*D] x2
         if self.q_norm is not None and self.k_norm is not None:
             q = self.q_norm(q.reshape(num_tokens, -1, self.head_dim))  # [T, Hq, D]
@@ -110,6 +128,10 @@ class LlamaAttention(nn.Module):
         q = apply_rotary(q, cos, sin, self.head_dim)  # [T, Hq*D]
         k = apply_rotary(k, cos, sin, self.head_dim)  # [T, Hkv*D]
         out = batch.attn_backend.forward(q, k, v.contiguous(), self.layer, batch)  # [T, Hq*D]
+        return self._project(out, lora)
+
+    def _project(self, out: torch.Tensor, lora: LoRABatchInfo | None) -> torch.Tensor:
+        """``o_proj`` of the attention output ``[T, Hq*D]`` (with its LoRA delta), reduced over the ranks."""
         projected = self.o_proj(out)  # [T, hidden_size], this rank's partial sum
         if lora is not None:
             lora.apply(self.layer_id, "o_proj", out, projected)
@@ -133,11 +155,10 @@ class LlamaMLP(nn.Module):
         super().__init__()
         self.layer_id, self.tp = layer_id, tp
         self.intermediate_size = part.intermediate_size
-        self.gate_up_proj = nn.Linear(
-            config.hidden_size, 2 * self.intermediate_size, bias=config.mlp_bias, dtype=dtype
-        )
+        self.gate_up_proj = nn.Linear(config.hidden_size, 2 * self.intermediate_size, bias=config.mlp_bias, dtype=dtype)
         self.down_proj = nn.Linear(self.intermediate_size, config.hidden_size, bias=False, dtype=dtype)
         self.down_proj_bias = _row_bias(config.mlp_bias, config.hidden_size, dtype)
+        self.fused_cpu = False  # silu(gate) * up in the CPU kernel (process_weights_after_loading)
 
     def forward(self, x: torch.Tensor, lora: LoRABatchInfo | None = None) -> torch.Tensor:
         """``x [T, hidden_size]`` → ``[T, hidden_size]`` (summed over the ranks); ``lora``: the batch's LoRA
@@ -156,8 +177,11 @@ class LlamaMLP(nn.Module):
         gate_up = self.gate_up_proj(x)  # [T, 2 * intermediate_size] (this rank's range)
         if lora is not None:
             lora.apply(self.layer_id, "gate_up_proj", x, gate_up)
-        gate, up = gate_up.chunk(2, dim=-1)  # each [T, intermediate_size]
-        act = F.silu(gate).mul_(up)  # [T, intermediate_size]
+        if self.fused_cpu:
+            act = cpu_ops.silu_and_mul(gate_up)  # [T, intermediate_size]
+        else:
+            gate, up = gate_up.chunk(2, dim=-1)  # each [T, intermediate_size]
+            act = F.silu(gate).mul_(up)  # [T, intermediate_size]
         out = self.down_proj(act)  # [T, hidden_size]
         if lora is not None:
             lora.apply(self.layer_id, "down_proj", act, out)
@@ -176,10 +200,13 @@ class LlamaDecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype)
         self.mlp = LlamaMLP(config, layer_id, dtype, part, tp)
 
-    def forward(
-        self, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, batch: ForwardBatch
-    ) -> torch.Tensor:
+    def forward(self, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
         """``hidden [T, hidden_size]`` → ``[T, hidden_size]``."""
+        norm = self.post_attention_layernorm
+        if norm.fused_cpu:  # the residual add fused into the norm: hidden += attn; x = norm(hidden)
+            attn = self.self_attn(self.input_layernorm(hidden), cos, sin, batch)  # [T, hidden_size]
+            x = cpu_ops.rms_norm(attn, norm.weight, norm.eps, residual=hidden)  # hidden updated in place
+            return self.mlp(x, batch.lora).add_(hidden)
         hidden = self.self_attn(self.input_layernorm(hidden), cos, sin, batch).add_(hidden)  # residual, in place
         return self.mlp(self.post_attention_layernorm(hidden), batch.lora).add_(hidden)
 
@@ -230,9 +257,8 @@ class LlamaForCausalLM(nn.Module):
         )
         self.logits_proj: LinearKernel | None = None  # set by process_weights_after_loading
         self.weights_processed = False
-        self.rotary_emb = RotaryEmbedding(
-            config.head_dim, config.context_len, config.rope_theta, config.rope_scaling
-        )
+        self.rotary_emb = RotaryEmbedding(config.head_dim, config.context_len, config.rope_theta, config.rope_scaling)
+        self.fused_rope = False  # the CPU kernel runs RoPE in place (process_weights_after_loading)
 
     def forward(self, batch: ForwardBatch) -> torch.Tensor:
         """Run all layers over the new tokens of ``batch``, writing their K/V into ``batch.token_to_kv_pool``.
@@ -254,7 +280,10 @@ class LlamaForCausalLM(nn.Module):
         if batch.lora is not None and self.tp_group.world_size > 1:
             raise ValueError(f"LoRA is not supported with tensor parallelism (tp_size {self.tp_group.world_size})")
         hidden = self.model.embed_tokens(batch.input_ids)  # [T, hidden_size]
-        cos, sin = self.rotary_emb.cos_sin(batch.positions, hidden.dtype)  # each [T, 1, D/2]
+        if self.fused_rope:  # RoPE runs in place on qkv from the cos/sin cache (LlamaAttention.fused_rope_cache)
+            cos = sin = hidden
+        else:
+            cos, sin = self.rotary_emb.cos_sin(batch.positions, hidden.dtype)  # each [T, 1, D/2]
         for layer in self.model.layers:
             hidden = layer(hidden, cos, sin, batch)
         return self.model.norm(hidden)
@@ -268,7 +297,8 @@ class LlamaForCausalLM(nn.Module):
         torchao int8 / int4 weight-only with ``quant``; see ``radixgen.runtime.models.linear``). The LM head gets
         its own kernel module on CPU too (quantized only with ``quant.quantize_lm_head``); with tied embeddings
         that is a prepacked or quantized copy of the table, which the embedding lookup keeps reading in float —
-        except a tied float32 head, which keeps reading the table itself.
+        except a tied float32 head, which keeps reading the table itself. On the CPU, with float32 or bfloat16
+        weights, norms, RoPE and SiLU-and-mul then take radixgen's CPU kernels where they built.
         ``hf_weight_views`` is unavailable afterwards (the weights are repacked). With ``tp_size > 1`` the
         kernels take this rank's shards (int8 / int4 scales of the row-parallel ``o_proj`` / ``down_proj`` then
         cover this rank's input columns only, so a quantized sharded model is close to, not equal to, tp_size 1).
@@ -291,6 +321,17 @@ class LlamaForCausalLM(nn.Module):
             self.logits_proj = convert_linear(head, None, head_quant)
             self.lm_head = None
         self.weights_processed = True
+        self._use_fused_cpu_ops(head.device.type == "cpu" and cpu_ops.supports(self.dtype) and cpu_ops.available())
+
+    def _use_fused_cpu_ops(self, enable: bool) -> None:
+        """Route RMSNorm, RoPE and SiLU-and-mul through radixgen's CPU kernels (``radixgen.runtime.cpu.ops``):
+        one call each instead of several torch ops per layer. RoPE stays on torch ops for Qwen3's q/k norm."""
+        self.fused_rope = enable and not self.config.qk_norm
+        for module in self.modules():
+            if isinstance(module, (RMSNorm, LlamaMLP)):
+                module.fused_cpu = enable
+            elif isinstance(module, LlamaAttention):
+                module.fused_rope_cache = self.rotary_emb.cos_sin_cache if self.fused_rope else None
 
     def weight_report(self) -> dict[str, object]:
         """Weight formats and bytes for ``/get_server_info``: ``{"formats": {format: count}, "bytes": int}``.

@@ -1,0 +1,184 @@
+"""radixgen's CPU kernels (runtime/cpu): each against its torch reference, and the attention backend's kernel path
+against its torch paths. End to end, every model test on the CPU runs them too (they are the default there):
+test_model_numerics compares the whole model with transformers, test_engine the golden stories260K text."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from radixgen.radix import ReqToTokenPool, TokenToKVPool
+from radixgen.runtime.attention import TorchAttentionBackend
+from radixgen.runtime.attention.base import AttentionLayer
+from radixgen.runtime.cpu import ops
+from radixgen.runtime.forward_batch import ForwardBatch, ForwardMode
+from radixgen.runtime.models.llama import RMSNorm
+from radixgen.runtime.models.rope import RotaryEmbedding, apply_rotary
+
+_FLAGS = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+_BUILDABLE = all(f in _FLAGS.split() for f in ("avx512f", "avx512bw", "avx512vl")) and shutil.which("cc")
+needs_kernels = pytest.mark.skipif(not ops.available(), reason="CPU kernels unavailable (no AVX-512 or compiler)")
+
+
+def test_kernels_build_where_they_can() -> None:
+    """On a CPU with AVX-512 and a C compiler (this project's machines) the kernels must build: a broken build
+    would otherwise only show as slower steps."""
+    assert ops.available() == bool(_BUILDABLE)
+
+
+def _reference_attention(q, k_pool, v_pool, table, rows, kv_lens, scale):
+    """Per query token, SDPA in float32 over its request's first kv_len slots: ``[T, Hq, D]`` float32."""
+    hq, hkv = q.shape[1], k_pool.shape[1]
+    out = []
+    for t in range(q.shape[0]):
+        slots = table[rows[t], : kv_lens[t]].long()
+        k = k_pool[slots].float().transpose(0, 1)  # [Hkv, L, D]
+        v = v_pool[slots].float().transpose(0, 1)
+        qt = q[t].float().view(hkv, hq // hkv, -1)  # [Hkv, G, D]
+        out.append(F.scaled_dot_product_attention(qt, k, v, scale=scale).reshape(hq, -1))
+    return torch.stack(out)
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(("hq", "hkv", "d"), [(8, 4, 64), (4, 4, 8), (6, 2, 24), (40, 2, 128), (2, 1, 256)])
+def test_paged_attention_matches_sdpa(dtype: torch.dtype, hq: int, hkv: int, d: int) -> None:
+    """GQA group sizes 1..20 (over the kernel's 16-head chunk), head dims with a masked tail (8, 24) and without,
+    lengths 1, within one 32-position block and across several, slots scattered over the pool, strided q rows."""
+    gen = torch.Generator().manual_seed(hq * d)
+    slots_total, rows_total, ctx = 3000, 6, 300
+    k_pool = torch.randn(slots_total, hkv, d, generator=gen).to(dtype)
+    v_pool = torch.randn(slots_total, hkv, d, generator=gen).to(dtype)
+    table = torch.randint(1, slots_total, (rows_total, ctx), generator=gen, dtype=torch.int32)
+    rows = torch.tensor([0, 3, 3, 3, 5, 1, 2])
+    kv_lens = torch.tensor([1, 31, 32, 33, 100, 300, 7])
+    wide = torch.randn(len(rows), hq * d + 16, generator=gen).to(dtype)  # rows hq * d + 16 elements apart
+    q = wide[:, : hq * d].view(len(rows), hq, d)
+    got = ops.paged_attention(q, k_pool, v_pool, table, rows, kv_lens, d**-0.5)
+    want = _reference_attention(q, k_pool, v_pool, table, rows, kv_lens, d**-0.5)
+    tol = 1e-5 if dtype == torch.float32 else 2e-2  # bfloat16: the output's rounding
+    torch.testing.assert_close(got.float(), want, atol=tol, rtol=tol)
+    assert got.dtype == dtype and got.is_contiguous()
+
+
+@needs_kernels
+def test_paged_attention_bad_input_names_the_argument() -> None:
+    k_pool = torch.zeros(10, 2, 8)
+    table = torch.zeros(2, 4, dtype=torch.int32)
+    rows, lens = torch.tensor([0]), torch.tensor([1])
+    with pytest.raises(ValueError, match="req_to_token"):
+        ops.paged_attention(torch.zeros(1, 2, 8), k_pool, k_pool, table.long(), rows, lens, 1.0)
+    with pytest.raises(ValueError, match="q"):
+        ops.paged_attention(torch.zeros(1, 2, 8, dtype=torch.float16), k_pool, k_pool, table, rows, lens, 1.0)
+    with pytest.raises(ValueError, match="kv_lens"):
+        ops.paged_attention(torch.zeros(1, 2, 8), k_pool, k_pool, table, rows, torch.tensor([1, 1]), 1.0)
+    with pytest.raises(ValueError, match="contiguous"):
+        ops.paged_attention(torch.zeros(1, 8, 2).transpose(1, 2), k_pool, k_pool, table, rows, lens, 1.0)
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("residual", [False, True])
+def test_rms_norm_matches_module(dtype: torch.dtype, residual: bool) -> None:
+    gen = torch.Generator().manual_seed(1)
+    norm = RMSNorm(200, 1e-5, dtype)
+    norm.weight.data = torch.randn(200, generator=gen).to(dtype)
+    x = (torch.randn(37, 208, generator=gen) * 3).to(dtype)[:, :200]  # strided rows
+    res = torch.randn(37, 200, generator=gen).to(dtype)
+    res_kernel = res.clone()
+    if residual:
+        got = ops.rms_norm(x, norm.weight, norm.eps, residual=res_kernel)
+        summed = x + res  # the torch path's residual add, in the dtype
+        torch.testing.assert_close(res_kernel, summed, atol=0, rtol=0)
+        want = norm(summed)
+    else:
+        got = ops.rms_norm(x, norm.weight, norm.eps)
+        want = norm(x)
+    tol = 1e-6 if dtype == torch.float32 else 1e-2  # bfloat16: one rounding step either side
+    torch.testing.assert_close(got.float(), want.float(), atol=tol, rtol=tol)
+    if dtype == torch.bfloat16:  # almost everywhere the same bfloat16 value, not just close
+        assert (got != want).float().mean() < 0.01
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rotary_inplace_matches_apply_rotary(dtype: torch.dtype) -> None:
+    hq, hkv, d = 6, 2, 32
+    rope = RotaryEmbedding(d, 512, 10000.0)
+    gen = torch.Generator().manual_seed(2)
+    positions = torch.tensor([0, 1, 17, 511, 300])
+    qkv = torch.randn(5, (hq + 2 * hkv) * d, generator=gen).to(dtype)
+    cos, sin = rope.cos_sin(positions, dtype)
+    q, k, v = qkv.split([hq * d, hkv * d, hkv * d], dim=-1)
+    want_q, want_k, want_v = apply_rotary(q, cos, sin, d), apply_rotary(k, cos, sin, d), v.clone()
+    ops.rotary_inplace(qkv, positions, rope.cos_sin_cache, hq, hkv, d)
+    tol = 1e-6 if dtype == torch.float32 else 1e-2
+    torch.testing.assert_close(q.float(), want_q.float(), atol=tol, rtol=tol)
+    torch.testing.assert_close(k.float(), want_k.float(), atol=tol, rtol=tol)
+    assert torch.equal(v, want_v)
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_silu_and_mul_matches_torch(dtype: torch.dtype) -> None:
+    gen = torch.Generator().manual_seed(3)
+    gate_up = (torch.randn(19, 2 * 75 + 5, generator=gen) * 6).to(dtype)[:, : 2 * 75]  # odd width, strided rows
+    gate, up = gate_up.chunk(2, dim=-1)
+    want = F.silu(gate) * up
+    got = ops.silu_and_mul(gate_up)
+    tol = 1e-6 if dtype == torch.float32 else 1e-2
+    torch.testing.assert_close(got.float(), want.float(), atol=tol, rtol=tol)
+
+
+def _batch(backend, mode, rows, prefix, extend, req_pool, pool):
+    table = req_pool.req_to_token
+    loc = torch.cat([table[r, p : p + e] for r, p, e in zip(rows, prefix, extend, strict=True)]).long()
+    return ForwardBatch.build(mode, [0] * sum(extend), rows, prefix, extend, loc, req_pool, pool, backend)
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_backend_kernel_path_matches_torch_paths(dtype: torch.dtype) -> None:
+    """A speculative-verify-sized extend (kernel), a decode step (kernel), a long extend (SDPA either way): the
+    kernel backend's outputs and pool contents equal the torch-only backend's."""
+    hkv, d = 2, 16
+    layer = AttentionLayer(0, 4, hkv, d, d**-0.5)
+    worlds = []
+    slots = torch.randperm(200, generator=torch.Generator().manual_seed(0))[:180].view(3, 60).to(torch.int32) + 1
+    for use in (True, False):
+        req_pool = ReqToTokenPool(4, 64)
+        pool = TokenToKVPool(200, 1, hkv, d, dtype)
+        for buf in (*pool.k_buffer, *pool.v_buffer):  # the dense copy reads (masked) slots past each sequence
+            buf.zero_()
+        req_pool.req_to_token[:3, :60] = slots
+        worlds.append((TorchAttentionBackend(1 << 20, cpu_kernel=use), req_pool, pool))
+    steps = [
+        (ForwardMode.EXTEND, [0, 1], [0, 0], [20, 12]),  # prompts: long extend, SDPA
+        (ForwardMode.EXTEND, [0, 1], [20, 12], [5, 3]),  # verify-sized: the kernel
+        (ForwardMode.DECODE, [0, 1], [25, 15], [1, 1]),
+        (ForwardMode.DECODE, [0, 1], [26, 16], [1, 1]),
+    ]
+    gen = torch.Generator().manual_seed(4)
+    for mode, rows, prefix, extend in steps:
+        n = sum(extend)
+        q, k, v = (
+            torch.randn(n, 4 * d, generator=gen),
+            torch.randn(n, hkv * d, generator=gen),
+            torch.randn(n, hkv * d, generator=gen),
+        )
+        outs = []
+        for backend, req_pool, pool in worlds:
+            batch = _batch(backend, mode, rows, prefix, extend, req_pool, pool)
+            backend.init_forward_metadata(batch)
+            kernel = "paged" in batch.metadata
+            assert kernel == (backend.allow_cpu_kernel and max(extend) <= 8), (mode, extend)
+            outs.append(backend.forward(q.to(dtype), k.to(dtype), v.to(dtype), layer, batch).float())
+        tol = 1e-5 if dtype == torch.float32 else 2e-2
+        torch.testing.assert_close(outs[0], outs[1], atol=tol, rtol=tol)
+    written = torch.cat([slots[0, :27], slots[1, :17]]).long()
+    for kind in ("k_buffer", "v_buffer"):
+        assert torch.equal(getattr(worlds[0][2], kind)[0][written], getattr(worlds[1][2], kind)[0][written])
