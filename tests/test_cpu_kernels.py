@@ -182,3 +182,35 @@ def test_backend_kernel_path_matches_torch_paths(dtype: torch.dtype) -> None:
     written = torch.cat([slots[0, :27], slots[1, :17]]).long()
     for kind in ("k_buffer", "v_buffer"):
         assert torch.equal(getattr(worlds[0][2], kind)[0][written], getattr(worlds[1][2], kind)[0][written])
+
+
+@needs_kernels
+@pytest.mark.parametrize("model_name", ["stories260k", "bench_40m"])
+def test_fused_layer_loop_matches_module_path(model_name: str) -> None:
+    """The native layer loop (float32 decode steps and verify-sized extends) against the torch-only module path on
+    the same weights: a batched prompt, a 4-token extend per request, then decode steps; logits and greedy tokens."""
+    from model_harness import KVHarness
+    from shared_paths import BENCH_40M, STORIES
+
+    from radixgen.runtime.models import ModelConfig, load_model
+
+    path, fmt = (STORIES, "auto") if model_name == "stories260k" else (BENCH_40M, "dummy")
+    cfg = ModelConfig.from_pretrained(path)
+    runs = []
+    for native in (True, False):
+        model = load_model(cfg, load_format=fmt, seed=0)
+        if native:
+            assert model.fused_layers is not None
+        else:
+            model._use_fused_cpu_ops(False)
+        harness = KVHarness(model, backend=TorchAttentionBackend(cpu_kernel=native))
+        rows = [harness.new_request(), harness.new_request()]
+        logits = [harness.extend(rows, [[1, 5, 9, 12, 40, 7], [1, 3]])]
+        logits.append(harness.extend(rows, [[4, 8, 15, 16], [23, 42, 2, 9]]))  # a speculative verify's shape
+        tokens = logits[-1].view(2, 4, -1)[:, -1].argmax(-1).tolist()
+        for _ in range(6):
+            logits.append(harness.decode(rows, tokens))
+            tokens = logits[-1].argmax(-1).tolist()
+        runs.append((torch.cat(logits), tokens))
+    torch.testing.assert_close(runs[0][0], runs[1][0], atol=2e-5, rtol=1e-5)
+    assert runs[0][1] == runs[1][1]

@@ -97,6 +97,31 @@ def _declare(lib: ctypes.CDLL) -> None:
         "radixgen_rms_norm": [i32, p, i64, p, p, p, i64, i64, f32],
         "radixgen_rotary_inplace": [i32, p, i64, p, p, i64, i32, i32, i32],
         "radixgen_silu_and_mul": [i32, p, i64, p, i64, i64],
+        "radixgen_llama_layers": [
+            p,
+            i32,
+            p,
+            p,
+            p,
+            p,
+            i64,
+            i32,
+            i32,
+            i32,
+            i32,
+            i32,
+            f32,
+            p,
+            p,
+            p,
+            p,
+            i64,
+            p,
+            p,
+            f32,
+            i64,
+            p,
+        ],  # fmt: skip
     }
     for name, argtypes in signatures.items():
         fn = getattr(lib, name)

@@ -84,7 +84,8 @@ class PagedAttentionPlan:
         self.lib = _lib(fn)
         self.num_tokens = rows.shape[0]
         self.req_to_token, self.rows, self.kv_lens = req_to_token, rows, kv_lens  # kept alive for the pointers
-        self._args = (req_to_token.data_ptr(), req_to_token.stride(0), rows.data_ptr(), kv_lens.data_ptr())
+        # (req_to_token address, its row stride, rows address, kv_lens address) for the native calls
+        self.pointers = (req_to_token.data_ptr(), req_to_token.stride(0), rows.data_ptr(), kv_lens.data_ptr())
 
     def run(self, q: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.Tensor, scale: float) -> torch.Tensor:
         """Attention of each query token over its request's first ``kv_lens[t]`` pooled positions.
@@ -119,7 +120,7 @@ class PagedAttentionPlan:
             raise ValueError(f"paged_attention: q's heads must be contiguous within a token (strides {q.stride()}) "
                              "and the pools contiguous")  # fmt: skip
         out = torch.empty((num_tokens, hq, d), dtype=dtype)
-        rtt, rtt_stride, rows, kv_lens = self._args
+        rtt, rtt_stride, rows, kv_lens = self.pointers
         self.lib.radixgen_paged_attention(
             _DTYPE_CODES[dtype], q.data_ptr(), q.stride(0), k_pool.data_ptr(), v_pool.data_ptr(), rtt, rtt_stride,
             rows, kv_lens, out.data_ptr(), num_tokens, hq, hkv, d, scale, MIN_PARALLEL_WORK,

@@ -27,6 +27,7 @@ from torch import nn
 
 from radixgen.runtime.attention.base import AttentionLayer
 from radixgen.runtime.cpu import ops as cpu_ops
+from radixgen.runtime.cpu.llama_layers import FusedLlamaLayers
 from radixgen.runtime.distributed import TensorParallelGroup
 from radixgen.runtime.models.config import ModelConfig
 from radixgen.runtime.models.linear import LinearKernel, convert_linear, cpu_float_kernel
@@ -259,6 +260,7 @@ class LlamaForCausalLM(nn.Module):
         self.weights_processed = False
         self.rotary_emb = RotaryEmbedding(config.head_dim, config.context_len, config.rope_theta, config.rope_scaling)
         self.fused_rope = False  # the CPU kernel runs RoPE in place (process_weights_after_loading)
+        self.fused_layers: FusedLlamaLayers | None = None  # every layer in one native call (float32 CPU decode)
 
     def forward(self, batch: ForwardBatch) -> torch.Tensor:
         """Run all layers over the new tokens of ``batch``, writing their K/V into ``batch.token_to_kv_pool``.
@@ -280,6 +282,11 @@ class LlamaForCausalLM(nn.Module):
         if batch.lora is not None and self.tp_group.world_size > 1:
             raise ValueError(f"LoRA is not supported with tensor parallelism (tp_size {self.tp_group.world_size})")
         hidden = self.model.embed_tokens(batch.input_ids)  # [T, hidden_size]
+        plan = batch.metadata.get("paged")  # set by the torch backend for decode steps and short extends
+        if self.fused_layers is not None and isinstance(plan, cpu_ops.PagedAttentionPlan) and batch.lora is None:
+            pool = batch.token_to_kv_pool
+            self.fused_layers.run(hidden, batch.positions, batch.out_cache_loc, pool, plan)  # in place
+            return self.model.norm(hidden)
         if self.fused_rope:  # RoPE runs in place on qkv from the cos/sin cache (LlamaAttention.fused_rope_cache)
             cos = sin = hidden
         else:
@@ -325,8 +332,11 @@ class LlamaForCausalLM(nn.Module):
 
     def _use_fused_cpu_ops(self, enable: bool) -> None:
         """Route RMSNorm, RoPE and SiLU-and-mul through radixgen's CPU kernels (``radixgen.runtime.cpu.ops``):
-        one call each instead of several torch ops per layer. RoPE stays on torch ops for Qwen3's q/k norm."""
+        one call each instead of several torch ops per layer; RoPE stays on torch ops for Qwen3's q/k norm. Where
+        ``FusedLlamaLayers`` applies (float32, one rank, column-major projections), decode steps and short extends
+        run every layer in one native call."""
         self.fused_rope = enable and not self.config.qk_norm
+        self.fused_layers = FusedLlamaLayers.build(self) if enable else None
         for module in self.modules():
             if isinstance(module, (RMSNorm, LlamaMLP)):
                 module.fused_cpu = enable
