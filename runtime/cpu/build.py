@@ -98,6 +98,7 @@ def _declare(lib: ctypes.CDLL) -> None:
         "radixgen_rotary_inplace": [i32, p, i64, p, p, i64, i32, i32, i32],
         "radixgen_silu_and_mul": [i32, p, i64, p, i64, i64],
         "radixgen_llama_layers": [
+            i32,
             p,
             i32,
             p,

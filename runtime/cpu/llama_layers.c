@@ -1,13 +1,15 @@
 /*
- * All decoder layers of a float32 Llama-family model for one decode step (or a short extend) in one call.
+ * All decoder layers of a float32 or bfloat16 Llama-family model for one decode step (or a short extend) in
+ * one call.
  *
  * At decode batch sizes a layer's arithmetic is four GEMVs over its weights plus microseconds of element-wise
  * work, but driving it from Python costs tens of torch/ctypes calls per layer, and each call between two weight
  * streams runs with cold caches: on this project's 2-core CPU that overhead was ~2 ms of a 6 ms step for
  * bench-llama-40m. This loop runs the same layer (llama.cpp's approach: the whole graph in native code) with the
- * kernels of fused_ops.c and paged_attention.c and the GEMMs in MKL's sgemm (the library torch itself calls for
- * float32 mm on the CPU; the caller passes its address), each projection's weight stored column-major as
- * radixgen.runtime.models.linear.DenseLinear keeps it, so the GEMM is MKL's non-transposed one.
+ * kernels of fused_ops.c and paged_attention.c and the GEMMs in MKL (the library torch itself calls for float32
+ * mm on the CPU; the caller passes the function's address): float32 through sgemm over column-major weights (as
+ * radixgen.runtime.models.linear.DenseLinear keeps them: MKL's non-transposed GEMM), bfloat16 through
+ * cblas_gemm_bf16bf16f32 over row-major weights (at M = 1 twice as fast here as oneDNN's prepacked GEMM).
  *
  * Per layer, for T tokens (rows of hidden [T, H], updated in place):
  *   x = rms_norm(hidden);  qkv = x Wqkv^T (+ bias);  RoPE on q, k in place;  k, v -> KV pool at out_loc;
@@ -41,44 +43,103 @@ static void linear(sgemm_fn gemm, const float *x, int64_t T, int K, const float 
     gemm(&no, &no, &m, &n, &k, &alpha, wt, &m, x, &k, &beta, y, &m);
 }
 
+/* MKL's cblas_gemm_bf16bf16f32: C (float32) = alpha op(A) op(B) + beta C, bfloat16 A and B */
+typedef void (*gemm_bf16_fn)(int layout, int transa, int transb, int m, int n, int k, float alpha, const uint16_t *a,
+                             int lda, const uint16_t *b, int ldb, float beta, float *c, int ldc);
+enum { CBLAS_ROW_MAJOR = 101, CBLAS_NO_TRANS = 111, CBLAS_TRANS = 112 };
+
+/* y [T, N] float32 = x [T, K] W^T, x and W (row-major [N, K], as checkpoints store it) bfloat16 */
+static void linear_bf16(gemm_bf16_fn gemm, const uint16_t *x, int64_t T, int K, const uint16_t *w, int N, float *y) {
+    gemm(CBLAS_ROW_MAJOR, CBLAS_NO_TRANS, CBLAS_TRANS, (int)T, N, K, 1.0f, x, K, w, K, 0.0f, y, N);
+}
+
+static inline float bf16_to_f32(uint16_t b) {
+    union { uint32_t u; float f; } x;
+    x.u = (uint32_t)b << 16;
+    return x.f;
+}
+
+static inline uint16_t f32_to_bf16(float f) {
+    union { uint32_t u; float f; } x;
+    x.f = f;
+    return (uint16_t)((x.u + 0x7FFFu + ((x.u >> 16) & 1u)) >> 16);
+}
+
+/* dst [T, N] bfloat16 = round(src + bias): F.linear's one rounding of product plus bias (bias may be 0) */
+static void round_rows(const float *src, const uint16_t *bias, uint16_t *dst, int64_t T, int N) {
+    for (int64_t t = 0; t < T; ++t)
+        for (int i = 0; i < N; ++i)
+            dst[t * N + i] = f32_to_bf16(src[t * N + i] + (bias != 0 ? bf16_to_f32(bias[i]) : 0.0f));
+}
+
+/* hidden [T, H] bfloat16 += round(y): the residual add of a bfloat16 model (both terms bfloat16, sum rounded) */
+static void add_rounded(uint16_t *hidden, const float *y, int64_t n) {
+    for (int64_t i = 0; i < n; ++i)
+        hidden[i] = f32_to_bf16(bf16_to_f32(hidden[i]) + bf16_to_f32(f32_to_bf16(y[i])));
+}
+
 /* the weights of one layer, as addresses: LAYER_FIELDS int64 per layer, in this order (0 = no bias) */
 enum { W_INPUT_NORM, W_QKV, B_QKV, W_O, W_POST_NORM, W_GATE_UP, W_DOWN, LAYER_FIELDS };
 
 /*
- * sgemm: MKL's Fortran sgemm. weights [num_layers, LAYER_FIELDS]; k_pools / v_pools [num_layers] addresses of
- * each layer's pool storage [S, hkv, D] float32. hidden [T, H] float32, updated in place. positions / out_loc [T]
- * int64; req_to_token / rows / kv_lens as in paged_attention. work: T * (H + 2 Q + 2 KV + 3 I) floats, with
- * Q = hq D, KV = hkv D.
+ * dtype 0 (float32): gemm is MKL's Fortran sgemm and the projections are stored column-major. dtype 1
+ * (bfloat16): gemm is MKL's cblas_gemm_bf16bf16f32 and the projections row-major [out, in]; products are rounded
+ * to bfloat16 where transformers' bfloat16 F.linear rounds them, residual sums likewise.
+ * weights [num_layers, LAYER_FIELDS]; k_pools / v_pools [num_layers] addresses of each layer's pool storage
+ * [S, hkv, D] of the dtype. hidden [T, H] of the dtype, updated in place. positions / out_loc [T] int64;
+ * req_to_token / rows / kv_lens as in paged_attention. work: at least T * (H + 2 Q + 2 KV + 3 I) float32 for
+ * float32; for bfloat16 as many bfloat16, then 64 bytes of alignment, then T * max(Q + 2 KV, 2 I, H) float32
+ * (Q = hq D, KV = hkv D).
  */
-void radixgen_llama_layers(void *sgemm, int num_layers, const int64_t *weights, const int64_t *k_pools,
-                           const int64_t *v_pools, float *hidden, int64_t T, int H, int hq, int hkv, int D, int I,
+void radixgen_llama_layers(int dtype, void *gemm, int num_layers, const int64_t *weights, const int64_t *k_pools,
+                           const int64_t *v_pools, void *hidden, int64_t T, int H, int hq, int hkv, int D, int I,
                            float eps, const int64_t *positions, const float *cos_sin, const int64_t *out_loc,
                            const int32_t *req_to_token, int64_t rt_stride, const int64_t *rows,
-                           const int64_t *kv_lens, float scale, int64_t min_parallel_work, float *work) {
-    sgemm_fn gemm = (sgemm_fn)sgemm;
+                           const int64_t *kv_lens, float scale, int64_t min_parallel_work, void *work) {
     const int Q = hq * D, KV = hkv * D, QKV = Q + 2 * KV;
-    float *x = work, *qkv = x + T * H, *attn = qkv + T * QKV, *gu = attn + T * Q, *act = gu + T * 2 * I;
+    const int bf16 = dtype == 1;
+    const size_t item = bf16 ? 2 : 4;
+    char *x = (char *)work, *qkv = x + item * T * H, *attn = qkv + item * T * QKV, *gu = attn + item * T * Q;
+    char *act = gu + item * T * 2 * I;
+    float *y = (float *)(((uintptr_t)(act + item * T * I) + 63) & ~(uintptr_t)63); /* bf16: products' float32 */
     for (int l = 0; l < num_layers; ++l) {
         const int64_t *w = weights + (int64_t)l * LAYER_FIELDS;
-        float *k_pool = (float *)(intptr_t)k_pools[l], *v_pool = (float *)(intptr_t)v_pools[l];
-        radixgen_rms_norm(0, hidden, H, 0, (const float *)(intptr_t)w[W_INPUT_NORM], x, T, H, eps);
-        linear(gemm, x, T, H, (const float *)(intptr_t)w[W_QKV], QKV, 0.0f, qkv);
-        if (w[B_QKV] != 0) {
-            const float *b = (const float *)(intptr_t)w[B_QKV];
-            for (int64_t t = 0; t < T; ++t)
-                for (int i = 0; i < QKV; ++i) qkv[t * QKV + i] += b[i];
+        char *k_pool = (char *)(intptr_t)k_pools[l], *v_pool = (char *)(intptr_t)v_pools[l];
+        const void *w_qkv = (const void *)(intptr_t)w[W_QKV], *b_qkv = (const void *)(intptr_t)w[B_QKV];
+        radixgen_rms_norm(dtype, hidden, H, 0, (const void *)(intptr_t)w[W_INPUT_NORM], x, T, H, eps);
+        if (bf16) {
+            linear_bf16((gemm_bf16_fn)gemm, (const uint16_t *)x, T, H, w_qkv, QKV, y);
+            round_rows(y, b_qkv, (uint16_t *)qkv, T, QKV);
+        } else {
+            linear((sgemm_fn)gemm, (const float *)x, T, H, w_qkv, QKV, 0.0f, (float *)qkv);
+            if (b_qkv != 0)
+                for (int64_t t = 0; t < T; ++t)
+                    for (int i = 0; i < QKV; ++i) ((float *)qkv)[t * QKV + i] += ((const float *)b_qkv)[i];
         }
-        radixgen_rotary_inplace(0, qkv, QKV, positions, cos_sin, T, hq, hkv, D);
+        radixgen_rotary_inplace(dtype, qkv, QKV, positions, cos_sin, T, hq, hkv, D);
         for (int64_t t = 0; t < T; ++t) {
-            memcpy(k_pool + out_loc[t] * KV, qkv + t * QKV + Q, sizeof(float) * (size_t)KV);
-            memcpy(v_pool + out_loc[t] * KV, qkv + t * QKV + Q + KV, sizeof(float) * (size_t)KV);
+            memcpy(k_pool + item * out_loc[t] * KV, qkv + item * (t * QKV + Q), item * (size_t)KV);
+            memcpy(v_pool + item * out_loc[t] * KV, qkv + item * (t * QKV + Q + KV), item * (size_t)KV);
         }
-        radixgen_paged_attention(0, qkv, QKV, k_pool, v_pool, req_to_token, rt_stride, rows, kv_lens, attn, T, hq,
-                                 hkv, D, scale, min_parallel_work);
-        linear(gemm, attn, T, Q, (const float *)(intptr_t)w[W_O], H, 1.0f, hidden);
-        radixgen_rms_norm(0, hidden, H, 0, (const float *)(intptr_t)w[W_POST_NORM], x, T, H, eps);
-        linear(gemm, x, T, H, (const float *)(intptr_t)w[W_GATE_UP], 2 * I, 0.0f, gu);
-        radixgen_silu_and_mul(0, gu, 2 * I, act, T, I);
-        linear(gemm, act, T, I, (const float *)(intptr_t)w[W_DOWN], H, 1.0f, hidden);
+        radixgen_paged_attention(dtype, qkv, QKV, k_pool, v_pool, req_to_token, rt_stride, rows, kv_lens, attn, T,
+                                 hq, hkv, D, scale, min_parallel_work);
+        const void *w_o = (const void *)(intptr_t)w[W_O], *w_gu = (const void *)(intptr_t)w[W_GATE_UP];
+        const void *w_down = (const void *)(intptr_t)w[W_DOWN], *post = (const void *)(intptr_t)w[W_POST_NORM];
+        if (bf16) {
+            linear_bf16((gemm_bf16_fn)gemm, (const uint16_t *)attn, T, Q, w_o, H, y);
+            add_rounded((uint16_t *)hidden, y, T * H);
+            radixgen_rms_norm(dtype, hidden, H, 0, post, x, T, H, eps);
+            linear_bf16((gemm_bf16_fn)gemm, (const uint16_t *)x, T, H, w_gu, 2 * I, y);
+            round_rows(y, 0, (uint16_t *)gu, T, 2 * I);
+            radixgen_silu_and_mul(dtype, gu, 2 * I, act, T, I);
+            linear_bf16((gemm_bf16_fn)gemm, (const uint16_t *)act, T, I, w_down, H, y);
+            add_rounded((uint16_t *)hidden, y, T * H);
+        } else {
+            linear((sgemm_fn)gemm, (const float *)attn, T, Q, w_o, H, 1.0f, (float *)hidden);
+            radixgen_rms_norm(dtype, hidden, H, 0, post, x, T, H, eps);
+            linear((sgemm_fn)gemm, (const float *)x, T, H, w_gu, 2 * I, 0.0f, (float *)gu);
+            radixgen_silu_and_mul(dtype, gu, 2 * I, act, T, I);
+            linear((sgemm_fn)gemm, (const float *)act, T, I, w_down, H, 1.0f, (float *)hidden);
+        }
     }
 }

@@ -1,13 +1,15 @@
-"""``FusedLlamaLayers``: every decoder layer of a float32 Llama-family model in one native call per step.
+"""``FusedLlamaLayers``: every decoder layer of a float32 or bfloat16 Llama model in one native call per step.
 
 The C loop (``llama_layers.c``) runs the layers of a decode step or a short extend (the batches the paged
-attention kernel takes) with the fused element-wise kernels and MKL's sgemm — the library torch itself uses for
-float32 GEMMs on the CPU, called by address from ``libtorch_cpu`` — instead of ~30 torch and ctypes calls per
-layer from Python. Measured on bench-llama-40m at batch 1 (2 threads): see benchmarks/README.md, "CPU peer".
+attention kernel takes) with the fused element-wise kernels and MKL's GEMMs — the library torch itself uses for
+float32 GEMMs on the CPU, called by address from ``libtorch_cpu``: ``sgemm_`` over column-major float32 weights,
+``cblas_gemm_bf16bf16f32`` over row-major bfloat16 weights — instead of ~30 torch and ctypes calls per layer from
+Python. Measured on bench-llama-40m (2 threads): see benchmarks/README.md, "CPU peer".
 
 It applies where the module path would compute exactly these layers: one rank (no tensor parallelism), no LoRA
-in the batch, float32 projections stored column-major (``DenseLinear``; not quantized), no output/MLP biases and
-no q/k norm (q/k/v biases are taken). Everything else, and long extends, keeps the module path.
+in the batch, unquantized projections in the loop's layout (``DenseLinear``; the model keeps bfloat16 weights
+row-major when ``FusedLlamaLayers.applies``), no output/MLP biases and no q/k norm (q/k/v biases are taken).
+Everything else, and long extends, keeps the module path.
 """
 
 from __future__ import annotations
@@ -31,25 +33,32 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
+#: the MKL GEMM the loop calls per dtype (code 0 / 1 in llama_layers.c)
+_GEMMS = {torch.float32: "sgemm_", torch.bfloat16: "cblas_gemm_bf16bf16f32"}
+_DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1}
+
+
 @cache
-def mkl_sgemm_address() -> int | None:
-    """Address of MKL's Fortran ``sgemm_`` in torch's ``libtorch_cpu`` (None when this torch build lacks it)."""
+def mkl_gemm_address(dtype: torch.dtype) -> int | None:
+    """Address of the MKL GEMM for ``dtype`` in torch's ``libtorch_cpu`` (None when this torch build lacks it)."""
     path = os.path.join(os.path.dirname(torch.__file__), "lib", "libtorch_cpu.so")
     try:
-        fn = ctypes.CDLL(path).sgemm_
-    except (OSError, AttributeError):
-        logger.info("no MKL sgemm_ in %s: the fused float32 layer loop is unavailable", path)
+        fn = getattr(ctypes.CDLL(path), _GEMMS[dtype])
+    except (OSError, AttributeError, KeyError):
+        logger.info("no MKL GEMM for %s in %s: the fused layer loop is unavailable", dtype, path)
         return None
     return ctypes.cast(fn, ctypes.c_void_p).value
 
 
-def _is_colmajor_f32(linear: object) -> bool:
-    return (
-        isinstance(linear, DenseLinear)
-        and linear.weight.dtype == torch.float32
-        and linear.weight.stride() == (1, linear.out_features)
-        and linear.bias is None
-    )
+def _in_loop_layout(linear: object, dtype: torch.dtype, bias_ok: bool = False) -> bool:
+    """True for a ``DenseLinear`` of ``dtype`` stored as the loop reads it (float32 column-major, bfloat16
+    row-major), without a bias unless ``bias_ok``."""
+    if not isinstance(linear, DenseLinear) or linear.weight.dtype != dtype:
+        return False
+    colmajor = (1, linear.out_features)
+    rowmajor = (linear.in_features, 1)
+    layout_ok = linear.weight.stride() == (colmajor if dtype == torch.float32 else rowmajor)
+    return layout_ok and (bias_ok or linear.bias is None)
 
 
 class FusedLlamaLayers:
@@ -59,9 +68,10 @@ class FusedLlamaLayers:
     parameters must stay where they are (they do: weights are fixed after ``process_weights_after_loading``).
     """
 
-    def __init__(self, model: LlamaForCausalLM, sgemm: int) -> None:
+    def __init__(self, model: LlamaForCausalLM, gemm: int) -> None:
         cfg = model.config
-        self.sgemm = sgemm
+        self.gemm = gemm
+        self.dtype = model.dtype
         self.hidden_size, self.head_dim = cfg.hidden_size, cfg.head_dim
         self.num_heads, self.num_kv_heads = model.tp_partition.num_heads, model.tp_partition.num_kv_heads
         self.intermediate_size = model.tp_partition.intermediate_size
@@ -83,24 +93,31 @@ class FusedLlamaLayers:
         self._pools: tuple[int, torch.Tensor, torch.Tensor] | None = None  # (id(pool), k addresses, v addresses)
 
     @staticmethod
+    def applies(model: LlamaForCausalLM) -> bool:
+        """True when the loop can run this model once its projections are in the loop's layout: CPU, float32 or
+        bfloat16, one rank, no output/MLP bias, no q/k norm, the kernels built and the MKL GEMM found."""
+        cfg = model.config
+        if model.tp_group.world_size != 1 or model.dtype not in _GEMMS or cfg.qk_norm:
+            return False
+        if cfg.o_proj_bias or cfg.mlp_bias or next(model.parameters()).device.type != "cpu":
+            return False
+        return mkl_gemm_address(model.dtype) is not None and load_library() is not None
+
+    @staticmethod
     def build(model: LlamaForCausalLM) -> FusedLlamaLayers | None:
         """The fused loop for ``model``, or None where it does not apply (see the module docstring)."""
-        cfg = model.config
-        if model.tp_group.world_size != 1 or model.dtype != torch.float32 or cfg.qk_norm:
+        if not FusedLlamaLayers.applies(model):
             return None
-        if cfg.o_proj_bias or cfg.mlp_bias or next(model.parameters()).device.type != "cpu":
-            return None
+        dtype = model.dtype
         for layer in model.model.layers:
             attn, mlp = layer.self_attn, layer.mlp
-            projections = (attn.o_proj, mlp.gate_up_proj, mlp.down_proj)
-            qkv = attn.qkv_proj
-            qkv_ok = isinstance(qkv, DenseLinear) and qkv.weight.stride() == (1, qkv.out_features)
-            if not (qkv_ok and qkv.weight.dtype == torch.float32 and all(map(_is_colmajor_f32, projections))):
+            if not _in_loop_layout(attn.qkv_proj, dtype, bias_ok=True) or not all(
+                _in_loop_layout(p, dtype) for p in (attn.o_proj, mlp.gate_up_proj, mlp.down_proj)
+            ):
                 return None
-        sgemm = mkl_sgemm_address()
-        if sgemm is None or load_library() is None:
-            return None
-        return FusedLlamaLayers(model, sgemm)
+        gemm = mkl_gemm_address(dtype)
+        assert gemm is not None  # applies() checked it
+        return FusedLlamaLayers(model, gemm)
 
     def _pool_addresses(self, pool: TokenToKVPool) -> tuple[torch.Tensor, torch.Tensor]:
         """Each layer's K and V storage address (int64 ``[num_layers]`` each), cached per pool."""
@@ -118,27 +135,34 @@ class FusedLlamaLayers:
         pool: TokenToKVPool,
         plan: PagedAttentionPlan,
     ) -> None:
-        """Run every layer over ``hidden [T, hidden_size]`` float32 (contiguous; updated in place), writing the new
-        tokens' K/V at ``out_cache_loc`` (int64 ``[T]``) into ``pool`` (float32, ``[S, Hkv, D]`` per layer) at
-        ``positions`` (int64 ``[T]``) and attending as ``plan`` says.
+        """Run every layer over ``hidden [T, hidden_size]`` of the model dtype (contiguous; updated in place),
+        writing the new tokens' K/V at ``out_cache_loc`` (int64 ``[T]``) into ``pool`` (the model dtype, ``[S, Hkv,
+        D]`` per layer) at ``positions`` (int64 ``[T]``) and attending as ``plan`` says.
 
         Raises:
             ValueError: a tensor of another dtype, shape or layout than the loop takes (named).
         """
         num_tokens = hidden.shape[0]
-        if hidden.dtype != torch.float32 or not hidden.is_contiguous() or hidden.shape[1] != self.hidden_size:
-            raise ValueError(f"FusedLlamaLayers.run: hidden must be contiguous float32 [T, {self.hidden_size}]")
-        if pool.dtype != torch.float32 or pool.num_layers != self.num_layers or plan.num_tokens != num_tokens:
-            raise ValueError("FusedLlamaLayers.run: pool must be float32 with the model's layers, plan for T tokens")
+        if hidden.dtype != self.dtype or not hidden.is_contiguous() or hidden.shape[1] != self.hidden_size:
+            raise ValueError(f"FusedLlamaLayers.run: hidden must be contiguous {self.dtype} [T, {self.hidden_size}]")
+        if pool.dtype != self.dtype or pool.num_layers != self.num_layers or plan.num_tokens != num_tokens:
+            raise ValueError("FusedLlamaLayers.run: pool must hold the model dtype and layers, plan T tokens")
         if positions.dtype != torch.int64 or out_cache_loc.dtype != torch.int64:
             raise ValueError("FusedLlamaLayers.run: positions and out_cache_loc must be int64")
         q, kv, inter = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim, self.intermediate_size
-        work = torch.empty(num_tokens * (self.hidden_size + 2 * q + 2 * kv + 3 * inter), dtype=torch.float32)
+        activations = num_tokens * (self.hidden_size + 2 * q + 2 * kv + 3 * inter)
+        if self.dtype == torch.float32:
+            work = torch.empty(activations, dtype=torch.float32)
+        else:  # bfloat16 activations, 64 bytes of alignment, the float32 output of one product
+            widest = max(q + 2 * kv, 2 * inter, self.hidden_size)
+            work = torch.empty(2 * activations + 64 + 4 * num_tokens * widest, dtype=torch.uint8)
         k_addr, v_addr = self._pool_addresses(pool)
         rtt, rtt_stride, rows, kv_lens = plan.pointers
+        out_loc = out_cache_loc.contiguous()  # held while the call reads it
         load_library().radixgen_llama_layers(  # type: ignore[union-attr]
-            self.sgemm, self.num_layers, self.weights.data_ptr(), k_addr.data_ptr(), v_addr.data_ptr(),
-            hidden.data_ptr(), num_tokens, self.hidden_size, self.num_heads, self.num_kv_heads, self.head_dim, inter,
-            self.eps, positions.data_ptr(), self.cos_sin.data_ptr(), out_cache_loc.contiguous().data_ptr(), rtt,
-            rtt_stride, rows, kv_lens, self.scale, MIN_PARALLEL_WORK, work.data_ptr(),
+            _DTYPE_CODES[self.dtype], self.gemm, self.num_layers, self.weights.data_ptr(), k_addr.data_ptr(),
+            v_addr.data_ptr(), hidden.data_ptr(), num_tokens, self.hidden_size, self.num_heads, self.num_kv_heads,
+            self.head_dim, inter, self.eps, positions.data_ptr(), self.cos_sin.data_ptr(),
+            out_loc.data_ptr(), rtt, rtt_stride, rows, kv_lens, self.scale, MIN_PARALLEL_WORK,
+            work.data_ptr(),
         )  # fmt: skip

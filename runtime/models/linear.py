@@ -224,7 +224,7 @@ class Int4WeightOnlyLinear(LinearKernel):
 
 
 def convert_linear(
-    weight: torch.Tensor, bias: torch.Tensor | None, quant: QuantizationConfig | None
+    weight: torch.Tensor, bias: torch.Tensor | None, quant: QuantizationConfig | None, row_major_bf16: bool = False
 ) -> LinearKernel:
     """The kernel module for a loaded ``[out, in]`` weight (and optional ``[out]`` bias) on its device.
 
@@ -232,6 +232,10 @@ def convert_linear(
         weight: the float weight, ``[out_features, in_features]``, on the target device.
         bias: ``[out_features]`` or None; kept in the model dtype and added after the product.
         quant: weight-only quantization to apply, or None for the float kernels.
+        row_major_bf16: keep a bfloat16 CPU weight as loaded (``DenseLinear``, row-major) instead of prepacking it
+            for oneDNN: the layout ``radixgen.runtime.cpu.llama_layers.FusedLlamaLayers`` multiplies with MKL's
+            bfloat16 GEMM (2x oneDNN's speed at M = 1; the module path's ``F.linear`` on it is 12-30% slower than
+            oneDNN's at M = 16-512).
     Raises:
         ValueError: int4 with ``in_features`` not a multiple of the group size (names ``quantization``).
     """
@@ -243,6 +247,8 @@ def convert_linear(
         return Int4WeightOnlyLinear(weight, bias, quant.group_size)
     if weight.device.type != "cpu":
         return DenseLinear(weight, bias)
+    if row_major_bf16 and weight.dtype == torch.bfloat16:
+        return DenseLinear(weight.contiguous(), bias)
     if cpu_float_kernel(weight.dtype) == "onednn":
         return OneDNNLinear(weight, bias)
     return DenseLinear(weight, bias, column_major=True)
