@@ -143,3 +143,12 @@ void radixgen_llama_layers(int dtype, void *gemm, int num_layers, const int64_t 
         }
     }
 }
+
+/*
+ * y [T, N] float32 = round_bf16(x [T, K] W^T) for bfloat16 x and row-major W [N, K]: a bfloat16 LM head as
+ * transformers computes it (bfloat16 logits, then upcast), through MKL's cblas_gemm_bf16bf16f32 (gemm).
+ */
+void radixgen_linear_bf16(void *gemm, const uint16_t *x, int64_t T, int K, const uint16_t *w, int N, float *y) {
+    linear_bf16((gemm_bf16_fn)gemm, x, T, K, w, N, y);
+    for (int64_t i = 0; i < T * N; ++i) y[i] = bf16_to_f32(f32_to_bf16(y[i]));
+}

@@ -119,6 +119,25 @@ class FusedLlamaLayers:
         assert gemm is not None  # applies() checked it
         return FusedLlamaLayers(model, gemm)
 
+    def logits(self, hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """A bfloat16 model's LM head through MKL's bfloat16 GEMM: ``hidden [n, hidden_size]`` times the row-major
+        ``weight [vocab, hidden_size]`` (the tied embedding table itself, no copy) → float32 ``[n, vocab]`` holding
+        the bfloat16-rounded logits transformers' head returns (upcast).
+
+        Raises:
+            ValueError: not a bfloat16 loop, or tensors of another dtype or layout (named).
+        """
+        if self.dtype != torch.bfloat16 or hidden.dtype != torch.bfloat16 or weight.dtype != torch.bfloat16:
+            raise ValueError("FusedLlamaLayers.logits: a bfloat16 loop, hidden and weight")
+        if not weight.is_contiguous() or weight.shape[1] != self.hidden_size or hidden.shape[1] != self.hidden_size:
+            raise ValueError(f"FusedLlamaLayers.logits: weight must be contiguous [vocab, {self.hidden_size}]")
+        x = hidden.contiguous()  # [n, hidden_size]
+        out = torch.empty((x.shape[0], weight.shape[0]), dtype=torch.float32)
+        load_library().radixgen_linear_bf16(  # type: ignore[union-attr]
+            self.gemm, x.data_ptr(), x.shape[0], self.hidden_size, weight.data_ptr(), weight.shape[0], out.data_ptr()
+        )
+        return out
+
     def _pool_addresses(self, pool: TokenToKVPool) -> tuple[torch.Tensor, torch.Tensor]:
         """Each layer's K and V storage address (int64 ``[num_layers]`` each), cached per pool."""
         if self._pools is None or self._pools[0] != id(pool):

@@ -324,7 +324,9 @@ class LlamaForCausalLM(nn.Module):
         head = self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
         head_quant = quant if quant is not None and quant.quantize_lm_head else None
         tied_float32 = self.lm_head is None and head_quant is None and cpu_float_kernel(head.dtype) == "colmajor"
-        if head_quant is not None or (head.device.type == "cpu" and not tied_float32):
+        # with the fused layer loop a bfloat16 head is read row-major by MKL's bfloat16 GEMM (compute_logits)
+        plain_head = tied_float32 or (row_major_bf16 and head_quant is None)
+        if head_quant is not None or (head.device.type == "cpu" and not plain_head):
             # a prepacked / quantized head (a copy of the table when tied); a tied float32 head keeps reading the
             # embedding table (row-major: equal to a column-major copy at M = 1, and no extra memory)
             self.logits_proj = convert_linear(head, None, head_quant)
@@ -374,6 +376,8 @@ class LlamaForCausalLM(nn.Module):
             local = self.logits_proj(hidden)  # [n, vocab_part]
         else:
             weight = self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
+            if self.fused_layers is not None and self.fused_layers.dtype == torch.bfloat16:
+                return self.fused_layers.logits(hidden, weight)  # [n, vocab_part] float32; one rank: no gather
             local = F.linear(hidden, weight)  # [n, vocab_part]
         return self.tp_partition.gather_logits(local, self.tp_group).float()  # [n, vocab_size]
 
