@@ -185,9 +185,9 @@ def test_backend_kernel_path_matches_torch_paths(dtype: torch.dtype) -> None:
 
 
 @needs_kernels
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(("dtype", "quant"), [(torch.float32, None), (torch.bfloat16, None), (torch.float32, "int8wo")])
 @pytest.mark.parametrize("model_name", ["stories260k", "bench_40m"])
-def test_fused_layer_loop_matches_module_path(model_name: str, dtype: torch.dtype) -> None:
+def test_fused_layer_loop_matches_module_path(model_name: str, dtype: torch.dtype, quant: str | None) -> None:
     """The native layer loop (decode steps and verify-sized extends) against the torch-only module path on the
     same weights: a batched prompt, a 4-token extend per request, then decode steps; logits, and float32's greedy
     tokens. bfloat16 rounds where the module path rounds, so only float32 summation order differs — enough to move
@@ -196,14 +196,16 @@ def test_fused_layer_loop_matches_module_path(model_name: str, dtype: torch.dtyp
     from shared_paths import BENCH_40M, STORIES
 
     from radixgen.runtime.models import ModelConfig, load_model
+    from radixgen.runtime.models.quant_config import QuantizationConfig
 
     path, fmt = (STORIES, "auto") if model_name == "stories260k" else (BENCH_40M, "dummy")
     cfg = ModelConfig.from_pretrained(path)
     runs = []
     for native in (True, False):
-        model = load_model(cfg, dtype=dtype, load_format=fmt, seed=0)
+        quantization = None if quant is None else QuantizationConfig.parse(quant, quantize_lm_head=True)
+        model = load_model(cfg, dtype=dtype, load_format=fmt, seed=0, quantization=quantization)
         if native:
-            assert model.fused_layers is not None
+            assert model.fused_layers is not None and model.fused_layers.int8 == (quant is not None)
         else:
             model._use_fused_cpu_ops(False)
         harness = KVHarness(model, backend=TorchAttentionBackend(cpu_kernel=native))
@@ -212,10 +214,12 @@ def test_fused_layer_loop_matches_module_path(model_name: str, dtype: torch.dtyp
         logits.append(harness.extend(rows, [[4, 8, 15, 16], [23, 42, 2, 9]]))  # a speculative verify's shape
         tokens = logits[-1].view(2, 4, -1)[:, -1].argmax(-1).tolist()
         for step in range(6):
-            logits.append(harness.decode(rows, tokens if dtype == torch.float32 else [10 + step, 30 + step]))
+            forced = dtype == torch.bfloat16 or quant is not None
+            logits.append(harness.decode(rows, [10 + step, 30 + step] if forced else tokens))
             tokens = logits[-1].argmax(-1).tolist()
         runs.append((torch.cat(logits), tokens))
-    atol, rtol = (2e-5, 1e-5) if dtype == torch.float32 else (0.15, 0.02)
+    exact = dtype == torch.float32 and quant is None
+    atol, rtol = (2e-5, 1e-5) if exact else (0.15, 0.02)  # else: a bfloat16 rounding step either way
     torch.testing.assert_close(runs[0][0], runs[1][0], atol=atol, rtol=rtol)
-    if dtype == torch.float32:
+    if exact:
         assert runs[0][1] == runs[1][1]

@@ -17,6 +17,7 @@
  *   act = silu(gate) * up;  hidden += act Wdown^T
  * (the residual adds are the GEMMs' beta = 1). Equal to the module path up to float32 summation order.
  */
+#include <immintrin.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -78,11 +79,48 @@ static void add_rounded(uint16_t *hidden, const float *y, int64_t n) {
         hidden[i] = f32_to_bf16(bf16_to_f32(hidden[i]) + bf16_to_f32(f32_to_bf16(y[i])));
 }
 
-/* the weights of one layer, as addresses: LAYER_FIELDS int64 per layer, in this order (0 = no bias) */
-enum { W_INPUT_NORM, W_QKV, B_QKV, W_O, W_POST_NORM, W_GATE_UP, W_DOWN, LAYER_FIELDS };
+/*
+ * int8 weight-only projection (torchao's per-row symmetric int8, as radixgen.runtime.models.linear's
+ * Int8WeightOnlyLinear stores it: w int8 [N, Kp] with K zero-padded to Kp = a multiple of 16, scale bfloat16 [N]):
+ * y [T, N] = round_bf16(sum_k bf16(x[t, k]) w[n, k] * scale[n]), what aten's _weight_int8pack_mm computes on the
+ * module path, then added to y when accumulate (a residual add in float32). xb: T * Kp float32 scratch.
+ */
+static void linear_int8(const float *x, int64_t T, int K, const int8_t *w, const uint16_t *scale, int N,
+                        int accumulate, float *y, float *xb) {
+    const int Kp = (K + 15) & ~15;
+    for (int64_t t = 0; t < T; ++t)
+        for (int k = 0; k < Kp; ++k) xb[t * Kp + k] = k < K ? bf16_to_f32(f32_to_bf16(x[t * K + k])) : 0.0f;
+#pragma omp parallel for schedule(static) if ((int64_t)N * Kp * T >= 65536)
+    for (int n = 0; n < N; ++n) {
+        const int8_t *wr = w + (int64_t)n * Kp;
+        const float s = bf16_to_f32(scale[n]);
+        for (int64_t t0 = 0; t0 < T; t0 += 16) {
+            const int tn = T - t0 < 16 ? (int)(T - t0) : 16;
+            __m512 acc[16];
+            for (int t = 0; t < tn; ++t) acc[t] = _mm512_setzero_ps();
+            for (int k0 = 0; k0 < Kp; k0 += 16) {
+                const __m512 wv = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(wr + k0))));
+                for (int t = 0; t < tn; ++t)
+                    acc[t] = _mm512_fmadd_ps(wv, _mm512_loadu_ps(xb + (t0 + t) * Kp + k0), acc[t]);
+            }
+            for (int t = 0; t < tn; ++t) {
+                const float v = bf16_to_f32(f32_to_bf16(_mm512_reduce_add_ps(acc[t]) * s));
+                float *out = y + (t0 + t) * N + n;
+                *out = accumulate ? *out + v : v;
+            }
+        }
+    }
+}
 
 /*
- * dtype 0 (float32): gemm is MKL's Fortran sgemm and the projections are stored column-major. dtype 1
+ * The weights of one layer, as addresses: LAYER_FIELDS int64 per layer, in this order (0 = no bias; the S_*
+ * fields are the int8 projections' bfloat16 scales, 0 for float weights).
+ */
+enum { W_INPUT_NORM, W_QKV, B_QKV, W_O, W_POST_NORM, W_GATE_UP, W_DOWN, S_QKV, S_O, S_GATE_UP, S_DOWN, LAYER_FIELDS };
+
+/*
+ * dtype 0 (float32): gemm is MKL's Fortran sgemm and the projections are stored column-major, or, with
+ * int8_weights, int8 weight-only (linear_int8; gemm unused; the S_* scales set). dtype 1
  * (bfloat16): gemm is MKL's cblas_gemm_bf16bf16f32 and the projections row-major [out, in]; products are rounded
  * to bfloat16 where transformers' bfloat16 F.linear rounds them, residual sums likewise.
  * weights [num_layers, LAYER_FIELDS]; k_pools / v_pools [num_layers] addresses of each layer's pool storage
@@ -91,7 +129,7 @@ enum { W_INPUT_NORM, W_QKV, B_QKV, W_O, W_POST_NORM, W_GATE_UP, W_DOWN, LAYER_FI
  * float32; for bfloat16 as many bfloat16, then 64 bytes of alignment, then T * max(Q + 2 KV, 2 I, H) float32
  * (Q = hq D, KV = hkv D).
  */
-void radixgen_llama_layers(int dtype, void *gemm, int num_layers, const int64_t *weights, const int64_t *k_pools,
+void radixgen_llama_layers(int dtype, int int8_weights, void *gemm, int num_layers, const int64_t *weights, const int64_t *k_pools,
                            const int64_t *v_pools, void *hidden, int64_t T, int H, int hq, int hkv, int D, int I,
                            float eps, const int64_t *positions, const float *cos_sin, const int64_t *out_loc,
                            const int32_t *req_to_token, int64_t rt_stride, const int64_t *rows,
@@ -102,6 +140,7 @@ void radixgen_llama_layers(int dtype, void *gemm, int num_layers, const int64_t 
     char *x = (char *)work, *qkv = x + item * T * H, *attn = qkv + item * T * QKV, *gu = attn + item * T * Q;
     char *act = gu + item * T * 2 * I;
     float *y = (float *)(((uintptr_t)(act + item * T * I) + 63) & ~(uintptr_t)63); /* bf16: products' float32 */
+    float *xb = y; /* int8 weights (float32 activations): the bfloat16-rounded, padded input of a product */
     for (int l = 0; l < num_layers; ++l) {
         const int64_t *w = weights + (int64_t)l * LAYER_FIELDS;
         char *k_pool = (char *)(intptr_t)k_pools[l], *v_pool = (char *)(intptr_t)v_pools[l];
@@ -110,6 +149,11 @@ void radixgen_llama_layers(int dtype, void *gemm, int num_layers, const int64_t 
         if (bf16) {
             linear_bf16((gemm_bf16_fn)gemm, (const uint16_t *)x, T, H, w_qkv, QKV, y);
             round_rows(y, b_qkv, (uint16_t *)qkv, T, QKV);
+        } else if (int8_weights) {
+            linear_int8((const float *)x, T, H, w_qkv, (const uint16_t *)(intptr_t)w[S_QKV], QKV, 0, (float *)qkv, xb);
+            if (b_qkv != 0)
+                for (int64_t t = 0; t < T; ++t)
+                    for (int i = 0; i < QKV; ++i) ((float *)qkv)[t * QKV + i] += ((const float *)b_qkv)[i];
         } else {
             linear((sgemm_fn)gemm, (const float *)x, T, H, w_qkv, QKV, 0.0f, (float *)qkv);
             if (b_qkv != 0)
@@ -134,6 +178,14 @@ void radixgen_llama_layers(int dtype, void *gemm, int num_layers, const int64_t 
             radixgen_silu_and_mul(dtype, gu, 2 * I, act, T, I);
             linear_bf16((gemm_bf16_fn)gemm, (const uint16_t *)act, T, I, w_down, H, y);
             add_rounded((uint16_t *)hidden, y, T * H);
+        } else if (int8_weights) {
+            linear_int8((const float *)attn, T, Q, w_o, (const uint16_t *)(intptr_t)w[S_O], H, 1, (float *)hidden, xb);
+            radixgen_rms_norm(dtype, hidden, H, 0, post, x, T, H, eps);
+            linear_int8((const float *)x, T, H, w_gu, (const uint16_t *)(intptr_t)w[S_GATE_UP], 2 * I, 0, (float *)gu,
+                        xb);
+            radixgen_silu_and_mul(dtype, gu, 2 * I, act, T, I);
+            linear_int8((const float *)act, T, I, w_down, (const uint16_t *)(intptr_t)w[S_DOWN], H, 1, (float *)hidden,
+                        xb);
         } else {
             linear((sgemm_fn)gemm, (const float *)attn, T, Q, w_o, H, 1.0f, (float *)hidden);
             radixgen_rms_norm(dtype, hidden, H, 0, post, x, T, H, eps);
@@ -151,4 +203,10 @@ void radixgen_llama_layers(int dtype, void *gemm, int num_layers, const int64_t 
 void radixgen_linear_bf16(void *gemm, const uint16_t *x, int64_t T, int K, const uint16_t *w, int N, float *y) {
     linear_bf16((gemm_bf16_fn)gemm, x, T, K, w, N, y);
     for (int64_t i = 0; i < T * N; ++i) y[i] = bf16_to_f32(f32_to_bf16(y[i]));
+}
+
+/* y [T, N] float32 = linear_int8 of float32 x [T, K] (an int8 LM head; xb: T * Kp float32 scratch) */
+void radixgen_linear_int8(const float *x, int64_t T, int K, const int8_t *w, const uint16_t *scale, int N, float *y,
+                          float *xb) {
+    linear_int8(x, T, K, w, scale, N, 0, y, xb);
 }

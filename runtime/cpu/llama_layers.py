@@ -7,8 +7,10 @@ float32 GEMMs on the CPU, called by address from ``libtorch_cpu``: ``sgemm_`` ov
 Python. Measured on bench-llama-40m (2 threads): see benchmarks/README.md, "CPU peer".
 
 It applies where the module path would compute exactly these layers: one rank (no tensor parallelism), no LoRA
-in the batch, unquantized projections in the loop's layout (``DenseLinear``; the model keeps bfloat16 weights
-row-major when ``FusedLlamaLayers.applies``), no output/MLP biases and no q/k norm (q/k/v biases are taken).
+in the batch, projections in the loop's layout (``DenseLinear``: the model keeps bfloat16 weights row-major when
+``FusedLlamaLayers.applies``; or, in a float32 model, int8 weight-only ``Int8WeightOnlyLinear``, multiplied by the
+loop's own AVX-512 kernel with the numerics of aten's ``_weight_int8pack_mm``), no output/MLP biases and no q/k
+norm (q/k/v biases are taken).
 Everything else, and long extends, keeps the module path.
 """
 
@@ -24,7 +26,7 @@ import torch
 
 from radixgen.runtime.cpu.build import load_library
 from radixgen.runtime.cpu.ops import MIN_PARALLEL_WORK, PagedAttentionPlan
-from radixgen.runtime.models.linear import DenseLinear
+from radixgen.runtime.models.linear import DenseLinear, Int8WeightOnlyLinear
 
 if TYPE_CHECKING:
     from radixgen.radix.memory_pool import TokenToKVPool
@@ -51,14 +53,25 @@ def mkl_gemm_address(dtype: torch.dtype) -> int | None:
 
 
 def _in_loop_layout(linear: object, dtype: torch.dtype, bias_ok: bool = False) -> bool:
-    """True for a ``DenseLinear`` of ``dtype`` stored as the loop reads it (float32 column-major, bfloat16
-    row-major), without a bias unless ``bias_ok``."""
+    """True for a projection the loop multiplies: a ``DenseLinear`` of ``dtype`` stored as the loop reads it
+    (float32 column-major, bfloat16 row-major) or, in a float32 model, an ``Int8WeightOnlyLinear`` with its CPU
+    operands; without a bias unless ``bias_ok``."""
+    if isinstance(linear, Int8WeightOnlyLinear):
+        return dtype == torch.float32 and linear.cpu_kernel and (bias_ok or linear.bias is None)
     if not isinstance(linear, DenseLinear) or linear.weight.dtype != dtype:
         return False
     colmajor = (1, linear.out_features)
     rowmajor = (linear.in_features, 1)
     layout_ok = linear.weight.stride() == (colmajor if dtype == torch.float32 else rowmajor)
     return layout_ok and (bias_ok or linear.bias is None)
+
+
+def _operands(linear: object) -> tuple[int, int]:
+    """(weight address, int8 scale address or 0) of a projection in the loop's layout."""
+    if isinstance(linear, Int8WeightOnlyLinear):
+        return linear.qdata.data_ptr(), linear.scale.data_ptr()
+    assert isinstance(linear, DenseLinear)
+    return linear.weight.data_ptr(), 0
 
 
 class FusedLlamaLayers:
@@ -72,6 +85,8 @@ class FusedLlamaLayers:
         cfg = model.config
         self.gemm = gemm
         self.dtype = model.dtype
+        # int8 weight-only projections (float32 model): the loop's own int8 kernel instead of MKL
+        self.int8 = isinstance(model.model.layers[0].self_attn.qkv_proj, Int8WeightOnlyLinear)
         self.hidden_size, self.head_dim = cfg.hidden_size, cfg.head_dim
         self.num_heads, self.num_kv_heads = model.tp_partition.num_heads, model.tp_partition.num_kv_heads
         self.intermediate_size = model.tp_partition.intermediate_size
@@ -82,13 +97,13 @@ class FusedLlamaLayers:
         for layer in model.model.layers:
             attn, mlp = layer.self_attn, layer.mlp
             bias = attn.qkv_proj.bias
+            projections = (attn.qkv_proj, attn.o_proj, mlp.gate_up_proj, mlp.down_proj)
+            weight, scale = zip(*map(_operands, projections), strict=True)
             rows.append([
-                layer.input_layernorm.weight.data_ptr(), attn.qkv_proj.weight.data_ptr(),
-                0 if bias is None else bias.data_ptr(), attn.o_proj.weight.data_ptr(),
-                layer.post_attention_layernorm.weight.data_ptr(), mlp.gate_up_proj.weight.data_ptr(),
-                mlp.down_proj.weight.data_ptr(),
+                layer.input_layernorm.weight.data_ptr(), weight[0], 0 if bias is None else bias.data_ptr(), weight[1],
+                layer.post_attention_layernorm.weight.data_ptr(), weight[2], weight[3], *scale,
             ])  # fmt: skip
-        self.weights = torch.tensor(rows, dtype=torch.int64)  # [num_layers, 7] addresses
+        self.weights = torch.tensor(rows, dtype=torch.int64)  # [num_layers, LAYER_FIELDS = 11] addresses
         self.num_layers = len(rows)
         self._pools: tuple[int, torch.Tensor, torch.Tensor] | None = None  # (id(pool), k addresses, v addresses)
 
@@ -138,6 +153,24 @@ class FusedLlamaLayers:
         )
         return out
 
+    def logits_int8(self, hidden: torch.Tensor, head: Int8WeightOnlyLinear) -> torch.Tensor:
+        """An int8 LM head (``--quantize-lm-head``) of a float32 model through the loop's int8 kernel: float32
+        ``[n, vocab]`` equal to what ``head(hidden).float()`` computes (bfloat16-rounded products).
+
+        Raises:
+            ValueError: hidden not float32 ``[n, hidden_size]``, or a head without CPU operands (named).
+        """
+        if hidden.dtype != torch.float32 or hidden.shape[-1] != head.in_features or not head.cpu_kernel:
+            raise ValueError("FusedLlamaLayers.logits_int8: hidden must be float32 [n, in_features], head on CPU")
+        x = hidden.contiguous()  # [n, hidden_size]
+        out = torch.empty((x.shape[0], head.out_features), dtype=torch.float32)
+        scratch = torch.empty(x.shape[0] * (head.in_features + head.k_pad), dtype=torch.float32)
+        load_library().radixgen_linear_int8(  # type: ignore[union-attr]
+            x.data_ptr(), x.shape[0], head.in_features, head.qdata.data_ptr(), head.scale.data_ptr(),
+            head.out_features, out.data_ptr(), scratch.data_ptr(),
+        )  # fmt: skip
+        return out
+
     def _pool_addresses(self, pool: TokenToKVPool) -> tuple[torch.Tensor, torch.Tensor]:
         """Each layer's K and V storage address (int64 ``[num_layers]`` each), cached per pool."""
         if self._pools is None or self._pools[0] != id(pool):
@@ -170,18 +203,22 @@ class FusedLlamaLayers:
             raise ValueError("FusedLlamaLayers.run: positions and out_cache_loc must be int64")
         q, kv, inter = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim, self.intermediate_size
         activations = num_tokens * (self.hidden_size + 2 * q + 2 * kv + 3 * inter)
-        if self.dtype == torch.float32:
+        if self.dtype == torch.float32 and not self.int8:
             work = torch.empty(activations, dtype=torch.float32)
+        elif self.int8:  # float32 activations, 64 bytes of alignment, one product's bfloat16-rounded padded input
+            widest = max(self.hidden_size, q, inter) + 16
+            work = torch.empty(4 * activations + 64 + 4 * num_tokens * widest, dtype=torch.uint8)
         else:  # bfloat16 activations, 64 bytes of alignment, the float32 output of one product
             widest = max(q + 2 * kv, 2 * inter, self.hidden_size)
             work = torch.empty(2 * activations + 64 + 4 * num_tokens * widest, dtype=torch.uint8)
         k_addr, v_addr = self._pool_addresses(pool)
         rtt, rtt_stride, rows, kv_lens = plan.pointers
         out_loc = out_cache_loc.contiguous()  # held while the call reads it
-        load_library().radixgen_llama_layers(  # type: ignore[union-attr]
-            _DTYPE_CODES[self.dtype], self.gemm, self.num_layers, self.weights.data_ptr(), k_addr.data_ptr(),
-            v_addr.data_ptr(), hidden.data_ptr(), num_tokens, self.hidden_size, self.num_heads, self.num_kv_heads,
-            self.head_dim, inter, self.eps, positions.data_ptr(), self.cos_sin.data_ptr(),
-            out_loc.data_ptr(), rtt, rtt_stride, rows, kv_lens, self.scale, MIN_PARALLEL_WORK,
-            work.data_ptr(),
-        )  # fmt: skip
+        shape = (num_tokens, self.hidden_size, self.num_heads, self.num_kv_heads, self.head_dim, inter)
+        model = (_DTYPE_CODES[self.dtype], int(self.int8), self.gemm, self.num_layers, self.weights.data_ptr())
+        kv = (k_addr.data_ptr(), v_addr.data_ptr())
+        step = (self.eps, positions.data_ptr(), self.cos_sin.data_ptr(), out_loc.data_ptr())
+        attention = (rtt, rtt_stride, rows, kv_lens, self.scale, MIN_PARALLEL_WORK)
+        lib = load_library()
+        assert lib is not None  # build() checked it
+        lib.radixgen_llama_layers(*model, *kv, hidden.data_ptr(), *shape, *step, *attention, work.data_ptr())

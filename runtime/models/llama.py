@@ -30,7 +30,7 @@ from radixgen.runtime.cpu import ops as cpu_ops
 from radixgen.runtime.cpu.llama_layers import FusedLlamaLayers
 from radixgen.runtime.distributed import TensorParallelGroup
 from radixgen.runtime.models.config import ModelConfig
-from radixgen.runtime.models.linear import LinearKernel, convert_linear, cpu_float_kernel
+from radixgen.runtime.models.linear import Int8WeightOnlyLinear, LinearKernel, convert_linear, cpu_float_kernel
 from radixgen.runtime.models.quant_config import QuantizationConfig
 from radixgen.runtime.models.rope import RotaryEmbedding, apply_rotary
 from radixgen.runtime.models.tensor_parallel import TPPartition, VocabParallelEmbedding, reduce_row_parallel
@@ -372,6 +372,9 @@ class LlamaForCausalLM(nn.Module):
         The projection runs in the model dtype (as transformers does) and is then upcast; with ``tp_size > 1``
         each rank projects onto its vocabulary slice and the slices are all-gathered.
         """
+        fused = self.fused_layers
+        if fused is not None and fused.int8 and isinstance(self.logits_proj, Int8WeightOnlyLinear):
+            return fused.logits_int8(hidden, self.logits_proj)  # [n, vocab_part] float32; one rank: no gather
         if self.logits_proj is not None:
             local = self.logits_proj(hidden)  # [n, vocab_part]
         else:
