@@ -196,6 +196,7 @@ def test_engine_shared_prefix_matches_plain_decode(monkeypatch: pytest.MonkeyPat
     for on in (True, False):
         engine = Engine(str(STORIES), max_total_tokens=4096)
         engine.model_runner.attn_backend.shared_prefix = on
+        engine.model_runner.attn_backend.allow_cpu_kernel = False  # the torch paths: the CPU kernel has no cascade
         engine.generate(input_ids=prefix, sampling_params=params | {"max_new_tokens": 1})  # caches the prefix
         outs = engine.generate(input_ids=prompts, sampling_params=params, return_logprob=True)
         results.append(outs)

@@ -54,7 +54,9 @@ class TorchAttentionBackend(AttentionBackend):
     shared-prefix groups and extends of at most ``PAGED_EXTEND_MAX_TOKENS`` new tokens per request (speculative
     verifies, short chunks) read K/V straight from the pool through ``req_to_token`` in one call per layer,
     instead of the paths above, when the pool holds the model's float32 / bfloat16 K/V on the CPU
-    (``use_cpu_kernel``). Shared-prefix groups keep the cascade, which reads each prefix once per group.
+    (``use_cpu_kernel``) — shared prefixes included: re-reading each request's prefix (from cache) in the kernel
+    beat the cascade's torch ops on this project's CPU (bench_peer shared-prefix c16, float32: 195 -> 289 out
+    tok/s), so the cascade below serves the torch-only path.
 
     Quantized KV (``--kv-cache-dtype int8 | fp8_*``): every read of the pool goes through ``pool.get_kv``, which
     dequantizes the gathered slots to q's dtype; the dense decode copy holds dequantized K/V in the model dtype,
@@ -105,8 +107,7 @@ class TorchAttentionBackend(AttentionBackend):
         meta = batch.metadata
         pool = batch.token_to_kv_pool
         if self.use_cpu_kernel(pool):
-            small = batch.mode == ForwardMode.DECODE or max(batch.extend_seq_lens_cpu) <= PAGED_EXTEND_MAX_TOKENS
-            if small and not (batch.mode == ForwardMode.DECODE and self.shared_prefix and self._decode_groups(batch)):
+            if batch.mode == ForwardMode.DECODE or max(batch.extend_seq_lens_cpu) <= PAGED_EXTEND_MAX_TOKENS:
                 if batch.mode == ForwardMode.EXTEND and self.dense is not None:
                     self.dense.invalidate()
                 rows, kv_lens = self._paged_plan(batch)
