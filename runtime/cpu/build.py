@@ -99,6 +99,7 @@ def _declare(lib: ctypes.CDLL) -> None:
         "radixgen_silu_and_mul": [i32, p, i64, p, i64, i64],
         "radixgen_linear_bf16": [p, p, i64, i32, p, i32, p],
         "radixgen_linear_int8": [p, i64, i32, p, p, i32, p, p],
+        "radixgen_linear_rows_f32": [p, i64, i32, p, i64, p],
         "radixgen_llama_layers": [
             i32,
             i32,

@@ -379,8 +379,9 @@ class LlamaForCausalLM(nn.Module):
             local = self.logits_proj(hidden)  # [n, vocab_part]
         else:
             weight = self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
-            if self.fused_layers is not None and self.fused_layers.dtype == torch.bfloat16:
-                return self.fused_layers.logits(hidden, weight)  # [n, vocab_part] float32; one rank: no gather
+            logits = None if fused is None or fused.int8 else fused.logits(hidden, weight)
+            if logits is not None:
+                return logits  # [n, vocab_part] float32; one rank: no gather
             local = F.linear(hidden, weight)  # [n, vocab_part]
         return self.tp_partition.gather_logits(local, self.tp_group).float()  # [n, vocab_size]
 
