@@ -26,6 +26,7 @@ from pathlib import Path
 logger = logging.getLogger(__name__)
 
 _SOURCES = sorted(Path(__file__).parent.glob("*.c"))
+_HEADERS = sorted(Path(__file__).parent.glob("*.h"))
 _FLAGS = ["-O3", "-march=native", "-fopenmp", "-fPIC", "-shared", "-fno-math-errno", "-std=c11"]
 #: the kernel is written with AVX-512 intrinsics (16 float32 lanes, masked bfloat16 loads)
 _REQUIRED_CPU_FLAGS = ("avx512f", "avx512bw", "avx512vl")
@@ -65,7 +66,7 @@ def load_library() -> ctypes.CDLL | None:
         return None
     try:
         version = subprocess.run([compiler, "--version"], capture_output=True, text=True, check=True).stdout
-        source = b"".join(p.read_bytes() for p in _SOURCES)
+        source = b"".join(p.read_bytes() for p in (*_SOURCES, *_HEADERS))
         key = hashlib.sha256(source + version.encode() + " ".join(_FLAGS).encode() + _cpu_flags().encode())
         target = _cache_dir() / f"cpu_kernels-{key.hexdigest()[:16]}.so"
         if not target.exists():

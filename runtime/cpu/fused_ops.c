@@ -10,24 +10,12 @@
  * Rows are independent: every call runs rows in parallel (OpenMP, torch's runtime) when there are at least
  * PARALLEL_ROWS of them.
  */
-#include <immintrin.h>
 #include <math.h>
 #include <stdint.h>
 
+#include "cpu_common.h"
+
 #define PARALLEL_ROWS 16
-
-static inline float bf16_to_f32(uint16_t b) {
-    union { uint32_t u; float f; } x;
-    x.u = (uint32_t)b << 16;
-    return x.f;
-}
-
-static inline uint16_t f32_to_bf16(float f) {
-    union { uint32_t u; float f; } x;
-    x.f = f;
-    if ((x.u & 0x7F800000u) == 0x7F800000u && (x.u & 0x007FFFFFu)) return (uint16_t)((x.u >> 16) | 0x40u); /* NaN */
-    return (uint16_t)((x.u + 0x7FFFu + ((x.u >> 16) & 1u)) >> 16);
-}
 
 static inline float ld(const void *p, int64_t i, int bf16) {
     return bf16 ? bf16_to_f32(((const uint16_t *)p)[i]) : ((const float *)p)[i];
@@ -105,23 +93,6 @@ void radixgen_rotary_inplace(int dtype, void *qkv, int64_t sqkv, const int64_t *
     }
 }
 
-/* e^x for any float32 x (saturating outside [-87, 88]): the polynomial of paged_attention.c, 16 lanes */
-static inline __m512 exp16(__m512 x) {
-    x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.0f)), _mm512_set1_ps(88.0f));
-    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), x);
-    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428606765330187045e-06f), r);
-    __m512 p = _mm512_set1_ps(0.001388888889f);
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.008333333333f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.04166666667f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.1666666667f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-    return _mm512_scalef_ps(p, n);
-}
-
 /*
  * SwiGLU activation (Shazeer 2020): out [T, I] = silu(gate) * up with gate_up [T, 2I] (row stride sgu; gate in
  * the first half). bfloat16 rounds silu(gate) before the product (torch's F.silu then mul_).
@@ -137,7 +108,8 @@ void radixgen_silu_and_mul(int dtype, const void *gate_up, int64_t sgu, void *ou
             float *o = (float *)out;
             for (; i + 16 <= I; i += 16) {
                 __m512 g = _mm512_loadu_ps(gu + g0 + i), u = _mm512_loadu_ps(gu + g0 + I + i);
-                __m512 s = _mm512_div_ps(g, _mm512_add_ps(_mm512_set1_ps(1.0f), exp16(_mm512_sub_ps(_mm512_setzero_ps(), g))));
+                const __m512 e = exp16(_mm512_sub_ps(_mm512_setzero_ps(), g)); /* e^-g */
+                const __m512 s = _mm512_div_ps(g, _mm512_add_ps(_mm512_set1_ps(1.0f), e));
                 _mm512_storeu_ps(o + o0 + i, _mm512_mul_ps(s, u));
             }
         }

@@ -17,9 +17,10 @@
  *   act = silu(gate) * up;  hidden += act Wdown^T
  * (the residual adds are the GEMMs' beta = 1). Equal to the module path up to float32 summation order.
  */
-#include <immintrin.h>
 #include <stdint.h>
 #include <string.h>
+
+#include "cpu_common.h"
 
 typedef void (*sgemm_fn)(const char *transa, const char *transb, const int *m, const int *n, const int *k,
                          const float *alpha, const float *a, const int *lda, const float *b, const int *ldb,
@@ -52,18 +53,6 @@ enum { CBLAS_ROW_MAJOR = 101, CBLAS_NO_TRANS = 111, CBLAS_TRANS = 112 };
 /* y [T, N] float32 = x [T, K] W^T, x and W (row-major [N, K], as checkpoints store it) bfloat16 */
 static void linear_bf16(gemm_bf16_fn gemm, const uint16_t *x, int64_t T, int K, const uint16_t *w, int N, float *y) {
     gemm(CBLAS_ROW_MAJOR, CBLAS_NO_TRANS, CBLAS_TRANS, (int)T, N, K, 1.0f, x, K, w, K, 0.0f, y, N);
-}
-
-static inline float bf16_to_f32(uint16_t b) {
-    union { uint32_t u; float f; } x;
-    x.u = (uint32_t)b << 16;
-    return x.f;
-}
-
-static inline uint16_t f32_to_bf16(float f) {
-    union { uint32_t u; float f; } x;
-    x.f = f;
-    return (uint16_t)((x.u + 0x7FFFu + ((x.u >> 16) & 1u)) >> 16);
 }
 
 /* dst [T, N] bfloat16 = round(src + bias): F.linear's one rounding of product plus bias (bias may be 0) */

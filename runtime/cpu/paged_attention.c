@@ -20,34 +20,16 @@
  *   rows, kv_lens   [T]                  int64
  * D is at most 256 (a tail of D % 16 lanes is masked); accumulation is in float32; bfloat16 outputs are rounded to nearest even.
  *
- * exp is a polynomial (Cody-Waite range reduction, degree-6 Taylor on [-ln2/2, ln2/2]; relative error below
- * 2e-7 on [-87, 0], the only range the softmax uses), vectorized by hand: no -ffast-math, whose startup code
- * would change the whole process's denormal handling.
+ * exp is cpu_common.h's vectorized polynomial (the softmax only takes it on [-87, 0]).
  */
-#include <immintrin.h>
 #include <stdint.h>
+
+#include "cpu_common.h"
 
 #define BLOCK 32
 #define MAX_NV 16 /* D / 16 */
 #define MAX_G 16  /* query heads per KV head */
 #define NEG_BIG (-3.0e38f)
-
-static inline __m512 exp_neg16(__m512 x) {
-    /* e^x for x <= 0, 16 lanes: 2^n * e^r with x = n ln2 + r, |r| <= ln2/2; below -87 the result is ~0 */
-    x = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));
-    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), x); /* ln2 in two parts */
-    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428606765330187045e-06f), r);
-    __m512 p = _mm512_set1_ps(0.001388888889f);
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.008333333333f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.04166666667f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.1666666667f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-    return _mm512_scalef_ps(p, n);
-}
 
 /* 16 lanes (those set in mask; the others read as 0) of a float32 or bfloat16 array, as float32 */
 static inline __m512 load16(const void *base, int64_t off, int bf16, __mmask16 mask) {
@@ -106,11 +88,11 @@ static inline __attribute__((always_inline)) void item(const int bf16, const int
         for (int g = 0; g < G; ++g) {
             float bm = m[g];
             for (int jj = 0; jj < n; ++jj) bm = s[g][jj] > bm ? s[g][jj] : bm;
-            const float alpha = _mm512_cvtss_f32(exp_neg16(_mm512_set1_ps(m[g] - bm)));
+            const float alpha = _mm512_cvtss_f32(exp16(_mm512_set1_ps(m[g] - bm)));
             __m512 sum = _mm512_setzero_ps();
             for (int jj = 0; jj < n; jj += 16) {
                 const __mmask16 mask = (n - jj) >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - jj)) - 1u);
-                __m512 p = exp_neg16(_mm512_sub_ps(_mm512_maskz_loadu_ps(mask, &s[g][jj]), _mm512_set1_ps(bm)));
+                __m512 p = exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(mask, &s[g][jj]), _mm512_set1_ps(bm)));
                 p = _mm512_maskz_mov_ps(mask, p);
                 _mm512_mask_storeu_ps(&s[g][jj], mask, p);
                 sum = _mm512_add_ps(sum, p);
