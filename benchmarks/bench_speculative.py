@@ -3,7 +3,11 @@
 Part 1 — n-gram (``--speculative-algorithm ngram``) on stories260K (a real 260K-parameter Llama, context 512):
     * ``copy``: a story passage followed by the start of the same passage again, so the greedy continuation copies
       the prompt (the extraction / editing / RAG case prompt lookup is made for);
-    * ``sharegpt``: ShareGPT first-turn prompts (<= 200 tokens with the stories tokenizer).
+    * ``sharegpt``: ShareGPT first-turn prompts (<= 200 tokens with the stories tokenizer);
+    * ``loop-40m``: the same kind of prompts on bench-llama-40m with its seeded dummy weights, whose greedy
+      continuation soon repeats one token: not a real workload, but an acceptance length near K + 1 on a model
+      whose forward costs milliseconds, i.e. the speedup the mechanism gives where outputs repeat (lists, tables,
+      loops, long verbatim copies).
   At batch 1 (requests one after another) and concurrency 8 (8 requests in one engine batch): output tokens per
   decode-phase target forward (SGLang's ``spec_accept_length``), draft acceptance rate, wall time and the speedup
   over the same requests without speculation, measured in the same run.
@@ -79,18 +83,24 @@ def run(engine: Engine, prompts: list[list[int]], max_new: int, concurrency: int
 
 def ngram_part(args: argparse.Namespace) -> list[dict[str, Any]]:
     common = {"max_total_tokens": 16384, "max_running_requests": 16, "num_threads": args.num_threads}
-    off = Engine(str(STORIES), **common)
-    on = Engine(str(STORIES), **common, speculative_algorithm="ngram", speculative_num_draft_tokens=args.k)
     n = 4 if args.quick else 16
-    workloads = {
-        "copy": copy_prompts(off.tokenizer, n),
-        "sharegpt": sharegpt_prompts(off.tokenizer, n, max_tokens=200, seed=0),
+    stories = {"model_path": str(STORIES)}
+    bench = {"model_path": str(BENCH_MODEL), "load_format": "dummy"}
+    off = Engine(**stories, **common)
+    bench_off = Engine(**bench, **common)
+    workloads = {  # name: (model, prompts)
+        "copy": (stories, copy_prompts(off.tokenizer, n)),
+        "sharegpt": (stories, sharegpt_prompts(off.tokenizer, n, max_tokens=200, seed=0)),
+        "loop-40m": (bench, sharegpt_prompts(bench_off.tokenizer, n, max_tokens=200, seed=0)),
     }
+    engines = {id(stories): off, id(bench): bench_off}
     rows = []
-    for name, prompts in workloads.items():
+    for name, (model, prompts) in workloads.items():
+        base_engine = engines[id(model)]
+        on = Engine(**model, **common, speculative_algorithm="ngram", speculative_num_draft_tokens=args.k)
         for conc in (1, 8):
             run(on, prompts[:2], 8, conc)  # warm-up
-            base = run(off, prompts, args.max_new, conc)
+            base = run(base_engine, prompts, args.max_new, conc)
             spec = run(on, prompts, args.max_new, conc)
             rows.append({
                 "workload": name, "concurrency": conc, "requests": len(prompts),
@@ -99,6 +109,7 @@ def ngram_part(args: argparse.Namespace) -> list[dict[str, Any]]:
                 "greedy_equal": base["outputs"] == spec["outputs"],
             })  # fmt: skip
             print(json.dumps(rows[-1]))
+        on.scheduler.shutdown()
     return rows
 
 

@@ -112,6 +112,8 @@ def test_ngram_proposer_longest_then_most_recent_match() -> None:
     # suffix [5, 6] occurs at 0-1 (followed by 7, 8) and [4, 5, 6] at 4-6 (followed by 9): the longest wins
     assert p.propose([5, 6, 7, 8, 4, 5, 6, 9, 1, 4, 5, 6], 3) == [9, 1, 4]
     assert p.propose([3, 1, 3, 2, 3], 2) == [2, 3]  # equal length: the most recent occurrence
+    assert p.propose([3, 1, 3, 2, 3], 4) == [2, 3, 2, 3]  # past the end: the period-2 repetition continues
+    assert p.propose([8, 9, 9, 9], 4) == [9, 9, 9, 9]  # a run of one token: full-length proposals
     assert p.propose([1, 2, 3, 4], 4) == []  # no earlier occurrence of the last token
     assert NgramProposer(2, 3).propose([7, 1, 7], 2) == []  # a 1-gram match is below the minimum window
     assert p.propose([1, 2, 1, 2], 0) == []

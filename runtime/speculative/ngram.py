@@ -37,7 +37,9 @@ class NgramProposer:
 
         Among the earlier positions where the last ``n`` tokens of ``seq`` also occur (``min_window <= n <=
         max_window``, an occurrence must end before the last token), the one with the longest ``n`` wins, ties
-        going to the most recent; the proposal is what followed it, at most ``k`` tokens (fewer near the end).
+        going to the most recent; the proposal is the ``k`` tokens that followed it, continued past the end of
+        ``seq`` as an overlapping copy (a match ending ``p`` tokens before the end proposes the period-``p``
+        repetition: loops, lists and runs of a repeated token keep full-length proposals).
 
         Args:
             seq: the request's prompt + output token ids.
@@ -64,7 +66,12 @@ class NgramProposer:
         if cand.size == 0 or length < self.min_window:
             return []
         j = int(cand[-1])  # the most recent occurrence of the longest match
-        return arr[j + 1 : j + 1 + k].tolist()
+        # what followed it; past the end of seq the copy reads its own output (an overlapping, LZ77-style copy), so
+        # a match ending p tokens before the end continues the period-p repetition instead of stopping short
+        out: list[int] = []
+        for i in range(j + 1, j + 1 + k):
+            out.append(seq[i] if i < n else out[i - n])
+        return out
 
 
 class NgramSpeculator:
