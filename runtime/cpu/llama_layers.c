@@ -79,6 +79,33 @@ static void linear_int8(const float *x, int64_t T, int K, const int8_t *w, const
     const int Kp = (K + 15) & ~15;
     for (int64_t t = 0; t < T; ++t)
         for (int k = 0; k < Kp; ++k) xb[t * Kp + k] = k < K ? bf16_to_f32(f32_to_bf16(x[t * K + k])) : 0.0f;
+    if (T <= 4) { /* 4 rows at a time: independent FMA chains (one row's chain is latency-bound) */
+#pragma omp parallel for schedule(static) if ((int64_t)N * Kp * T >= 65536)
+        for (int n0 = 0; n0 < N; n0 += 4) {
+            const int rn = N - n0 < 4 ? N - n0 : 4;
+            __m512 acc[4][4];
+            for (int r = 0; r < 4; ++r)
+                for (int t = 0; t < 4; ++t) acc[r][t] = _mm512_setzero_ps();
+            for (int k0 = 0; k0 < Kp; k0 += 16) {
+                __m512 xv[4];
+                for (int t = 0; t < T; ++t) xv[t] = _mm512_loadu_ps(xb + t * Kp + k0);
+                for (int r = 0; r < rn; ++r) {
+                    const __m128i raw = _mm_loadu_si128((const __m128i *)(w + (int64_t)(n0 + r) * Kp + k0));
+                    const __m512 wv = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(raw));
+                    for (int t = 0; t < T; ++t) acc[r][t] = _mm512_fmadd_ps(wv, xv[t], acc[r][t]);
+                }
+            }
+            for (int r = 0; r < rn; ++r) {
+                const float s = bf16_to_f32(scale[n0 + r]);
+                for (int t = 0; t < T; ++t) {
+                    const float v = bf16_to_f32(f32_to_bf16(_mm512_reduce_add_ps(acc[r][t]) * s));
+                    float *out = y + t * N + n0 + r;
+                    *out = accumulate ? *out + v : v;
+                }
+            }
+        }
+        return;
+    }
 #pragma omp parallel for schedule(static) if ((int64_t)N * Kp * T >= 65536)
     for (int n = 0; n < N; ++n) {
         const int8_t *wr = w + (int64_t)n * Kp;
