@@ -141,8 +141,10 @@ class ModelRunner:
 
     def memory_report(self) -> dict[str, Any]:
         """Weight and KV formats and sizes, for ``/get_server_info``: ``weight_formats`` (format → number of
-        projections), ``weight_bytes``, ``kv_cache_dtype``, ``kv_bytes_per_token``, ``kv_pool_bytes`` and, with
-        LoRA, ``lora_buffer_bytes`` (the adapter slot buffers)."""
+        projections), ``weight_bytes``, ``kv_cache_dtype``, ``kv_bytes_per_token``, ``kv_pool_bytes``,
+        ``cpu_decode_path`` (``fused-layers``: decode steps run every layer in one native call; ``cpu-kernels``:
+        attention and element-wise kernels from Python; ``torch``) and, with LoRA, ``lora_buffer_bytes`` (the
+        adapter slot buffers)."""
         weights = self.model.weight_report()
         lora = {} if self.lora_manager is None else {"lora_buffer_bytes": self.lora_manager.buffer_bytes()}
         return {
@@ -155,7 +157,15 @@ class ModelRunner:
             "kv_cache_dtype": str(self.token_to_kv_pool.dtype).removeprefix("torch."),
             "kv_bytes_per_token": self.kv_bytes // self.max_total_tokens,
             "kv_pool_bytes": self.kv_bytes,
+            "cpu_decode_path": self._cpu_decode_path(),
         }
+
+    def _cpu_decode_path(self) -> str:
+        """Which CPU decode path this runner's steps take (see ``memory_report``)."""
+        if self.model.fused_layers is not None:
+            return "fused-layers"
+        use_kernel = getattr(self.attn_backend, "use_cpu_kernel", None)
+        return "cpu-kernels" if use_kernel is not None and use_kernel(self.token_to_kv_pool) else "torch"
 
     @torch.inference_mode()
     def forward(self, plan: ScheduleBatch, logits_rows: torch.Tensor) -> torch.Tensor:

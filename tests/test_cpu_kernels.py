@@ -223,3 +223,14 @@ def test_fused_layer_loop_matches_module_path(model_name: str, dtype: torch.dtyp
     torch.testing.assert_close(runs[0][0], runs[1][0], atol=atol, rtol=rtol)
     if exact:
         assert runs[0][1] == runs[1][1]
+
+
+@needs_kernels
+def test_server_info_reports_the_decode_path() -> None:
+    from shared_paths import STORIES
+
+    from radixgen.runtime import Engine
+
+    assert Engine(str(STORIES), max_total_tokens=1024).get_server_info()["cpu_decode_path"] == "fused-layers"
+    quantized = Engine(str(STORIES), max_total_tokens=1024, quantization="int4wo-32")  # int4: not in the loop
+    assert quantized.get_server_info()["cpu_decode_path"] == "cpu-kernels"
