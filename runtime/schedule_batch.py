@@ -18,8 +18,10 @@ from radixgen.runtime.req import Req
 from radixgen.runtime.sampler import (
     Sampler,
     SamplingBatchInfo,
+    argmax_rows,
     compute_logprobs,
     gather_token_logprobs,
+    plain_greedy,
     top_logprobs,
 )
 
@@ -159,6 +161,8 @@ class ScheduleBatch:
             )
             for r in reqs
         ]
+        if not any(suppress) and all(plain_greedy(r.sampling_params) for r in reqs):
+            return argmax_rows(rows)  # nothing to apply before the argmax: what sampler.sample would return
         info = SamplingBatchInfo.build(
             params=[r.sampling_params for r in reqs],
             generators=[r.generator for r in reqs],

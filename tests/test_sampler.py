@@ -256,3 +256,17 @@ def test_compute_logprobs_and_helpers() -> None:
     assert top_logprobs(lp, 0) == ([[], [], [], []], [[], [], [], []])
     with pytest.raises(ValueError):
         top_logprobs(lp, -1)
+
+
+def test_plain_greedy_only_where_nothing_applies_before_the_argmax() -> None:
+    """ScheduleBatch.sample skips SamplingBatchInfo for rows that are plain greedy: greedy with no logit bias and
+    no penalty (each of those changes the argmax)."""
+    from radixgen.runtime.sampler import plain_greedy
+
+    assert plain_greedy(SamplingParams(temperature=0.0))
+    assert plain_greedy(SamplingParams(temperature=0.7, top_k=1))
+    assert not plain_greedy(SamplingParams(temperature=0.7))
+    assert not plain_greedy(SamplingParams(temperature=0.0, logit_bias={5: 3.0}))
+    assert not plain_greedy(SamplingParams(temperature=0.0, frequency_penalty=0.5))
+    assert not plain_greedy(SamplingParams(temperature=0.0, presence_penalty=-0.5))
+    assert not plain_greedy(SamplingParams(temperature=0.0, repetition_penalty=1.2))
