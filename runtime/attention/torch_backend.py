@@ -50,13 +50,13 @@ class TorchAttentionBackend(AttentionBackend):
     rounded to the storage dtype, or quantized and dequantized), so extend sees exactly what later decode steps
     read back.
 
-    CPU kernel (``radixgen.runtime.cpu.ops.PagedAttentionPlan``, built on first use): decode batches without
-    shared-prefix groups and extends of at most ``PAGED_EXTEND_MAX_TOKENS`` new tokens per request (speculative
-    verifies, short chunks) read K/V straight from the pool through ``req_to_token`` in one call per layer,
-    instead of the paths above, when the pool holds the model's float32 / bfloat16 K/V on the CPU
-    (``use_cpu_kernel``) — shared prefixes included: re-reading each request's prefix (from cache) in the kernel
-    beat the cascade's torch ops on this project's CPU (bench_peer shared-prefix c16, float32: 195 -> 289 out
-    tok/s), so the cascade below serves the torch-only path.
+    CPU kernel (``radixgen.runtime.cpu.ops.PagedAttentionPlan``, built on first use): decode batches and extends
+    of at most ``PAGED_EXTEND_MAX_TOKENS`` new tokens per request (speculative verifies, short chunks) read K/V
+    straight from the pool through ``req_to_token`` in one call per layer, instead of the paths above, when the
+    pool holds the model's float32 / bfloat16 K/V on the CPU (``use_cpu_kernel``). That includes decode batches
+    whose requests share a prefix: re-reading each request's prefix (from cache) in the kernel beat the cascade's
+    torch ops on this project's CPU (bench_peer shared-prefix c16, float32: 195 -> 289 out tok/s), so the
+    cascade below serves the torch-only path.
 
     Quantized KV (``--kv-cache-dtype int8 | fp8_*``): every read of the pool goes through ``pool.get_kv``, which
     dequantizes the gathered slots to q's dtype; the dense decode copy holds dequantized K/V in the model dtype,
@@ -72,6 +72,7 @@ class TorchAttentionBackend(AttentionBackend):
         self.dense = DenseDecodeKV(dense_decode_kv_bytes, DECODE_BUCKET) if dense_decode_kv_bytes > 0 else None
         self.shared_prefix = shared_prefix
         self.allow_cpu_kernel = cpu_kernel
+        self._kernel_pool: tuple[TokenToKVPool, bool] | None = None  # (pool, use_cpu_kernel(pool)), decided once
         self._groups_key: tuple[int, ...] | None = None  # request rows of the batch the groups were found for
         self._groups: list[tuple[list[int], int]] = []
 
@@ -87,14 +88,17 @@ class TorchAttentionBackend(AttentionBackend):
         return self._groups
 
     def use_cpu_kernel(self, pool: TokenToKVPool) -> bool:
-        """True when this backend's steps over ``pool`` may take the CPU kernel (see the class docstring)."""
-        return (
-            self.allow_cpu_kernel
-            and pool.device.type == "cpu"
-            and not pool.quantized
-            and cpu_ops.supports(pool.model_dtype, pool.dtype, pool.head_dim)
-            and cpu_ops.available()
-        )
+        """True when this backend's steps over ``pool`` may take the CPU kernel (see the class docstring); decided
+        once per pool (its device and dtypes are fixed), again if ``allow_cpu_kernel`` is turned off."""
+        if self._kernel_pool is None or self._kernel_pool[0] is not pool:
+            usable = (
+                pool.device.type == "cpu"
+                and not pool.quantized
+                and cpu_ops.supports(pool.model_dtype, pool.dtype, pool.head_dim)
+                and cpu_ops.available()
+            )
+            self._kernel_pool = (pool, usable)
+        return self.allow_cpu_kernel and self._kernel_pool[1]
 
     def _paged_plan(self, batch: ForwardBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """Per new token, its request row and the positions it sees (int64 ``[T]`` each) for the CPU kernel."""

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from radixgen.runtime.cpu.build import load_library
-from radixgen.runtime.cpu.ops import MIN_PARALLEL_WORK, PagedAttentionPlan
+from radixgen.runtime.cpu.ops import DTYPE_CODES, MIN_PARALLEL_WORK, PagedAttentionPlan
 from radixgen.runtime.models.linear import DenseLinear, Int8WeightOnlyLinear
 
 if TYPE_CHECKING:
@@ -37,7 +37,6 @@ logger = logging.getLogger(__name__)
 
 #: the MKL GEMM the loop calls per dtype (code 0 / 1 in llama_layers.c)
 _GEMMS = {torch.float32: "sgemm_", torch.bfloat16: "cblas_gemm_bf16bf16f32"}
-_DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1}
 #: rows a float32 LM head takes the loop's row kernel for (see FusedLlamaLayers.logits)
 ROWS_KERNEL_TOKENS = range(3, 9)
 
@@ -229,7 +228,7 @@ class FusedLlamaLayers:
         rtt, rtt_stride, rows, kv_lens = plan.pointers
         out_loc = out_cache_loc.contiguous()  # held while the call reads it
         shape = (num_tokens, self.hidden_size, self.num_heads, self.num_kv_heads, self.head_dim, inter)
-        model = (_DTYPE_CODES[self.dtype], int(self.int8), self.gemm, self.num_layers, self.weights.data_ptr())
+        model = (DTYPE_CODES[self.dtype], int(self.int8), self.gemm, self.num_layers, self.weights.data_ptr())
         kv = (k_addr.data_ptr(), v_addr.data_ptr())
         step = (self.eps, positions.data_ptr(), self.cos_sin.data_ptr(), out_loc.data_ptr())
         attention = (rtt, rtt_stride, rows, kv_lens, self.scale, MIN_PARALLEL_WORK)

@@ -21,7 +21,8 @@ import torch
 
 from radixgen.runtime.cpu.build import load_library
 
-_DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1}
+#: the activation dtypes the kernels take, as the C entry points' ``dtype`` argument
+DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1}
 #: largest head dimension ``paged_attention`` takes
 MAX_HEAD_DIM = 256
 #: below this many (positions x KV heads) in a call, ``paged_attention`` stays on the calling thread
@@ -36,7 +37,7 @@ def available() -> bool:
 def supports(dtype: torch.dtype, kv_dtype: torch.dtype | None = None, head_dim: int | None = None) -> bool:
     """True when the kernels take activations of ``dtype`` (float32, bfloat16), attention over a pool of
     ``kv_dtype`` (the same dtype) and heads of ``head_dim`` (at most ``MAX_HEAD_DIM``)."""
-    if dtype not in _DTYPE_CODES or (kv_dtype is not None and kv_dtype != dtype):
+    if dtype not in DTYPE_CODES or (kv_dtype is not None and kv_dtype != dtype):
         return False
     return head_dim is None or 1 <= head_dim <= MAX_HEAD_DIM
 
@@ -58,9 +59,9 @@ def _check(fn: str, name: str, t: torch.Tensor, dtype: torch.dtype, *, rows_stri
 
 
 def _dtype_code(fn: str, dtype: torch.dtype) -> int:
-    if dtype not in _DTYPE_CODES:
+    if dtype not in DTYPE_CODES:
         raise ValueError(f"{fn}: dtype must be float32 or bfloat16, got {dtype}")
-    return _DTYPE_CODES[dtype]
+    return DTYPE_CODES[dtype]
 
 
 class PagedAttentionPlan:
@@ -104,7 +105,7 @@ class PagedAttentionPlan:
         hkv = k_pool.shape[1]
         dtype = q.dtype
         if (
-            dtype not in _DTYPE_CODES
+            dtype not in DTYPE_CODES
             or k_pool.dtype != dtype
             or v_pool.dtype != dtype
             or not 1 <= d <= MAX_HEAD_DIM
@@ -122,7 +123,7 @@ class PagedAttentionPlan:
         out = torch.empty((num_tokens, hq, d), dtype=dtype)
         rtt, rtt_stride, rows, kv_lens = self.pointers
         self.lib.radixgen_paged_attention(
-            _DTYPE_CODES[dtype], q.data_ptr(), q.stride(0), k_pool.data_ptr(), v_pool.data_ptr(), rtt, rtt_stride,
+            DTYPE_CODES[dtype], q.data_ptr(), q.stride(0), k_pool.data_ptr(), v_pool.data_ptr(), rtt, rtt_stride,
             rows, kv_lens, out.data_ptr(), num_tokens, hq, hkv, d, scale, MIN_PARALLEL_WORK,
         )  # fmt: skip
         return out

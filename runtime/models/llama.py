@@ -261,7 +261,7 @@ class LlamaForCausalLM(nn.Module):
         self.weights_processed = False
         self.rotary_emb = RotaryEmbedding(config.head_dim, config.context_len, config.rope_theta, config.rope_scaling)
         self.fused_rope = False  # the CPU kernel runs RoPE in place (process_weights_after_loading)
-        self.fused_layers: FusedLlamaLayers | None = None  # every layer in one native call (float32 CPU decode)
+        self.fused_layers: FusedLlamaLayers | None = None  # every layer in one native call (CPU decode steps)
 
     def forward(self, batch: ForwardBatch) -> torch.Tensor:
         """Run all layers over the new tokens of ``batch``, writing their K/V into ``batch.token_to_kv_pool``.
@@ -338,8 +338,8 @@ class LlamaForCausalLM(nn.Module):
     def _use_fused_cpu_ops(self, enable: bool) -> None:
         """Route RMSNorm, RoPE and SiLU-and-mul through radixgen's CPU kernels (``radixgen.runtime.cpu.ops``):
         one call each instead of several torch ops per layer; RoPE stays on torch ops for Qwen3's q/k norm. Where
-        ``FusedLlamaLayers`` applies (float32, one rank, column-major projections), decode steps and short extends
-        run every layer in one native call."""
+        ``FusedLlamaLayers`` applies (float32, bfloat16 or int8 weight-only projections in its layout, one rank),
+        decode steps and short extends run every layer in one native call."""
         self.fused_rope = enable and not self.config.qk_norm
         self.fused_layers = FusedLlamaLayers.build(self) if enable else None
         for module in self.modules():
