@@ -234,8 +234,8 @@ def convert_linear(
         quant: weight-only quantization to apply, or None for the float kernels.
         row_major_bf16: keep a bfloat16 CPU weight as loaded (``DenseLinear``, row-major) instead of prepacking it
             for oneDNN: the layout ``radixgen.runtime.cpu.llama_layers.FusedLlamaLayers`` multiplies with MKL's
-            bfloat16 GEMM (2x oneDNN's speed at M = 1; the module path's ``F.linear`` on it is 12-30% slower than
-            oneDNN's at M = 16-512).
+            bfloat16 GEMM (1.7x oneDNN's speed at M = 1, benchmarks/bench_cpu_kernels.py; the module path's
+            ``F.linear`` on it was 12-30% slower than oneDNN's at M = 16-512 in an ad-hoc measurement).
     Raises:
         ValueError: int4 with ``in_features`` not a multiple of the group size (names ``quantization``).
     """

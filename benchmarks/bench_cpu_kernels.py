@@ -1,0 +1,118 @@
+"""The CPU GEMM choices of the fused layer loop (runtime/cpu), each against the alternative, side by side in one run.
+
+    python benchmarks/bench_cpu_kernels.py [--threads 2] [--repeats 200]
+
+On bench-llama-40m's shapes (hidden 512, qkv 1024, gate_up 2816, down 512 x 1408, LM head 32000 x 512):
+
+* bfloat16 at one token: MKL's ``cblas_gemm_bf16bf16f32`` over row-major weights (what the loop calls) against
+  oneDNN's prepacked GEMM (``OneDNNLinear``, the module path's bfloat16 kernel), summed over the 32 projections;
+* int8 weight-only at one token: the loop's AVX-512 kernel (``radixgen_linear_int8``) against aten's
+  ``_weight_int8pack_mm`` (``Int8WeightOnlyLinear``), per shape, as GB/s of int8 weights;
+* a float32 LM head at 1-8 rows: the loop's row kernel (``radixgen_linear_rows_f32``) against ``F.linear`` (MKL).
+
+Times are medians of ``--repeats`` calls after a warm-up, alternating the two sides. Prints a table; writes
+``benchmarks/results/bench_cpu_kernels.json``. Needs the CPU kernels (AVX-512 and a C compiler).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from common import RESULTS
+
+from radixgen.runtime.cpu.build import load_library
+from radixgen.runtime.cpu.llama_layers import mkl_gemm_address
+from radixgen.runtime.models.linear import Int8WeightOnlyLinear, OneDNNLinear
+
+LAYER_SHAPES = [(1024, 512), (512, 512), (2816, 512), (512, 1408)]  # (out, in) of qkv, o, gate_up, down
+HEAD = (32000, 512)
+
+
+def median_us(fn: Callable[[], object], repeats: int) -> float:
+    for _ in range(10):
+        fn()
+    samples = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - t)
+    return statistics.median(samples) * 1e6
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=200)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    lib = load_library()
+    gemm_bf16 = mkl_gemm_address(torch.bfloat16)
+    if lib is None or gemm_bf16 is None:
+        raise SystemExit("the CPU kernels or MKL's bfloat16 GEMM are unavailable here")
+    torch.manual_seed(0)
+    rows: list[dict[str, object]] = []
+
+    # bfloat16, one token, all 32 projections of the 8 layers
+    weights = [torch.randn(n, k).to(torch.bfloat16) for n, k in LAYER_SHAPES * 8]
+    xs = [torch.randn(1, w.shape[1]).to(torch.bfloat16) for w in weights]
+    outs = [torch.empty(1, w.shape[0]) for w in weights]
+    packed = [OneDNNLinear(w, None) for w in weights]
+
+    def mkl_bf16() -> None:
+        for w, x, y in zip(weights, xs, outs, strict=True):
+            lib.radixgen_linear_bf16(gemm_bf16, x.data_ptr(), 1, w.shape[1], w.data_ptr(), w.shape[0], y.data_ptr())
+
+    def onednn_bf16() -> None:
+        for m, x in zip(packed, xs, strict=True):
+            m(x)
+
+    a, b = median_us(mkl_bf16, args.repeats // 4), median_us(onednn_bf16, args.repeats // 4)
+    rows.append({"case": "bf16 32 projections, 1 token", "loop_us": a, "alternative": "oneDNN prepacked",
+                 "alternative_us": b})  # fmt: skip
+
+    # int8 weight-only, one token
+    for n, k in [*LAYER_SHAPES[2:], HEAD]:
+        lin = Int8WeightOnlyLinear(torch.randn(n, k), None)
+        x, y, scratch = torch.randn(1, k), torch.empty(1, n), torch.empty(k + 16)
+
+        def ours(lin: Int8WeightOnlyLinear = lin, x: torch.Tensor = x, y: torch.Tensor = y,
+                 scratch: torch.Tensor = scratch, n: int = n, k: int = k) -> None:  # fmt: skip
+            lib.radixgen_linear_int8(x.data_ptr(), 1, k, lin.qdata.data_ptr(), lin.scale.data_ptr(), n,
+                                     y.data_ptr(), scratch.data_ptr())  # fmt: skip
+
+        a, b = median_us(ours, args.repeats), median_us(lambda lin=lin, x=x: lin(x), args.repeats)
+        case = f"int8 {n} x {k}, 1 token ({n * k / a / 1e3:.0f} vs {n * k / b / 1e3:.0f} GB/s)"
+        rows.append({"case": case, "loop_us": a, "alternative": "aten _weight_int8pack_mm", "alternative_us": b})
+
+    # float32 LM head at 1-8 rows
+    head = torch.randn(*HEAD)
+    for t in (1, 2, 5, 8):
+        x, y = torch.randn(t, HEAD[1]), torch.empty(t, HEAD[0])
+
+        def rows_kernel(x: torch.Tensor = x, y: torch.Tensor = y, t: int = t) -> None:
+            lib.radixgen_linear_rows_f32(x.data_ptr(), t, HEAD[1], head.data_ptr(), HEAD[0], y.data_ptr())
+
+        a, b = median_us(rows_kernel, args.repeats // 4), median_us(lambda x=x: F.linear(x, head), args.repeats // 4)
+        rows.append({"case": f"f32 head {HEAD[0]} x {HEAD[1]}, {t} rows", "loop_us": a, "alternative": "F.linear (MKL)",
+                     "alternative_us": b})  # fmt: skip
+
+    print(f"{'case':46s} {'loop us':>9s} {'alternative':>26s} {'alt us':>9s} {'alt / loop':>10s}")
+    for r in rows:
+        ratio = float(r["alternative_us"]) / float(r["loop_us"])  # type: ignore[arg-type]
+        print(f"{r['case']:46s} {r['loop_us']:9.1f} {r['alternative']:>26s} {r['alternative_us']:9.1f} {ratio:9.2f}x")
+    RESULTS.mkdir(exist_ok=True)
+    out = {"date": time.strftime("%Y-%m-%d %H:%M"), "threads": args.threads, "rows": rows,
+           "load_average": list(os.getloadavg())}  # fmt: skip
+    (RESULTS / "bench_cpu_kernels.json").write_text(json.dumps(out, indent=2))
+    print("load average", out["load_average"])
+
+
+if __name__ == "__main__":
+    main()
