@@ -8,7 +8,14 @@ On bench-llama-40m's shapes (hidden 512, qkv 1024, gate_up 2816, down 512 x 1408
   oneDNN's prepacked GEMM (``OneDNNLinear``, the module path's bfloat16 kernel), summed over the 32 projections;
 * int8 weight-only at one token: the loop's AVX-512 kernel (``radixgen_linear_int8``) against aten's
   ``_weight_int8pack_mm`` (``Int8WeightOnlyLinear``), per shape, as GB/s of int8 weights;
-* a float32 LM head at 1-8 rows: the loop's row kernel (``radixgen_linear_rows_f32``) against ``F.linear`` (MKL).
+* a float32 LM head at 1-32 rows: the loop's row kernel (``radixgen_linear_rows_f32``) against ``F.linear`` (MKL).
+
+and on the ~220M config's shapes (hidden 1024, 16 layers; 755 MB of float32 projections, so weights come from
+DRAM as in a decode step):
+
+* float32 projections at 1-32 token rows, all 64 of them: the loop's row kernel over row-major weights against
+  MKL's sgemm over column-major weights (what the loop called before, through ``torch.mm`` on the ``[in, out]``
+  storage).
 
 Times are medians of ``--repeats`` calls after a warm-up, alternating the two sides. Prints a table; writes
 ``benchmarks/results/bench_cpu_kernels.json``. Needs the CPU kernels (AVX-512 and a C compiler).
@@ -32,6 +39,7 @@ from radixgen.runtime.cpu.llama_layers import mkl_gemm_address
 from radixgen.runtime.models.linear import Int8WeightOnlyLinear, OneDNNLinear
 
 LAYER_SHAPES = [(1024, 512), (512, 512), (2816, 512), (512, 1408)]  # (out, in) of qkv, o, gate_up, down
+SHAPES_220M = [(2048, 1024), (1024, 1024), (5632, 1024), (1024, 2816)]  # the same for common.BENCH_220M_CONFIG
 HEAD = (32000, 512)
 
 
@@ -91,9 +99,9 @@ def main() -> None:
         case = f"int8 {n} x {k}, 1 token ({n * k / a / 1e3:.0f} vs {n * k / b / 1e3:.0f} GB/s)"
         rows.append({"case": case, "loop_us": a, "alternative": "aten _weight_int8pack_mm", "alternative_us": b})
 
-    # float32 LM head at 1-8 rows
+    # float32 LM head at 1-32 rows
     head = torch.randn(*HEAD)
-    for t in (1, 2, 5, 8):
+    for t in (1, 2, 5, 8, 16, 32):
         x, y = torch.randn(t, HEAD[1]), torch.empty(t, HEAD[0])
 
         def rows_kernel(x: torch.Tensor = x, y: torch.Tensor = y, t: int = t) -> None:
@@ -102,6 +110,26 @@ def main() -> None:
         a, b = median_us(rows_kernel, args.repeats // 4), median_us(lambda x=x: F.linear(x, head), args.repeats // 4)
         rows.append({"case": f"f32 head {HEAD[0]} x {HEAD[1]}, {t} rows", "loop_us": a, "alternative": "F.linear (MKL)",
                      "alternative_us": b})  # fmt: skip
+
+    # float32 projections of 16 layers (220M shapes), weights from DRAM, 1-32 token rows
+    rowmajor = [torch.randn(n, k) for n, k in SHAPES_220M * 16]
+    colmajor = [w.t().contiguous() for w in rowmajor]  # [in, out] storage: MKL's non-transposed sgemm
+    for t in (1, 4, 8, 16, 32):
+        xs32 = [torch.randn(t, w.shape[1]) for w in rowmajor]
+        ys32 = [torch.empty(t, w.shape[0]) for w in rowmajor]
+
+        def rows_f32(t: int = t, xs32: list[torch.Tensor] = xs32, ys32: list[torch.Tensor] = ys32) -> None:
+            for w, x, y in zip(rowmajor, xs32, ys32, strict=True):
+                lib.radixgen_linear_rows_f32(x.data_ptr(), t, w.shape[1], w.data_ptr(), w.shape[0], y.data_ptr())
+
+        def mkl_f32(xs32: list[torch.Tensor] = xs32, ys32: list[torch.Tensor] = ys32) -> None:
+            for wt, x, y in zip(colmajor, xs32, ys32, strict=True):
+                torch.mm(x, wt, out=y)
+
+        reps = max(args.repeats // 40, 3)
+        a, b = median_us(rows_f32, reps), median_us(mkl_f32, reps)
+        rows.append({"case": f"f32 220M projections x 16 layers, {t} rows", "loop_us": a,
+                     "alternative": "MKL sgemm, column-major", "alternative_us": b})  # fmt: skip
 
     print(f"{'case':46s} {'loop us':>9s} {'alternative':>26s} {'alt us':>9s} {'alt / loop':>10s}")
     for r in rows:

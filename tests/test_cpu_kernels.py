@@ -185,6 +185,21 @@ def test_backend_kernel_path_matches_torch_paths(dtype: torch.dtype) -> None:
 
 
 @needs_kernels
+@pytest.mark.parametrize("tokens", [1, 2, 3, 5, 16, 32])
+@pytest.mark.parametrize(("n", "k"), [(7, 64), (130, 172), (67, 520)])
+def test_float32_row_kernel_matches_matmul(tokens: int, n: int, k: int) -> None:
+    """The fused loop's float32 GEMM (register tiles of 8 x T or 4 x 4 rows, partial tiles, a K tail that is not a
+    multiple of 16) against ``x @ W^T``."""
+    from radixgen.runtime.cpu.build import load_library
+
+    gen = torch.Generator().manual_seed(tokens * 1000 + n)
+    x, w = torch.randn(tokens, k, generator=gen), torch.randn(n, k, generator=gen)
+    y = torch.full((tokens, n), float("nan"))
+    load_library().radixgen_linear_rows_f32(x.data_ptr(), tokens, k, w.data_ptr(), n, y.data_ptr())  # type: ignore[union-attr]
+    torch.testing.assert_close(y, x @ w.t(), atol=1e-4, rtol=1e-5)
+
+
+@needs_kernels
 @pytest.mark.parametrize(("dtype", "quant"), [(torch.float32, None), (torch.bfloat16, None), (torch.float32, "int8wo")])
 @pytest.mark.parametrize("model_name", ["stories260k", "bench_40m"])
 def test_fused_layer_loop_matches_module_path(model_name: str, dtype: torch.dtype, quant: str | None) -> None:

@@ -6,10 +6,10 @@
  * work, but driving it from Python costs tens of torch/ctypes calls per layer, and each call between two weight
  * streams runs with cold caches: on this project's 2-core CPU that overhead was ~2 ms of a 6 ms step for
  * bench-llama-40m. This loop runs the same layer (llama.cpp's approach: the whole graph in native code) with the
- * kernels of fused_ops.c and paged_attention.c and the GEMMs in MKL (the library torch itself calls for float32
- * mm on the CPU; the caller passes the function's address): float32 through sgemm over column-major weights (as
- * radixgen.runtime.models.linear.DenseLinear keeps them: MKL's non-transposed GEMM), bfloat16 through
+ * kernels of fused_ops.c and paged_attention.c, and the GEMMs: float32 through the loop's own kernel over
+ * row-major weights at decode sizes (linear_rows_f32; MKL's sgemm above ROWS_GEMM_MAX_T rows), bfloat16 through MKL's
  * cblas_gemm_bf16bf16f32 over row-major weights (at M = 1 1.7x oneDNN's prepacked GEMM here: bench_cpu_kernels.py).
+ * MKL is the library torch itself calls on the CPU; the caller passes the function's address.
  *
  * Per layer, for T tokens (rows of hidden [T, H], updated in place):
  *   x = rms_norm(hidden);  qkv = x Wqkv^T (+ bias);  RoPE on q, k in place;  k, v -> KV pool at out_loc;
@@ -36,13 +36,92 @@ void radixgen_paged_attention(int dtype, const void *q, int64_t q_stride, const 
                               const int64_t *kv_lens, void *out, int64_t num_tokens, int hq, int hkv, int D,
                               float scale, int64_t min_parallel_work);
 
-/* y [T, N] (row-major) = x [T, K] W^T + beta * y, W^T stored row-major [K, N] (W column-major) */
-static void linear(sgemm_fn gemm, const float *x, int64_t T, int K, const float *wt, int N, float beta, float *y) {
-    const char no = 'N';
+/*
+ * Float32 products over row-major weights W [N, K] (as checkpoints store them): y [T, N] = x [T, K] W^T, or
+ * y += x W^T when accumulate (a residual add).
+ *
+ * At decode sizes (T <= ROWS_GEMM_MAX_T) the loop's own kernel: register tiles of 4 weight rows x 4 token rows
+ * (8 x T at T <= 2: more weight streams in flight), each weight row read from memory once and reused from L1 for every
+ * token row, 16-lane FMA chains reduced once at the end of K (masked loads for a K tail). Weight rows are handed
+ * out in blocks of ROWS_PER_TASK to the threads dynamically, so a thread that another process preempts does not
+ * hold up the others' share (llama.cpp hands out its matmul chunks the same way). Measured against MKL's sgemm on
+ * column-major weights (what the loop called before) over the 16 layers of the 220M config (weights from DRAM, 2
+ * threads), MKL takes 1.0 / 1.5 / 1.3 / 1.2 / 1.2x the loop's time at T = 1 / 4 / 8 / 16 / 32
+ * (benchmarks/bench_cpu_kernels.py).
+ * Larger T (long extends through the module path do not come here) goes to MKL's sgemm with W transposed.
+ */
+enum { ROWS_GEMM_MAX_T = 32, ROWS_PER_TASK = 64 };
+
+/*
+ * y [rt, N-strided] (+)= x [rt, K] w [rn, K]^T for rt <= tb token rows and rn <= nb weight rows (nb * tb <= 16
+ * accumulators); inlined with constant sizes for full tiles, so the loops unroll into registers.
+ */
+static inline __attribute__((always_inline)) void rows_tile(const float *x, int rt, int K, const float *w, int rn,
+                                                            float *y, int64_t N, int accumulate, int nb, int tb) {
+    __m512 acc[8][4];
+    for (int r = 0; r < nb; ++r)
+        for (int t = 0; t < tb; ++t) acc[r][t] = _mm512_setzero_ps();
+    const int Kf = K & ~15;
+    for (int k = 0; k < Kf; k += 16) {
+        __m512 xv[4];
+        for (int t = 0; t < tb && t < rt; ++t) xv[t] = _mm512_loadu_ps(x + (int64_t)t * K + k);
+        for (int r = 0; r < nb && r < rn; ++r) {
+            const __m512 wv = _mm512_loadu_ps(w + (int64_t)r * K + k);
+            for (int t = 0; t < tb && t < rt; ++t) acc[r][t] = _mm512_fmadd_ps(wv, xv[t], acc[r][t]);
+        }
+    }
+    if (Kf < K) { /* K tail: masked loads read zeros past the row */
+        const __mmask16 m = (__mmask16)((1u << (K - Kf)) - 1);
+        __m512 xv[4];
+        for (int t = 0; t < tb && t < rt; ++t) xv[t] = _mm512_maskz_loadu_ps(m, x + (int64_t)t * K + Kf);
+        for (int r = 0; r < nb && r < rn; ++r) {
+            const __m512 wv = _mm512_maskz_loadu_ps(m, w + (int64_t)r * K + Kf);
+            for (int t = 0; t < tb && t < rt; ++t) acc[r][t] = _mm512_fmadd_ps(wv, xv[t], acc[r][t]);
+        }
+    }
+    for (int t = 0; t < tb && t < rt; ++t)
+        for (int r = 0; r < nb && r < rn; ++r) {
+            const float v = _mm512_reduce_add_ps(acc[r][t]);
+            float *out = y + (int64_t)t * N + r;
+            *out = accumulate ? *out + v : v;
+        }
+}
+
+static void linear_rows_f32(const float *x, int64_t T, int K, const float *w, int64_t N, int accumulate, float *y) {
+    const int nb = T <= 2 ? 8 : 4, tb = T <= 2 ? (int)T : 4;
+    const int64_t tasks = (N + ROWS_PER_TASK - 1) / ROWS_PER_TASK;
+#pragma omp parallel for schedule(dynamic, 1) if (N * K * T >= 65536)
+    for (int64_t b = 0; b < tasks; ++b) {
+        const int64_t end = (b + 1) * ROWS_PER_TASK < N ? (b + 1) * ROWS_PER_TASK : N;
+        for (int64_t n = b * ROWS_PER_TASK; n < end; n += nb) {
+            const int rn = end - n < nb ? (int)(end - n) : nb;
+            for (int64_t t0 = 0; t0 < T; t0 += tb) {
+                const int rt = T - t0 < tb ? (int)(T - t0) : tb;
+                const float *xt = x + t0 * K, *wn = w + n * K;
+                float *yt = y + t0 * N + n;
+                if (T == 1 && rn == 8)
+                    rows_tile(xt, 1, K, wn, 8, yt, N, accumulate, 8, 1);
+                else if (T == 2 && rn == 8)
+                    rows_tile(xt, 2, K, wn, 8, yt, N, accumulate, 8, 2);
+                else if (rn == 4 && rt == 4)
+                    rows_tile(xt, 4, K, wn, 4, yt, N, accumulate, 4, 4);
+                else
+                    rows_tile(xt, rt, K, wn, rn, yt, N, accumulate, nb, tb);
+            }
+        }
+    }
+}
+
+static void linear(sgemm_fn gemm, const float *x, int64_t T, int K, const float *w, int N, int accumulate, float *y) {
+    if (T <= ROWS_GEMM_MAX_T) {
+        linear_rows_f32(x, T, K, w, N, accumulate, y);
+        return;
+    }
+    const char tr = 'T', no = 'N';
     const int m = N, n = (int)T, k = K;
-    const float alpha = 1.0f;
-    /* column-major view: y^T [N, T] = W [N, K] x^T [K, T] */
-    gemm(&no, &no, &m, &n, &k, &alpha, wt, &m, x, &k, &beta, y, &m);
+    const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
+    /* column-major view: y^T [N, T] = (W as column-major [K, N])^T x^T [K, T] */
+    gemm(&tr, &no, &m, &n, &k, &alpha, w, &k, x, &k, &beta, y, &m);
 }
 
 /* MKL's cblas_gemm_bf16bf16f32: C (float32) = alpha op(A) op(B) + beta C, bfloat16 A and B */
@@ -135,8 +214,8 @@ static void linear_int8(const float *x, int64_t T, int K, const int8_t *w, const
 enum { W_INPUT_NORM, W_QKV, B_QKV, W_O, W_POST_NORM, W_GATE_UP, W_DOWN, S_QKV, S_O, S_GATE_UP, S_DOWN, LAYER_FIELDS };
 
 /*
- * dtype 0 (float32): gemm is MKL's Fortran sgemm and the projections are stored column-major, or, with
- * int8_weights, int8 weight-only (linear_int8; gemm unused; the S_* scales set). dtype 1
+ * dtype 0 (float32): gemm is MKL's Fortran sgemm (used above ROWS_GEMM_MAX_T rows) and the projections are
+ * stored row-major [out, in], or, with int8_weights, int8 weight-only (linear_int8; gemm unused; the S_* scales set). dtype 1
  * (bfloat16): gemm is MKL's cblas_gemm_bf16bf16f32 and the projections row-major [out, in]; products are rounded
  * to bfloat16 where transformers' bfloat16 F.linear rounds them, residual sums likewise.
  * weights [num_layers, LAYER_FIELDS]; k_pools / v_pools [num_layers] addresses of each layer's pool storage
@@ -171,7 +250,7 @@ void radixgen_llama_layers(int dtype, int int8_weights, void *gemm, int num_laye
                 for (int64_t t = 0; t < T; ++t)
                     for (int i = 0; i < QKV; ++i) ((float *)qkv)[t * QKV + i] += ((const float *)b_qkv)[i];
         } else {
-            linear((sgemm_fn)gemm, (const float *)x, T, H, w_qkv, QKV, 0.0f, (float *)qkv);
+            linear((sgemm_fn)gemm, (const float *)x, T, H, w_qkv, QKV, 0, (float *)qkv);
             if (b_qkv != 0)
                 for (int64_t t = 0; t < T; ++t)
                     for (int i = 0; i < QKV; ++i) ((float *)qkv)[t * QKV + i] += ((const float *)b_qkv)[i];
@@ -203,11 +282,11 @@ void radixgen_llama_layers(int dtype, int int8_weights, void *gemm, int num_laye
             linear_int8((const float *)act, T, I, w_down, (const uint16_t *)(intptr_t)w[S_DOWN], H, 1, (float *)hidden,
                         xb);
         } else {
-            linear((sgemm_fn)gemm, (const float *)attn, T, Q, w_o, H, 1.0f, (float *)hidden);
+            linear((sgemm_fn)gemm, (const float *)attn, T, Q, w_o, H, 1, (float *)hidden);
             radixgen_rms_norm(dtype, hidden, H, 0, post, x, T, H, eps);
-            linear((sgemm_fn)gemm, (const float *)x, T, H, w_gu, 2 * I, 0.0f, (float *)gu);
+            linear((sgemm_fn)gemm, (const float *)x, T, H, w_gu, 2 * I, 0, (float *)gu);
             radixgen_silu_and_mul(dtype, gu, 2 * I, act, T, I);
-            linear((sgemm_fn)gemm, (const float *)act, T, I, w_down, H, 1.0f, (float *)hidden);
+            linear((sgemm_fn)gemm, (const float *)act, T, I, w_down, H, 1, (float *)hidden);
         }
     }
 }
@@ -227,22 +306,7 @@ void radixgen_linear_int8(const float *x, int64_t T, int K, const int8_t *w, con
     linear_int8(x, T, K, w, scale, N, 0, y, xb);
 }
 
-/*
- * y [T, N] float32 = x [T, K] W^T for float32 x and row-major W [N, K], T <= 8, K % 16 == 0: a float32 LM head at
- * the few rows of a decode step or a speculative verify. Each weight row is read once for all T rows (MKL's
- * sgemm over a transposed operand at M = 2..8 reads the 32000 x 512 head of bench-llama-40m 2-3x slower than
- * at M = 1 here). Rows are split across threads.
- */
+/* y [T, N] float32 = x [T, K] W^T for float32 x and row-major W [N, K], T <= ROWS_GEMM_MAX_T: a float32 LM head */
 void radixgen_linear_rows_f32(const float *x, int64_t T, int K, const float *w, int64_t N, float *y) {
-#pragma omp parallel for schedule(static)
-    for (int64_t n = 0; n < N; ++n) {
-        const float *wr = w + n * K;
-        __m512 acc[8];
-        for (int t = 0; t < T; ++t) acc[t] = _mm512_setzero_ps();
-        for (int k0 = 0; k0 < K; k0 += 16) {
-            const __m512 wv = _mm512_loadu_ps(wr + k0);
-            for (int t = 0; t < T; ++t) acc[t] = _mm512_fmadd_ps(wv, _mm512_loadu_ps(x + t * K + k0), acc[t]);
-        }
-        for (int t = 0; t < T; ++t) y[t * N + n] = _mm512_reduce_add_ps(acc[t]);
-    }
+    linear_rows_f32(x, T, K, w, N, 0, y);
 }

@@ -1,13 +1,14 @@
 """``FusedLlamaLayers``: every decoder layer of a float32 or bfloat16 Llama model in one native call per step.
 
 The C loop (``llama_layers.c``) runs the layers of a decode step or a short extend (the batches the paged
-attention kernel takes) with the fused element-wise kernels and MKL's GEMMs — the library torch itself uses for
-float32 GEMMs on the CPU, called by address from ``libtorch_cpu``: ``sgemm_`` over column-major float32 weights,
-``cblas_gemm_bf16bf16f32`` over row-major bfloat16 weights — instead of ~30 torch and ctypes calls per layer from
-Python. Measured on bench-llama-40m (2 threads): see benchmarks/README.md, "CPU peer".
+attention kernel takes) with the fused element-wise kernels and, for the projections, the loop's own float32 kernel
+at decode sizes (row-major weights; MKL's ``sgemm_`` above 32 rows) and MKL's ``cblas_gemm_bf16bf16f32`` over
+row-major bfloat16 weights (MKL is the library torch itself uses on the CPU; its functions are called by address
+from ``libtorch_cpu``) — instead of ~30 torch and ctypes calls per layer from Python. Measured on bench-llama-40m
+(2 threads): see benchmarks/README.md, "CPU peer".
 
 It applies where the module path would compute exactly these layers: one rank (no tensor parallelism), no LoRA
-in the batch, projections in the loop's layout (``DenseLinear``: the model keeps bfloat16 weights row-major when
+in the batch, projections in the loop's layout (``DenseLinear``: the model keeps float weights row-major when
 ``FusedLlamaLayers.applies``; or, in a float32 model, int8 weight-only ``Int8WeightOnlyLinear``, multiplied by the
 loop's own AVX-512 kernel with the numerics of aten's ``_weight_int8pack_mm``), no output/MLP biases and no q/k
 norm (q/k/v biases are taken).
@@ -35,10 +36,11 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-#: the MKL GEMM the loop calls per dtype (code 0 / 1 in llama_layers.c)
+#: the MKL GEMM the loop calls per dtype (code 0 / 1 in llama_layers.c; float32: only above ROWS_GEMM_MAX_T rows)
 _GEMMS = {torch.float32: "sgemm_", torch.bfloat16: "cblas_gemm_bf16bf16f32"}
-#: rows a float32 LM head takes the loop's row kernel for (see FusedLlamaLayers.logits)
-ROWS_KERNEL_TOKENS = range(3, 9)
+#: rows a float32 LM head takes the loop's row kernel for (ROWS_GEMM_MAX_T in llama_layers.c; see
+#: FusedLlamaLayers.logits)
+ROWS_KERNEL_TOKENS = range(3, 33)
 
 
 @cache
@@ -54,17 +56,13 @@ def mkl_gemm_address(dtype: torch.dtype) -> int | None:
 
 
 def _in_loop_layout(linear: object, dtype: torch.dtype, bias_ok: bool = False) -> bool:
-    """True for a projection the loop multiplies: a ``DenseLinear`` of ``dtype`` stored as the loop reads it
-    (float32 column-major, bfloat16 row-major) or, in a float32 model, an ``Int8WeightOnlyLinear`` with its CPU
-    operands; without a bias unless ``bias_ok``."""
+    """True for a projection the loop multiplies: a row-major ``DenseLinear`` of ``dtype`` or, in a float32
+    model, an ``Int8WeightOnlyLinear`` with its CPU operands; without a bias unless ``bias_ok``."""
     if isinstance(linear, Int8WeightOnlyLinear):
         return dtype == torch.float32 and linear.cpu_kernel and (bias_ok or linear.bias is None)
     if not isinstance(linear, DenseLinear) or linear.weight.dtype != dtype:
         return False
-    colmajor = (1, linear.out_features)
-    rowmajor = (linear.in_features, 1)
-    layout_ok = linear.weight.stride() == (colmajor if dtype == torch.float32 else rowmajor)
-    return layout_ok and (bias_ok or linear.bias is None)
+    return linear.weight.stride() == (linear.in_features, 1) and (bias_ok or linear.bias is None)
 
 
 def _operands(linear: object) -> tuple[int, int]:
@@ -141,9 +139,9 @@ class FusedLlamaLayers:
         copy) → float32 ``[n, vocab]``; None where the caller's ``F.linear`` is as fast.
 
         - bfloat16: MKL's bfloat16 GEMM, the logits rounded to bfloat16 as transformers' head returns them;
-        - float32 at ``ROWS_KERNEL_TOKENS`` rows (a speculative verify, a small decode batch): the loop's row
-          kernel, which reads the head once for all rows (MKL's transposed sgemm: 2.3 vs 1.3 ms at 5 rows, 3.4 vs
-          1.6 at 8, for bench-llama-40m's 32000 x 512 head); at 1-2 rows or above 8 MKL is as fast or faster.
+        - float32 at ``ROWS_KERNEL_TOKENS`` rows (speculative verifies, decode batches): the loop's row kernel,
+          which reads the head once for all rows (bench-llama-40m's 32000 x 512 head against MKL's transposed
+          sgemm: 1.4x at 5 rows, 2.0x at 8, benchmarks/bench_cpu_kernels.py); at 1-2 rows MKL is as fast.
 
         Raises:
             ValueError: tensors of another dtype or layout than the model's (named).
@@ -155,7 +153,7 @@ class FusedLlamaLayers:
         rows = hidden.shape[0]
         lib = load_library()
         assert lib is not None  # build() checked it
-        if self.dtype == torch.float32 and (rows not in ROWS_KERNEL_TOKENS or self.hidden_size % 16):
+        if self.dtype == torch.float32 and rows not in ROWS_KERNEL_TOKENS:
             return None
         x = hidden.contiguous()  # [n, hidden_size]
         out = torch.empty((rows, weight.shape[0]), dtype=torch.float32)

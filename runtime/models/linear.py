@@ -224,7 +224,7 @@ class Int4WeightOnlyLinear(LinearKernel):
 
 
 def convert_linear(
-    weight: torch.Tensor, bias: torch.Tensor | None, quant: QuantizationConfig | None, row_major_bf16: bool = False
+    weight: torch.Tensor, bias: torch.Tensor | None, quant: QuantizationConfig | None, row_major: bool = False
 ) -> LinearKernel:
     """The kernel module for a loaded ``[out, in]`` weight (and optional ``[out]`` bias) on its device.
 
@@ -232,10 +232,12 @@ def convert_linear(
         weight: the float weight, ``[out_features, in_features]``, on the target device.
         bias: ``[out_features]`` or None; kept in the model dtype and added after the product.
         quant: weight-only quantization to apply, or None for the float kernels.
-        row_major_bf16: keep a bfloat16 CPU weight as loaded (``DenseLinear``, row-major) instead of prepacking it
-            for oneDNN: the layout ``radixgen.runtime.cpu.llama_layers.FusedLlamaLayers`` multiplies with MKL's
-            bfloat16 GEMM (1.7x oneDNN's speed at M = 1, benchmarks/bench_cpu_kernels.py; the module path's
-            ``F.linear`` on it was 12-30% slower than oneDNN's at M = 16-512 in an ad-hoc measurement).
+        row_major: keep a float32 or bfloat16 CPU weight as loaded (``DenseLinear``, row-major ``[out, in]``)
+            instead of the column-major / oneDNN layouts: the layout ``radixgen.runtime.cpu.llama_layers
+            .FusedLlamaLayers`` multiplies (its own float32 kernel at decode sizes, MKL's bfloat16 GEMM at 1.7x
+            oneDNN's speed at M = 1: benchmarks/bench_cpu_kernels.py). The module path's ``F.linear`` (long
+            extends) is as fast on either float32 layout from M = 64 on; on bfloat16 it was 12-30% slower than
+            oneDNN's at M = 16-512 in an ad-hoc measurement.
     Raises:
         ValueError: int4 with ``in_features`` not a multiple of the group size (names ``quantization``).
     """
@@ -247,7 +249,7 @@ def convert_linear(
         return Int4WeightOnlyLinear(weight, bias, quant.group_size)
     if weight.device.type != "cpu":
         return DenseLinear(weight, bias)
-    if row_major_bf16 and weight.dtype == torch.bfloat16:
+    if row_major and weight.dtype in (torch.float32, torch.bfloat16):
         return DenseLinear(weight.contiguous(), bias)
     if cpu_float_kernel(weight.dtype) == "onednn":
         return OneDNNLinear(weight, bias)

@@ -314,19 +314,19 @@ class LlamaForCausalLM(nn.Module):
         Raises:
             ValueError: a weight shape the quantization cannot take (names ``quantization``).
         """
-        # bfloat16 weights stay row-major where the fused layer loop will multiply them (MKL's bfloat16 GEMM)
-        row_major_bf16 = quant is None and FusedLlamaLayers.applies(self)
+        # float weights stay row-major where the fused layer loop will multiply them
+        row_major = quant is None and FusedLlamaLayers.applies(self)
         for module in self.model.layers:
             layer = cast(LlamaDecoderLayer, module)
             attn, mlp = layer.self_attn, layer.mlp
             for owner, name in ((attn, "qkv_proj"), (attn, "o_proj"), (mlp, "gate_up_proj"), (mlp, "down_proj")):
                 linear = getattr(owner, name)
-                setattr(owner, name, convert_linear(linear.weight, linear.bias, quant, row_major_bf16))
+                setattr(owner, name, convert_linear(linear.weight, linear.bias, quant, row_major))
         head = self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
         head_quant = quant if quant is not None and quant.quantize_lm_head else None
         tied_float32 = self.lm_head is None and head_quant is None and cpu_float_kernel(head.dtype) == "colmajor"
-        # with the fused layer loop a bfloat16 head is read row-major by MKL's bfloat16 GEMM (compute_logits)
-        plain_head = tied_float32 or (row_major_bf16 and head_quant is None)
+        # with the fused layer loop a float head is read row-major by the loop's GEMMs (compute_logits)
+        plain_head = tied_float32 or (row_major and head_quant is None)
         if head_quant is not None or (head.device.type == "cpu" and not plain_head):
             # a prepacked / quantized head (a copy of the table when tied); a tied float32 head keeps reading the
             # embedding table (row-major: equal to a column-major copy at M = 1, and no extra memory)
