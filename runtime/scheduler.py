@@ -2,8 +2,11 @@
 
 Each ``step()`` reads as schedule → forward → sample → process (DESIGN.md, "The scheduler loop"). Requests
 join and leave at every iteration (iteration-level scheduling, Orca: Yu et al. 2022); extend batches prefill
-only the uncached part of each prompt, in chunks when a prompt is longer than ``chunked_prefill_size``, and
-alternate with decode steps so running requests keep making progress (SGLang, Zheng et al. 2024).
+only the uncached part of each prompt, in chunks when a prompt is longer than ``chunked_prefill_size``. A step that
+prefills also carries the next token of every running request (a mixed batch: Sarathi-Serve, Agrawal et al. 2024;
+vLLM V1), so admissions never stall decoding; with ``--disable-mixed-chunk`` (or speculative decoding, whose
+verify steps are extends of their own) extend steps alternate with decode steps instead (SGLang, Zheng et al.
+2024).
 
 The scheduler decides and never computes: the model runner (anything with the ``ModelRunnerProtocol``
 attributes) runs forwards, the prefix cache stores. Messages in and out are the typed structs of
@@ -238,24 +241,39 @@ class Scheduler:
         batch = self.schedule()
         if batch is None:
             return outputs
+        mixed = batch.is_prefill and any(r.status is ReqStatus.RUNNING for r in batch.reqs)
         logits = self.forward(batch)
         tokens, logits = self.sample(batch, logits)
         outputs.extend(self.process_result(batch, logits, tokens))
         timer.lap("output")
         mode = "verify" if batch.is_verify else "decode" if batch.mode == ForwardMode.DECODE else "extend"
+        mode = "mixed" if mixed else mode
         timer.end(mode, len(batch.reqs))
         return outputs
 
     def schedule(self) -> ScheduleBatch | None:
-        """An extend batch when one can be admitted (but not twice in a row while requests are decoding),
-        else a decode batch of every running request."""
-        if not (self._last_was_extend and self.running):
-            batch = self._schedule_extend()
+        """An extend batch when one can be admitted — mixed with one decode token of every running request when
+        ``_can_mix``, else not twice in a row while requests are decoding — otherwise a decode batch of every
+        running request."""
+        mix = self._can_mix()
+        if mix or not (self._last_was_extend and self.running):
+            batch = self._schedule_extend(mix)
             if batch is not None:
                 self._last_was_extend = True
                 return batch
         self._last_was_extend = False
         return self._schedule_decode()
+
+    def _can_mix(self) -> bool:
+        """Whether an extend step may carry the running requests' decode tokens: mixing is on, there is no
+        speculative decoding or disaggregation (their steps have their own shape), the token budgets leave room for
+        prompt tokens after one per running request (else extend and decode steps alternate) and the pool holds a
+        slot for every running request without retracting."""
+        if self.args.disable_mixed_chunk or self.spec is not None or self.disagg is not None or not self.running:
+            return False
+        n = len(self.running)
+        budget = min(self.args.chunked_prefill_size, self.args.max_prefill_tokens)
+        return n < budget and self.kv.available_tokens() >= n
 
     def forward(self, batch: ScheduleBatch) -> torch.Tensor:
         """Run the model; float32 logits ``[len(batch.logits_rows), vocab]``."""
@@ -302,8 +320,11 @@ class Scheduler:
         rejected positions is freed at once."""
         logprobs = batch.compute_logprobs(logits)
         decode_phase = batch.mode == ForwardMode.DECODE or batch.is_verify
+        mixed = False  # a prefill step that carried running requests' decode tokens
         outputs: list[ReqOutput] = []
         for i, (req, ext) in enumerate(zip(batch.reqs, batch.extend_lens, strict=True)):
+            prefilling = batch.is_prefill and req.status is not ReqStatus.RUNNING  # not a mixed batch's decode row
+            mixed = mixed or (batch.is_prefill and not prefilling)
             emitted = self._append_tokens(req, tokens[i])
             batch.append_logprobs(i, logprobs, tokens[i][:emitted])
             req.kv_len += ext
@@ -313,7 +334,7 @@ class Scheduler:
                 self.spec.commit(req, ext - 1, len(tokens[i]), emitted)
             if not tokens[i] and req.kv_len == req.seq_len and req.sampling_params.max_new_tokens == 0:
                 req.finished_reason = FinishReason.length_reached(0)
-            if batch.is_prefill and not req.finished:
+            if prefilling and not req.finished:
                 self.kv.cache_unfinished(req)
             is_chunked = req is self.chunked_req  # (a bool: an `is` test would narrow req to Optional for mypy)
             if is_chunked and req.kv_len < req.seq_len:
@@ -330,11 +351,11 @@ class Scheduler:
                 self._retire(req)
             elif tokens[i] and self.grammar.jump_forward(req, self.stop_checker):
                 self._requeue_after_jump(req)
-            elif batch.is_prefill:
+            elif prefilling:
                 req.set_status(ReqStatus.RUNNING)
                 self.running.append(req)
             outputs.append(req.take_output())
-        if decode_phase:
+        if decode_phase or mixed:
             self.new_token_ratio = max(
                 self.new_token_ratio - self.args.new_token_ratio_decay, self.args.min_new_token_ratio
             )
@@ -357,14 +378,18 @@ class Scheduler:
         return len(tokens)
 
     # ------------------------------------------------------------------ extend
-    def _schedule_extend(self) -> ScheduleBatch | None:
+    def _schedule_extend(self, mix: bool = False) -> ScheduleBatch | None:
+        """Admit waiting requests (and the chunked one) into an extend batch; with ``mix`` the batch starts with one
+        decode token of every running request, which the token budgets count first. None when nothing is
+        admitted."""
         if not self.waiting and self.chunked_req is None:
             return None
         reserved = sum(PrefillAdder(0, 0, 0, self.new_token_ratio).reserve(r) for r in self.running)
+        decode_rows = len(self.running) if mix else 0
         adder = PrefillAdder(
-            rem_total=self.kv.available_tokens() - reserved,
-            rem_prefill=self.args.max_prefill_tokens,
-            rem_chunk=self.args.chunked_prefill_size,
+            rem_total=self.kv.available_tokens() - reserved - decode_rows,
+            rem_prefill=self.args.max_prefill_tokens - decode_rows,
+            rem_chunk=self.args.chunked_prefill_size - decode_rows,
             new_token_ratio=self.new_token_ratio,
         )
         if self.chunked_req is not None:
@@ -396,7 +421,8 @@ class Scheduler:
         for req, _ in adder.admitted:
             req.set_status(ReqStatus.PREFILLING)
         self.chunked_req = adder.chunked
-        return self._build_batch(ForwardMode.EXTEND, adder.admitted)
+        decode_items = [(r, 1) for r in self.running] if mix else []
+        return self._build_batch(ForwardMode.EXTEND, decode_items + adder.admitted)
 
     def _try_admit(self, req: Req, adder: PrefillAdder) -> bool:
         """Match and lock the request's cached prefix, then ask the adder; undo the lock on refusal."""

@@ -49,6 +49,7 @@ class ServerArgs:
     chunked_prefill_size: int = 2048
     schedule_policy: Literal["fcfs", "lpm"] = "fcfs"
     disable_radix_cache: bool = False
+    disable_mixed_chunk: bool = False
     init_new_token_ratio: float = 0.7
     min_new_token_ratio: float = 0.1
     new_token_ratio_decay: float = 0.001
@@ -328,6 +329,8 @@ _HELP: dict[str, str] = {
     "quantize_lm_head": "With --quantization: quantize the LM head too (a quantized copy when embeddings are tied).",
     "dense_decode_kv_mb": "MiB for a dense copy of the decode batch's KV (torch attention backend: no per-step KV "
     "gather; falls back to the gather while the batch does not fit); default: a quarter of the KV pool; 0 disables it.",
+    "disable_mixed_chunk": "Alternate whole extend and decode steps instead of running the decoding requests' next "
+    "tokens in the same forward as a prefill chunk (mixed batches, on by default; SGLang's --enable-mixed-chunk).",
     "disable_shared_prefix_attention": "Torch attention backend: attend each prefix that several decoding requests "
     "share once per group (cascade decode) — this flag turns that off (every request reads its whole KV).",
     "grammar_backend": "Grammar backend for json_schema / regex / ebnf constraints: xgrammar, llguidance or outlines.",

@@ -51,7 +51,25 @@ def test_batching_invariance_chunked_prefill(engine: Engine) -> None:
     outs = chunked.generate(input_ids=prompts, sampling_params=GREEDY)
     assert [o["output_ids"] for o in outs] == alone
     assert chunked.scheduler.num_extend_steps > len(prompts)  # every prompt took several chunks
+    assert chunked.scheduler.step_timer.summary()["mixed"]["steps"] > 0  # chunks rode with decode rows
     chunked.scheduler.check_integrity()
+
+
+@pytest.mark.parametrize("disable_mixed_chunk", [False, True])
+def test_batching_invariance_mixed_batches(engine: Engine, disable_mixed_chunk: bool) -> None:
+    """Prefill chunks longer than the CPU kernel's short extends beside running requests' decode rows (the rows
+    take the kernel, the chunks SDPA) give each request its output alone; so do alternating steps."""
+    prompts = prompts_of_lengths(engine, [12 + 5 * i for i in range(10)])
+    alone = _alone(engine, prompts)
+    eng = Engine(str(STORIES), max_total_tokens=8192, chunked_prefill_size=40, max_prefill_tokens=40,
+                 disable_mixed_chunk=disable_mixed_chunk, **ENGINE_KW)  # fmt: skip
+    outs = eng.generate(input_ids=prompts, sampling_params=GREEDY)
+    assert [o["output_ids"] for o in outs] == alone
+    timing = eng.scheduler.step_timer.summary()
+    assert ("mixed" in timing) is not disable_mixed_chunk
+    if not disable_mixed_chunk:
+        assert timing["mixed"]["mean_batch_size"] > 2
+    eng.scheduler.check_integrity()
 
 
 def test_batching_invariance_with_retraction(engine: Engine) -> None:

@@ -107,7 +107,8 @@ def test_outputs_exact_and_memory_returned() -> None:
 
 
 def test_chunked_prefill_interleaves_with_decode() -> None:
-    s, runner = make(chunked_prefill_size=8)
+    """Without mixed batches, extend steps alternate with decode steps."""
+    s, runner = make(chunked_prefill_size=8, disable_mixed_chunk=True)
     submit(s, "short", [5, 6, 7], 30, ignore_eos=True)
     step(s)  # prefill of the short request
     submit(s, "long", list(range(1, 41)), 3, ignore_eos=True)
@@ -120,6 +121,31 @@ def test_chunked_prefill_interleaves_with_decode() -> None:
     # between two chunks of the long prompt, the short request decoded
     first_chunk = next(i for i, (m, lens) in enumerate(runner.calls) if m == ForwardMode.EXTEND and lens == [8])
     assert modes[first_chunk + 1] == ForwardMode.DECODE
+
+
+def test_mixed_batches_carry_decode_rows_within_the_chunk_budget() -> None:
+    """A prefill chunk rides with one decode token of every running request; the chunk budget counts them first."""
+    s, runner = make(chunked_prefill_size=8)
+    submit(s, "a", [5, 6, 7], 30, ignore_eos=True)
+    submit(s, "b", [50, 51], 30, ignore_eos=True)
+    step(s)  # both prompts in one extend
+    step(s)  # a decode step
+    long = list(range(1, 41))
+    submit(s, "long", long, 3, ignore_eos=True)
+    before = len(runner.calls)
+    step(s)
+    mode, lens = runner.calls[before]
+    assert mode == ForwardMode.EXTEND and lens == [1, 1, 6]  # a and b decode, 8 - 2 prompt tokens
+    assert s.step_timer.summary()["mixed"]["steps"] == 1
+    done = run(s)
+    assert done["long"]["ids"] == expected(long, 3)
+    assert done["a"]["ids"] == expected([5, 6, 7], 30)
+    assert done["b"]["ids"] == expected([50, 51], 30)
+    chunk_steps = [lens for mode, lens in runner.calls[before:] if mode == ForwardMode.EXTEND]
+    assert all(sum(lens) <= 8 for lens in chunk_steps)
+    assert sum(lens[-1] for lens in chunk_steps) == 40  # the prompt in 7 chunks, never a decode-only step between
+    assert all(mode == ForwardMode.EXTEND for mode, _ in runner.calls[before : before + len(chunk_steps)])
+    assert runner.allocator.available_size() + s.tree_cache.evictable_size() == runner.max_total_tokens
 
 
 def test_retraction_when_pool_is_full_finishes_every_request() -> None:
@@ -199,7 +225,7 @@ def test_requests_sharing_an_uncached_prefix_compute_it_once() -> None:
     # the first computes the prefix; the other three are deferred one step and hit the cache
     assert sorted(d["cached"] for d in done.values()) == [0, 80, 80, 80]
     extended = sum(sum(lens) for mode, lens in runner.calls if mode == ForwardMode.EXTEND)
-    assert extended == 81 + 3 * 1
+    assert extended == 81 + 3 * 1 + 1  # and g0's decode token, which rides in the second (mixed) extend
     for i in range(4):
         assert done[f"g{i}"]["ids"] == expected(prefix + [90 + i], 4)
 
@@ -231,7 +257,7 @@ def test_req_status_transitions_are_checked() -> None:
 
 
 def test_statuses_follow_the_request_through_chunks_decode_retraction_and_finish() -> None:
-    s, _ = make(max_total_tokens=160, chunked_prefill_size=8)
+    s, _ = make(max_total_tokens=140, chunked_prefill_size=8)
     seen: dict[str, list[ReqStatus]] = {}
     for i in range(8):
         submit(s, f"r{i}", [1 + i] * 10, 30, ignore_eos=True)

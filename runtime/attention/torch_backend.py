@@ -56,7 +56,8 @@ class TorchAttentionBackend(AttentionBackend):
     pool holds the model's float32 / bfloat16 K/V on the CPU (``use_cpu_kernel``). That includes decode batches
     whose requests share a prefix: re-reading each request's prefix (from cache) in the kernel beat the cascade's
     torch ops on this project's CPU (bench_peer shared-prefix c16, float32: 195 -> 289 out tok/s), so the
-    cascade below serves the torch-only path.
+    cascade below serves the torch-only path. In an extend batch that also holds a long extend (a mixed batch:
+    decode rows beside a prefill chunk) the short ones still take the kernel, in one call, and the long ones SDPA.
 
     Quantized KV (``--kv-cache-dtype int8 | fp8_*``): every read of the pool goes through ``pool.get_kv``, which
     dequantizes the gathered slots to q's dtype; the dense decode copy holds dequantized K/V in the model dtype,
@@ -100,7 +101,8 @@ class TorchAttentionBackend(AttentionBackend):
             self._kernel_pool = (pool, usable)
         return self.allow_cpu_kernel and self._kernel_pool[1]
 
-    def _paged_plan(self, batch: ForwardBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    @staticmethod
+    def _paged_plan_rows(batch: ForwardBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """Per new token, its request row and the positions it sees (int64 ``[T]`` each) for the CPU kernel."""
         if batch.mode == ForwardMode.DECODE:
             return batch.req_pool_indices, batch.seq_lens
@@ -114,7 +116,7 @@ class TorchAttentionBackend(AttentionBackend):
             if batch.mode == ForwardMode.DECODE or max(batch.extend_seq_lens_cpu) <= PAGED_EXTEND_MAX_TOKENS:
                 if batch.mode == ForwardMode.EXTEND and self.dense is not None:
                     self.dense.invalidate()
-                rows, kv_lens = self._paged_plan(batch)
+                rows, kv_lens = self._paged_plan_rows(batch)
                 meta["paged"] = cpu_ops.PagedAttentionPlan(batch.req_to_token_pool.req_to_token, rows, kv_lens)
                 return
         if batch.mode == ForwardMode.DECODE:
@@ -158,10 +160,30 @@ class TorchAttentionBackend(AttentionBackend):
             if self.dense is not None:
                 self.dense.invalidate()  # an extend changes the batch (and may reuse freed slots)
             self._groups_key = None  # an extend may give a request row new slots
+            short = self._short_extends(batch) if self.use_cpu_kernel(pool) else set()
             meta["extend_kv_index"] = [
-                batch.req_to_token_pool.req_to_token[int(r), :n].to(torch.int64)
-                for r, n in zip(batch.req_pool_indices.tolist(), batch.seq_lens_cpu, strict=True)
+                None if i in short else batch.req_to_token_pool.req_to_token[int(r), :n].to(torch.int64)
+                for i, (r, n) in enumerate(zip(batch.req_pool_indices.tolist(), batch.seq_lens_cpu, strict=True))
             ]
+            if short:
+                meta["paged_short"] = self._short_plan(batch, short)
+
+    @staticmethod
+    def _short_extends(batch: ForwardBatch) -> set[int]:
+        """Requests of an extend batch with at most ``PAGED_EXTEND_MAX_TOKENS`` new tokens (a mixed batch's decode
+        rows, short chunks) — taken by the CPU kernel together while the long ones take SDPA."""
+        lens = batch.extend_seq_lens_cpu
+        return {i for i, n in enumerate(lens) if 0 < n <= PAGED_EXTEND_MAX_TOKENS}
+
+    @staticmethod
+    def _short_plan(batch: ForwardBatch, short: set[int]) -> tuple[torch.Tensor, cpu_ops.PagedAttentionPlan]:
+        """(token indices int64 ``[Ts]`` of the ``short`` requests' new tokens, their kernel plan)."""
+        starts = batch.extend_start_loc.tolist()
+        lens = batch.extend_seq_lens_cpu
+        tokens = torch.cat([torch.arange(starts[i], starts[i] + lens[i]) for i in sorted(short)])  # [Ts]
+        rows, kv_lens = TorchAttentionBackend._paged_plan_rows(batch)
+        plan = cpu_ops.PagedAttentionPlan(batch.req_to_token_pool.req_to_token, rows[tokens], kv_lens[tokens])
+        return tokens, plan
 
     def forward(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer: AttentionLayer, batch: ForwardBatch
@@ -192,9 +214,14 @@ class TorchAttentionBackend(AttentionBackend):
         starts = batch.extend_start_loc.tolist()
         new_k = batch.metadata["new_k"]  # [T, Hkv, D] as written to the pool
         new_v = batch.metadata["new_v"]
+        short = batch.metadata.get("paged_short")
+        if short is not None:  # the short extends' tokens in one kernel call (K/V are in the pool already)
+            tokens, plan = short
+            k_buf, v_buf = pool.get_kv_buffer(layer.layer_id)
+            out[tokens] = plan.run(q[tokens], k_buf, v_buf, layer.scaling)  # [Ts, Hq, D]
         for i, kv_index in enumerate(batch.metadata["extend_kv_index"]):
             ext = batch.extend_seq_lens_cpu[i]
-            if ext == 0:
+            if ext == 0 or kv_index is None:
                 continue
             prefix = batch.extend_prefix_lens_cpu[i]
             s = starts[i]
