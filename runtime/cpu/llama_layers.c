@@ -57,12 +57,15 @@ enum { ROWS_GEMM_MAX_T = 32, ROWS_PER_TASK = 64 };
  * accumulators); inlined with constant sizes for full tiles, so the loops unroll into registers.
  */
 static inline __attribute__((always_inline)) void rows_tile(const float *x, int rt, int K, const float *w, int rn,
-                                                            float *y, int64_t N, int accumulate, int nb, int tb) {
+                                                            float *y, int64_t N, int accumulate, int nb, int tb,
+                                                            const float *next) {
     __m512 acc[8][4];
     for (int r = 0; r < nb; ++r)
         for (int t = 0; t < tb; ++t) acc[r][t] = _mm512_setzero_ps();
     const int Kf = K & ~15;
     for (int k = 0; k < Kf; k += 16) {
+        if (next != 0) /* the next tile's weight rows, while this one computes (DRAM latency off the critical path) */
+            for (int r = 0; r < nb; ++r) _mm_prefetch((const char *)(next + (int64_t)r * K + k), _MM_HINT_T0);
         __m512 xv[4];
         for (int t = 0; t < tb && t < rt; ++t) xv[t] = _mm512_loadu_ps(x + (int64_t)t * K + k);
         for (int r = 0; r < nb && r < rn; ++r) {
@@ -98,15 +101,17 @@ static void linear_rows_f32(const float *x, int64_t T, int K, const float *w, in
             for (int64_t t0 = 0; t0 < T; t0 += tb) {
                 const int rt = T - t0 < tb ? (int)(T - t0) : tb;
                 const float *xt = x + t0 * K, *wn = w + n * K;
+                /* several token tiles: the first one prefetches the next weight tile (the later ones hit L1) */
+                const float *next = T > tb && t0 == 0 && n + 2 * nb <= end ? wn + nb * K : 0;
                 float *yt = y + t0 * N + n;
                 if (T == 1 && rn == 8)
-                    rows_tile(xt, 1, K, wn, 8, yt, N, accumulate, 8, 1);
+                    rows_tile(xt, 1, K, wn, 8, yt, N, accumulate, 8, 1, 0);
                 else if (T == 2 && rn == 8)
-                    rows_tile(xt, 2, K, wn, 8, yt, N, accumulate, 8, 2);
+                    rows_tile(xt, 2, K, wn, 8, yt, N, accumulate, 8, 2, 0);
                 else if (rn == 4 && rt == 4)
-                    rows_tile(xt, 4, K, wn, 4, yt, N, accumulate, 4, 4);
+                    rows_tile(xt, 4, K, wn, 4, yt, N, accumulate, 4, 4, next);
                 else
-                    rows_tile(xt, rt, K, wn, rn, yt, N, accumulate, nb, tb);
+                    rows_tile(xt, rt, K, wn, rn, yt, N, accumulate, nb, tb, 0);
             }
         }
     }
