@@ -15,7 +15,9 @@ DRAM as in a decode step):
 
 * float32 projections at 1-32 token rows, all 64 of them: the loop's row kernel over row-major weights against
   MKL's sgemm over column-major weights (what the loop called before, through ``torch.mm`` on the ``[in, out]``
-  storage).
+  storage);
+* int8 weight-only projections at 1-16 token rows, all 64: the loop's kernel against aten's
+  ``_weight_int8pack_mm``.
 
 Times are medians of ``--repeats`` calls after a warm-up, alternating the two sides. Prints a table; writes
 ``benchmarks/results/bench_cpu_kernels.json``. Needs the CPU kernels (AVX-512 and a C compiler).
@@ -130,6 +132,28 @@ def main() -> None:
         a, b = median_us(rows_f32, reps), median_us(mkl_f32, reps)
         rows.append({"case": f"f32 220M projections x 16 layers, {t} rows", "loop_us": a,
                      "alternative": "MKL sgemm, column-major", "alternative_us": b})  # fmt: skip
+
+    # int8 weight-only projections of 16 layers (220M shapes), weights from DRAM, 1-16 token rows
+    int8 = [Int8WeightOnlyLinear(w, None) for w in rowmajor]
+    for t in (1, 4, 8, 16):
+        xs8 = [torch.randn(t, lin.in_features) for lin in int8]
+        ys8 = [torch.empty(t, lin.out_features) for lin in int8]
+        scratch8 = torch.empty(t * (max(lin.in_features for lin in int8) + 16))
+
+        def ours8(t: int = t, xs8: list[torch.Tensor] = xs8, ys8: list[torch.Tensor] = ys8,
+                  scratch8: torch.Tensor = scratch8) -> None:  # fmt: skip
+            for lin, x, y in zip(int8, xs8, ys8, strict=True):
+                lib.radixgen_linear_int8(x.data_ptr(), t, lin.in_features, lin.qdata.data_ptr(), lin.scale.data_ptr(),
+                                         lin.out_features, y.data_ptr(), scratch8.data_ptr())  # fmt: skip
+
+        def aten8(xs8: list[torch.Tensor] = xs8) -> None:
+            for lin, x in zip(int8, xs8, strict=True):
+                lin(x)
+
+        reps = max(args.repeats // 40, 3)
+        a, b = median_us(ours8, reps), median_us(aten8, reps)
+        rows.append({"case": f"int8 220M projections x 16 layers, {t} rows", "loop_us": a,
+                     "alternative": "aten _weight_int8pack_mm", "alternative_us": b})  # fmt: skip
 
     print(f"{'case':46s} {'loop us':>9s} {'alternative':>26s} {'alt us':>9s} {'alt / loop':>10s}")
     for r in rows:
