@@ -4,8 +4,9 @@
 
 On bench-llama-40m's shapes (hidden 512, qkv 1024, gate_up 2816, down 512 x 1408, LM head 32000 x 512):
 
-* bfloat16 at one token: MKL's ``cblas_gemm_bf16bf16f32`` over row-major weights (what the loop calls) against
-  oneDNN's prepacked GEMM (``OneDNNLinear``, the module path's bfloat16 kernel), summed over the 32 projections;
+* bfloat16 at one token: the loop's product over row-major weights (``radixgen_linear_bf16``: its own vdpbf16ps
+  kernel up to 4 rows, MKL's ``cblas_gemm_bf16bf16f32`` above) against oneDNN's prepacked GEMM (``OneDNNLinear``,
+  the module path's bfloat16 kernel), summed over the 32 projections;
 * int8 weight-only at one token: the loop's AVX-512 kernel (``radixgen_linear_int8``) against aten's
   ``_weight_int8pack_mm`` (``Int8WeightOnlyLinear``), per shape, as GB/s of int8 weights;
 * a float32 LM head at 1-32 rows: the loop's row kernel (``radixgen_linear_rows_f32``) against ``F.linear`` (MKL).
@@ -17,7 +18,9 @@ DRAM as in a decode step):
   MKL's sgemm over column-major weights (what the loop called before, through ``torch.mm`` on the ``[in, out]``
   storage);
 * int8 weight-only projections at 1-16 token rows, all 64: the loop's kernel against aten's
-  ``_weight_int8pack_mm``.
+  ``_weight_int8pack_mm``;
+* bfloat16 projections at 1-8 token rows, all 64: the loop's product against MKL's ``cblas_gemm_bf16bf16f32``
+  called directly.
 
 Times are medians of ``--repeats`` calls after a warm-up, alternating the two sides. Prints a table; writes
 ``benchmarks/results/bench_cpu_kernels.json``. Needs the CPU kernels (AVX-512 and a C compiler).
@@ -26,6 +29,7 @@ Times are medians of ``--repeats`` calls after a warm-up, alternating the two si
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import os
 import statistics
@@ -75,7 +79,7 @@ def main() -> None:
     outs = [torch.empty(1, w.shape[0]) for w in weights]
     packed = [OneDNNLinear(w, None) for w in weights]
 
-    def mkl_bf16() -> None:
+    def loop_bf16() -> None:
         for w, x, y in zip(weights, xs, outs, strict=True):
             lib.radixgen_linear_bf16(gemm_bf16, x.data_ptr(), 1, w.shape[1], w.data_ptr(), w.shape[0], y.data_ptr())
 
@@ -83,7 +87,7 @@ def main() -> None:
         for m, x in zip(packed, xs, strict=True):
             m(x)
 
-    a, b = median_us(mkl_bf16, args.repeats // 4), median_us(onednn_bf16, args.repeats // 4)
+    a, b = median_us(loop_bf16, args.repeats // 4), median_us(onednn_bf16, args.repeats // 4)
     rows.append({"case": "bf16 32 projections, 1 token", "loop_us": a, "alternative": "oneDNN prepacked",
                  "alternative_us": b})  # fmt: skip
 
@@ -154,6 +158,28 @@ def main() -> None:
         a, b = median_us(ours8, reps), median_us(aten8, reps)
         rows.append({"case": f"int8 220M projections x 16 layers, {t} rows", "loop_us": a,
                      "alternative": "aten _weight_int8pack_mm", "alternative_us": b})  # fmt: skip
+
+    # bfloat16 projections of 16 layers (220M shapes), weights from DRAM, 1-8 token rows
+    mkl = ctypes.CFUNCTYPE(None, *[ctypes.c_int] * 6, ctypes.c_float, ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p,
+                           ctypes.c_int, ctypes.c_float, ctypes.c_void_p, ctypes.c_int)(gemm_bf16)  # fmt: skip
+    bf16 = [w.to(torch.bfloat16) for w in rowmajor]
+    for t in (1, 2, 4, 8):
+        xs16 = [torch.randn(t, w.shape[1]).to(torch.bfloat16) for w in bf16]
+        ys16 = [torch.empty(t, w.shape[0]) for w in bf16]
+
+        def loop16(t: int = t, xs16: list[torch.Tensor] = xs16, ys16: list[torch.Tensor] = ys16) -> None:
+            for w, x, y in zip(bf16, xs16, ys16, strict=True):
+                lib.radixgen_linear_bf16(gemm_bf16, x.data_ptr(), t, w.shape[1], w.data_ptr(), w.shape[0], y.data_ptr())
+
+        def mkl16(t: int = t, xs16: list[torch.Tensor] = xs16, ys16: list[torch.Tensor] = ys16) -> None:
+            for w, x, y in zip(bf16, xs16, ys16, strict=True):  # row-major C = x W^T (CblasRowMajor, NoTrans, Trans)
+                n, k = w.shape
+                mkl(101, 111, 112, t, n, k, 1.0, x.data_ptr(), k, w.data_ptr(), k, 0.0, y.data_ptr(), n)
+
+        reps = max(args.repeats // 40, 3)
+        a, b = median_us(loop16, reps), median_us(mkl16, reps)
+        rows.append({"case": f"bf16 220M projections x 16 layers, {t} rows", "loop_us": a,
+                     "alternative": "MKL cblas_gemm_bf16bf16f32", "alternative_us": b})  # fmt: skip
 
     print(f"{'case':46s} {'loop us':>9s} {'alternative':>26s} {'alt us':>9s} {'alt / loop':>10s}")
     for r in rows:

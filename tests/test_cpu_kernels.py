@@ -200,6 +200,26 @@ def test_float32_row_kernel_matches_matmul(tokens: int, n: int, k: int) -> None:
 
 
 @needs_kernels
+@pytest.mark.parametrize("tokens", [1, 2, 3, 4, 9])
+@pytest.mark.parametrize(("n", "k"), [(7, 64), (130, 176), (67, 520)])
+def test_bfloat16_product_matches_matmul(tokens: int, n: int, k: int) -> None:
+    """The fused loop's bfloat16 product (its own vdpbf16ps kernel up to 4 rows, MKL above; K tails, partial
+    8-row tiles) against the float32 product of the same bfloat16 values, rounded to bfloat16 as the loop rounds."""
+    from radixgen.runtime.cpu.build import load_library
+    from radixgen.runtime.cpu.llama_layers import mkl_gemm_address
+
+    gemm = mkl_gemm_address(torch.bfloat16)
+    if gemm is None:
+        pytest.skip("this torch build has no MKL bfloat16 GEMM")
+    gen = torch.Generator().manual_seed(tokens * 1000 + n)
+    x, w = torch.randn(tokens, k, generator=gen).bfloat16(), torch.randn(n, k, generator=gen).bfloat16()
+    y = torch.full((tokens, n), float("nan"))
+    load_library().radixgen_linear_bf16(gemm, x.data_ptr(), tokens, k, w.data_ptr(), n, y.data_ptr())  # type: ignore[union-attr]
+    ref = (x.float() @ w.float().t()).bfloat16().float()
+    torch.testing.assert_close(y, ref, atol=1e-2, rtol=8e-3)  # one bfloat16 rounding step either way
+
+
+@needs_kernels
 @pytest.mark.parametrize(("dtype", "quant"), [(torch.float32, None), (torch.bfloat16, None), (torch.float32, "int8wo")])
 @pytest.mark.parametrize("model_name", ["stories260k", "bench_40m"])
 def test_fused_layer_loop_matches_module_path(model_name: str, dtype: torch.dtype, quant: str | None) -> None:
