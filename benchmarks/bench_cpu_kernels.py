@@ -19,6 +19,9 @@ DRAM as in a decode step):
   storage);
 * int8 weight-only projections at 1-16 token rows, all 64: the loop's kernel against aten's
   ``_weight_int8pack_mm``;
+* int8 x int8 (``w8a8_int8``) projections at 1-16 token rows, all 64: the loop's VNNI kernel
+  (``radixgen_linear_w8a8``) against its int8 weight-only kernel on the same int8 weights, and against
+  ``torch._int_mm`` (``W8A8Int8Linear``, the module path);
 * bfloat16 projections at 1-8 token rows, all 64: the loop's product against MKL's ``cblas_gemm_bf16bf16f32``
   called directly.
 
@@ -42,7 +45,7 @@ from common import RESULTS
 
 from radixgen.runtime.cpu.build import load_library
 from radixgen.runtime.cpu.llama_layers import mkl_gemm_address
-from radixgen.runtime.models.linear import Int8WeightOnlyLinear, OneDNNLinear
+from radixgen.runtime.models.linear import Int8WeightOnlyLinear, OneDNNLinear, W8A8Int8Linear
 
 LAYER_SHAPES = [(1024, 512), (512, 512), (2816, 512), (512, 1408)]  # (out, in) of qkv, o, gate_up, down
 SHAPES_220M = [(2048, 1024), (1024, 1024), (5632, 1024), (1024, 2816)]  # the same for common.BENCH_220M_CONFIG
@@ -98,7 +101,7 @@ def main() -> None:
 
         def ours(lin: Int8WeightOnlyLinear = lin, x: torch.Tensor = x, y: torch.Tensor = y,
                  scratch: torch.Tensor = scratch, n: int = n, k: int = k) -> None:  # fmt: skip
-            lib.radixgen_linear_int8(x.data_ptr(), 1, k, lin.qdata.data_ptr(), lin.scale.data_ptr(), n,
+            lib.radixgen_linear_int8(x.data_ptr(), 1, k, lin.qdata.data_ptr(), lin.scale.data_ptr(), n, 0,
                                      y.data_ptr(), scratch.data_ptr())  # fmt: skip
 
         a, b = median_us(ours, args.repeats), median_us(lambda lin=lin, x=x: lin(x), args.repeats)
@@ -148,7 +151,7 @@ def main() -> None:
                   scratch8: torch.Tensor = scratch8) -> None:  # fmt: skip
             for lin, x, y in zip(int8, xs8, ys8, strict=True):
                 lib.radixgen_linear_int8(x.data_ptr(), t, lin.in_features, lin.qdata.data_ptr(), lin.scale.data_ptr(),
-                                         lin.out_features, y.data_ptr(), scratch8.data_ptr())  # fmt: skip
+                                         lin.out_features, 0, y.data_ptr(), scratch8.data_ptr())  # fmt: skip
 
         def aten8(xs8: list[torch.Tensor] = xs8) -> None:
             for lin, x in zip(int8, xs8, strict=True):
@@ -158,6 +161,39 @@ def main() -> None:
         a, b = median_us(ours8, reps), median_us(aten8, reps)
         rows.append({"case": f"int8 220M projections x 16 layers, {t} rows", "loop_us": a,
                      "alternative": "aten _weight_int8pack_mm", "alternative_us": b})  # fmt: skip
+
+    # int8 x int8 projections of 16 layers (220M shapes), 1-16 token rows: the VNNI kernel against the int8
+    # weight-only kernel above (same int8 weights, so the same bytes from DRAM) and torch._int_mm (the module path)
+    w8a8 = [W8A8Int8Linear(w, None) for w in rowmajor]
+    for t in (1, 4, 8, 16):
+        xs8 = [torch.randn(t, lin.in_features) for lin in w8a8]
+        ys8 = [torch.empty(t, lin.out_features) for lin in w8a8]
+        widest = max(lin.in_features for lin in w8a8)
+        scales, quantized = torch.empty(t), torch.empty(t * (widest + 64), dtype=torch.uint8)
+        scratch8 = torch.empty(t * (widest + 16))
+
+        def vnni(t: int = t, xs8: list[torch.Tensor] = xs8, ys8: list[torch.Tensor] = ys8,
+                 scales: torch.Tensor = scales, quantized: torch.Tensor = quantized) -> None:  # fmt: skip
+            for lin, x, y in zip(w8a8, xs8, ys8, strict=True):
+                lib.radixgen_linear_w8a8(x.data_ptr(), t, lin.in_features, lin.qdata.data_ptr(), lin.scale.data_ptr(),
+                                         lin.compensation.data_ptr(), lin.out_features, 0, y.data_ptr(),
+                                         quantized.data_ptr(), scales.data_ptr())  # fmt: skip
+
+        def int8wo(t: int = t, xs8: list[torch.Tensor] = xs8, ys8: list[torch.Tensor] = ys8,
+                   scratch8: torch.Tensor = scratch8) -> None:  # fmt: skip
+            for lin, x, y in zip(int8, xs8, ys8, strict=True):
+                lib.radixgen_linear_int8(x.data_ptr(), t, lin.in_features, lin.qdata.data_ptr(), lin.scale.data_ptr(),
+                                         lin.out_features, 0, y.data_ptr(), scratch8.data_ptr())  # fmt: skip
+
+        def int_mm(xs8: list[torch.Tensor] = xs8) -> None:
+            for lin, x in zip(w8a8, xs8, strict=True):
+                lin(x)
+
+        reps = max(args.repeats // 40, 3)
+        a, b, c = median_us(vnni, reps), median_us(int8wo, reps), median_us(int_mm, reps)
+        case = f"w8a8 220M projections x 16 layers, {t} rows"
+        rows.append({"case": case, "loop_us": a, "alternative": "the loop's int8wo kernel", "alternative_us": b})
+        rows.append({"case": case, "loop_us": a, "alternative": "torch._int_mm (module)", "alternative_us": c})
 
     # bfloat16 projections of 16 layers (220M shapes), weights from DRAM, 1-8 token rows
     mkl = ctypes.CFUNCTYPE(None, *[ctypes.c_int] * 6, ctypes.c_float, ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p,

@@ -14,8 +14,10 @@ with others' CPU use well above 0% are not results (llama.cpp's spinning threads
 
 Servers: ``radixgen serve`` with its default flags plus ``--model`` and the precision's flags (--radixgen-args adds
 more); ``llama-server -m X.gguf -c 65536 -np 16 -t 2`` (--llama-args). Precisions: f32 (radixgen float32, GGUF F32),
-bf16 (radixgen bfloat16, GGUF F16), q8 (radixgen int8 weight-only incl. the LM head, GGUF Q8_0 from llama-quantize;
-llama.cpp's Q8_0 quantizes the tied embedding / output matrix too). Each keeps its default KV cache type (radixgen:
+bf16 (radixgen bfloat16, GGUF F16), q8 (radixgen w8a8_int8 incl. the LM head — int8 weights and per-token int8
+activations, as llama.cpp's CPU Q8_0 dot products quantize the activations to Q8_0 —, GGUF Q8_0 from
+llama-quantize; llama.cpp's Q8_0 quantizes the tied embedding / output matrix too), q8wo (the same GGUF against
+radixgen's int8 weight-only, bfloat16-rounded activations). Each keeps its default KV cache type (radixgen:
 the model dtype; llama.cpp: F16). A server that fails to start is recorded as that row's error and the run goes on.
 
 Workloads (--workloads: names, or the groups sharegpt / all):
@@ -83,7 +85,8 @@ class Precision:
 PRECISIONS = {
     "f32": Precision(("--dtype", "float32"), "f32"),
     "bf16": Precision(("--dtype", "bfloat16"), "f16"),
-    "q8": Precision(("--dtype", "float32", "--quantization", "int8wo", "--quantize-lm-head"), "q8_0"),
+    "q8": Precision(("--dtype", "float32", "--quantization", "w8a8_int8", "--quantize-lm-head"), "q8_0"),
+    "q8wo": Precision(("--dtype", "float32", "--quantization", "int8wo", "--quantize-lm-head"), "q8_0"),
 }
 
 

@@ -1,7 +1,7 @@
 """Quantization: decode speed, KV capacity and quality per weight scheme and KV dtype, side by side in one run.
 
 1. Speed. For each model (bench-llama-40m and the ~220M config of common.py, seeded dummy weights) one offline
-   Engine per weight scheme — f32, bf16, int8wo, int4wo (float32 model, group 128) — stays loaded; the run
+   Engine per weight scheme — f32, bf16, int8wo, w8a8_int8, int4wo (float32 model, group 128) — stays loaded; the run
    alternates between them ``--repeats`` times (``+head``: the LM head quantized too, as llama.cpp's Q8_0 / Q4
    files store it) and reports the median decode ms/step at batch 1 (= TPOT) and the
    decode throughput at batch 16 (tokens/s), with ratios to f32. Steps are timed by the scheduler's own phase
@@ -45,6 +45,8 @@ SCHEMES: dict[str, dict[str, Any]] = {
     "bf16": {"dtype": "bfloat16"},
     "int8wo": {"dtype": "float32", "quantization": "int8wo"},
     "int8wo+head": {"dtype": "float32", "quantization": "int8wo", "quantize_lm_head": True},
+    "w8a8_int8": {"dtype": "float32", "quantization": "w8a8_int8"},
+    "w8a8_int8+head": {"dtype": "float32", "quantization": "w8a8_int8", "quantize_lm_head": True},
     "int4wo": {"dtype": "float32", "quantization": "int4wo-128"},
     "int4wo+head": {"dtype": "float32", "quantization": "int4wo-128", "quantize_lm_head": True},
 }

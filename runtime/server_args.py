@@ -57,7 +57,7 @@ class ServerArgs:
     num_threads: int | None = None
     dense_decode_kv_mb: int | None = None
     disable_shared_prefix_attention: bool = False
-    # weight-only quantization of the linear layers (runtime/models/linear.py): int8wo | int4wo | int4wo-<group>
+    # quantization of the linear layers (runtime/models/linear.py): int8wo | int4wo | int4wo-<group> | w8a8_int8
     quantization: str | None = None
     quantize_lm_head: bool = False
     kv_cache_dtype: str = "auto"  # KV pool storage (radix/kv_quant.py): auto | fp8_e4m3 | fp8_e5m2 | int8
@@ -324,8 +324,9 @@ _HELP: dict[str, str] = {
     "random_seed": "Seed for sampling without a per-request seed and for dummy weights.",
     "num_threads": "torch intra-op threads in the scheduler process (fixed); default on CPU: the cores other "
     "processes leave free, re-checked every second (runtime/cpu_threads.py).",
-    "quantization": "Weight-only quantization of every linear layer at load time (torchao): int8wo (per-channel "
-    "int8) or int4wo / int4wo-32|64|128 (group-wise int4, default group 128).",
+    "quantization": "Quantize every linear layer at load time: int8wo (per-channel int8 weights), int4wo / "
+    "int4wo-32|64|128 (group-wise int4 weights, default group 128), or w8a8_int8 (int8wo's weights times int8 "
+    "activations quantized per token: int8 dot products, SGLang's w8a8_int8).",
     "quantize_lm_head": "With --quantization: quantize the LM head too (a quantized copy when embeddings are tied).",
     "dense_decode_kv_mb": "MiB for a dense copy of the decode batch's KV (torch attention backend: no per-step KV "
     "gather; falls back to the gather while the batch does not fit); default: a quarter of the KV pool; 0 disables it.",

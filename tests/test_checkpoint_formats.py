@@ -1,4 +1,4 @@
-"""Pre-quantized and foreign checkpoints: GGUF files and compressed-tensors W8A16 / W4A16 directories.
+"""Pre-quantized and foreign checkpoints: GGUF files and compressed-tensors W8A16 / W8A8 / W4A16 directories.
 
 Every checkpoint is written in the test from a float model (stories260K, or a random Llama-family config) the way
 its producer writes it (``checkpoint_writers``), loaded through ``ModelConfig.from_pretrained`` + ``load_model``,
@@ -256,6 +256,8 @@ CT_CASES = {
                   (0.6, 5e-4)),
     "w8a16-packed": ("stories", 8, None, True, "pack-quantized", ["lm_head"], False, torch.float16, "int8wo",
                      (0.6, 5e-4)),
+    "w8a8-int": ("stories", 8, None, True, "int-quantized", ["lm_head"], False, torch.float32, "w8a8_int8",
+                 (0.6, 5e-4)),
     "w4a16-g32": ("stories", 4, 32, True, "pack-quantized", ["lm_head", "re:.*down_proj$"], False, torch.float32,
                   "int4wo-32", (10.0, 0.12)),
     "w4a16-g128-asym-actorder": ("random", 4, 128, False, "pack-quantized", ["lm_head"], True, torch.bfloat16,
@@ -304,13 +306,16 @@ def test_compressed_tensors_round_trip(case: str, stories, tmp_path) -> None:
             tensors[f"{module}.weight_zero_point"] = ct_pack_int32(zp, bits, packed_dim=0)
         if actorder:
             tensors[f"{module}.weight_g_idx"] = g_idx
+    # W8A8: int8 activations quantized per token at run time (llm-compressor's W8A8 int8 preset)
+    activations = ({"num_bits": 8, "type": "int", "symmetric": True, "dynamic": True, "strategy": "token"}
+                   if case.startswith("w8a8") else None)  # fmt: skip
     weights_scheme = {"num_bits": bits, "type": "int", "symmetric": symmetric, "dynamic": False,
                       "strategy": "group" if group else "channel", "group_size": group,
                       "actorder": "group" if actorder else None, "observer": "minmax"}
     raw["quantization_config"] = {
         "quant_method": "compressed-tensors", "format": fmt, "quantization_status": "compressed",
         "config_groups": {"group_0": {"targets": ["Linear"], "weights": weights_scheme,
-                                      "input_activations": None, "output_activations": None}},
+                                      "input_activations": activations, "output_activations": None}},
         "ignore": ignore, "kv_cache_scheme": None,
     }
     (out / "config.json").write_text(json.dumps(raw))
@@ -319,7 +324,8 @@ def test_compressed_tensors_round_trip(case: str, stories, tmp_path) -> None:
     loaded = ModelConfig.from_pretrained(str(out))
     assert loaded.checkpoint_format == "compressed-tensors"
     assert (loaded.checkpoint_quantization and loaded.checkpoint_quantization.name) == layout
-    assert loaded.checkpoint_weight_format is not None and f"W{bits}A16" in loaded.checkpoint_weight_format
+    acts = 8 if activations else 16
+    assert loaded.checkpoint_weight_format is not None and f"W{bits}A{acts}" in loaded.checkpoint_weight_format
     ids = IDS if kind == "stories" else torch.randint(3, 1000, (48,), generator=gen).tolist()
     got = logits(load_model(loaded, process_weights=False), ids)
     assert compare(logits(model_holding(config, held), ids), got)[0] <= 1e-5

@@ -220,7 +220,40 @@ def test_bfloat16_product_matches_matmul(tokens: int, n: int, k: int) -> None:
 
 
 @needs_kernels
-@pytest.mark.parametrize(("dtype", "quant"), [(torch.float32, None), (torch.bfloat16, None), (torch.float32, "int8wo")])
+@pytest.mark.parametrize("vnni", [True, False])
+@pytest.mark.parametrize("tokens", [1, 2, 3, 4, 5, 16, 33])
+@pytest.mark.parametrize(("n", "k"), [(7, 64), (130, 172), (67, 520)])
+def test_w8a8_kernel_matches_int_mm(vnni: bool, tokens: int, n: int, k: int) -> None:
+    """The fused loop's int8 x int8 kernel gives the module path's result (``W8A8Int8Linear``: per-token activation
+    quantization, ``torch._int_mm``) to the bit — with VNNI's vpdpbusd and, built with ``-mno-avx512vnni``, with
+    the AVX512-BW path of CPUs without VNNI: partial 4 x 4 tiles, K padded to 64, an activation outlier, a zero
+    row; and it adds to y when accumulating (the residual adds)."""
+    from radixgen.runtime.cpu.build import build_library
+    from radixgen.runtime.models.linear import W8A8Int8Linear
+
+    lib = build_library(() if vnni else ("-mno-avx512vnni",))
+    assert lib is not None
+    gen = torch.Generator().manual_seed(tokens * 1000 + n)
+    lin = W8A8Int8Linear(torch.randn(n, k, generator=gen) * 0.05, None)
+    x = torch.randn(tokens, k, generator=gen)
+    x[0, k // 2] = 50.0
+    if tokens > 2:
+        x[2] = 0.0
+    scales, quantized = torch.empty(tokens), torch.empty((tokens, k + lin.k_pad), dtype=torch.uint8)
+    ref = lin(x)
+    for accumulate, y in ((0, torch.full((tokens, n), float("nan"))), (1, torch.ones(tokens, n))):
+        lib.radixgen_linear_w8a8(
+            x.data_ptr(), tokens, k, lin.qdata.data_ptr(), lin.scale.data_ptr(), lin.compensation.data_ptr(), n,
+            accumulate, y.data_ptr(), quantized.data_ptr(), scales.data_ptr(),
+        )  # fmt: skip
+        assert torch.equal(y, ref + accumulate), accumulate
+
+
+@needs_kernels
+@pytest.mark.parametrize(
+    ("dtype", "quant"),
+    [(torch.float32, None), (torch.bfloat16, None), (torch.float32, "int8wo"), (torch.float32, "w8a8_int8")],
+)
 @pytest.mark.parametrize("model_name", ["stories260k", "bench_40m"])
 def test_fused_layer_loop_matches_module_path(model_name: str, dtype: torch.dtype, quant: str | None) -> None:
     """The native layer loop (decode steps and verify-sized extends) against the torch-only module path on the

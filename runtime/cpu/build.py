@@ -52,6 +52,13 @@ def _cpu_flags() -> str:
 @cache
 def load_library() -> ctypes.CDLL | None:
     """Build (once per sources/compiler/CPU) and load the kernels; None with a logged reason when unavailable."""
+    return build_library()
+
+
+@cache
+def build_library(extra_flags: tuple[str, ...] = ()) -> ctypes.CDLL | None:
+    """``load_library``'s build with ``extra_flags`` after the usual ones (tests build the code paths of CPUs
+    without some instruction set, e.g. ``("-mno-avx512vnni",)``); None with a logged reason when unavailable."""
     if os.environ.get("RADIXGEN_CPU_KERNELS", "1") == "0":
         logger.info("CPU kernels disabled by RADIXGEN_CPU_KERNELS=0")
         return None
@@ -67,14 +74,15 @@ def load_library() -> ctypes.CDLL | None:
     try:
         version = subprocess.run([compiler, "--version"], capture_output=True, text=True, check=True).stdout
         source = b"".join(p.read_bytes() for p in (*_SOURCES, *_HEADERS))
-        key = hashlib.sha256(source + version.encode() + " ".join(_FLAGS).encode() + _cpu_flags().encode())
+        all_flags = [*_FLAGS, *extra_flags]
+        key = hashlib.sha256(source + version.encode() + " ".join(all_flags).encode() + _cpu_flags().encode())
         target = _cache_dir() / f"cpu_kernels-{key.hexdigest()[:16]}.so"
         if not target.exists():
             target.parent.mkdir(parents=True, exist_ok=True)
             with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
                 built = Path(tmp) / target.name
                 subprocess.run(
-                    [compiler, *_FLAGS, *map(str, _SOURCES), "-o", str(built)],
+                    [compiler, *all_flags, *map(str, _SOURCES), "-o", str(built)],
                     capture_output=True,
                     text=True,
                     check=True,
@@ -99,7 +107,8 @@ def _declare(lib: ctypes.CDLL) -> None:
         "radixgen_rotary_inplace": [i32, p, i64, p, p, i64, i32, i32, i32],
         "radixgen_silu_and_mul": [i32, p, i64, p, i64, i64],
         "radixgen_linear_bf16": [p, p, i64, i32, p, i32, p],
-        "radixgen_linear_int8": [p, i64, i32, p, p, i32, p, p],
+        "radixgen_linear_int8": [p, i64, i32, p, p, i32, i32, p, p],
+        "radixgen_linear_w8a8": [p, i64, i32, p, p, p, i32, i32, p, p, p],
         "radixgen_linear_rows_f32": [p, i64, i32, p, i64, p],
         "radixgen_llama_layers": [
             i32,

@@ -35,6 +35,10 @@ void radixgen_paged_attention(int dtype, const void *q, int64_t q_stride, const 
                               const int32_t *req_to_token, int64_t rt_stride, const int64_t *rows,
                               const int64_t *kv_lens, void *out, int64_t num_tokens, int hq, int hkv, int D,
                               float scale, int64_t min_parallel_work);
+void radixgen_linear_int8(const float *x, int64_t T, int K, const int8_t *w, const uint16_t *scale, int N,
+                          int accumulate, float *y, float *xb);
+void radixgen_linear_w8a8(const float *x, int64_t T, int K, const int8_t *w, const float *scale, const int32_t *comp,
+                          int N, int accumulate, float *y, uint8_t *xq, float *xs);
 
 /*
  * Float32 products over row-major weights W [N, K] (as checkpoints store them): y [T, N] = x [T, K] W^T, or
@@ -211,81 +215,39 @@ static void add_rounded(uint16_t *hidden, const float *y, int64_t n) {
 }
 
 /*
- * int8 weight-only projection (torchao's per-row symmetric int8, as radixgen.runtime.models.linear's
- * Int8WeightOnlyLinear stores it: w int8 [N, Kp] with K zero-padded to Kp = a multiple of 16, scale bfloat16 [N]):
- * y [T, N] = round_bf16(sum_k bf16(x[t, k]) w[n, k] * scale[n]), what aten's _weight_int8pack_mm computes on the
- * module path, then added to y when accumulate (a residual add in float32). xb: T * Kp float32 scratch.
- * Weights of the rows after the current ones are prefetched while these compute: on the 220M config's 16 layers
- * (189 MB of int8, 2 threads) that took one token from 14 to 7 ms, 2.0x aten's time (bench_cpu_kernels.py).
+ * The weights of one layer, as addresses: LAYER_FIELDS int64 per layer, in this order (0 = no bias; the S_*
+ * fields are int8 projections' scales — bfloat16 for int8wo, float32 for w8a8 — and the C_* fields w8a8's
+ * compensations, 0 where unused).
  */
-static void linear_int8(const float *x, int64_t T, int K, const int8_t *w, const uint16_t *scale, int N,
-                        int accumulate, float *y, float *xb) {
-    const int Kp = (K + 15) & ~15;
-    for (int64_t t = 0; t < T; ++t)
-        for (int k = 0; k < Kp; ++k) xb[t * Kp + k] = k < K ? bf16_to_f32(f32_to_bf16(x[t * K + k])) : 0.0f;
-    if (T <= 4) { /* 4 rows at a time: independent FMA chains (one row's chain is latency-bound) */
-#pragma omp parallel for schedule(static) if ((int64_t)N * Kp * T >= 65536)
-        for (int n0 = 0; n0 < N; n0 += 4) {
-            const int rn = N - n0 < 4 ? N - n0 : 4;
-            __m512 acc[4][4];
-            for (int r = 0; r < 4; ++r)
-                for (int t = 0; t < 4; ++t) acc[r][t] = _mm512_setzero_ps();
-            for (int k0 = 0; k0 < Kp; k0 += 16) {
-                if ((k0 & 63) == 0 && n0 + 8 <= N) /* the next 4 rows' weights, while these compute */
-                    for (int r = 0; r < 4; ++r)
-                        _mm_prefetch((const char *)(w + (int64_t)(n0 + 4 + r) * Kp + k0), _MM_HINT_T0);
-                __m512 xv[4];
-                for (int t = 0; t < T; ++t) xv[t] = _mm512_loadu_ps(xb + t * Kp + k0);
-                for (int r = 0; r < rn; ++r) {
-                    const __m128i raw = _mm_loadu_si128((const __m128i *)(w + (int64_t)(n0 + r) * Kp + k0));
-                    const __m512 wv = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(raw));
-                    for (int t = 0; t < T; ++t) acc[r][t] = _mm512_fmadd_ps(wv, xv[t], acc[r][t]);
-                }
-            }
-            for (int r = 0; r < rn; ++r) {
-                const float s = bf16_to_f32(scale[n0 + r]);
-                for (int t = 0; t < T; ++t) {
-                    const float v = bf16_to_f32(f32_to_bf16(_mm512_reduce_add_ps(acc[r][t]) * s));
-                    float *out = y + t * N + n0 + r;
-                    *out = accumulate ? *out + v : v;
-                }
-            }
-        }
-        return;
-    }
-#pragma omp parallel for schedule(static) if ((int64_t)N * Kp * T >= 65536)
-    for (int n = 0; n < N; ++n) {
-        const int8_t *wr = w + (int64_t)n * Kp;
-        const float s = bf16_to_f32(scale[n]);
-        for (int64_t t0 = 0; t0 < T; t0 += 16) {
-            const int tn = T - t0 < 16 ? (int)(T - t0) : 16;
-            __m512 acc[16];
-            for (int t = 0; t < tn; ++t) acc[t] = _mm512_setzero_ps();
-            for (int k0 = 0; k0 < Kp; k0 += 16) {
-                if (t0 == 0 && (k0 & 63) == 0 && n + 2 < N) /* a later row's weights, while this one computes */
-                    _mm_prefetch((const char *)(wr + 2 * (int64_t)Kp + k0), _MM_HINT_T0);
-                const __m512 wv = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(wr + k0))));
-                for (int t = 0; t < tn; ++t)
-                    acc[t] = _mm512_fmadd_ps(wv, _mm512_loadu_ps(xb + (t0 + t) * Kp + k0), acc[t]);
-            }
-            for (int t = 0; t < tn; ++t) {
-                const float v = bf16_to_f32(f32_to_bf16(_mm512_reduce_add_ps(acc[t]) * s));
-                float *out = y + (t0 + t) * N + n;
-                *out = accumulate ? *out + v : v;
-            }
-        }
+enum {
+    W_INPUT_NORM, W_QKV, B_QKV, W_O, W_POST_NORM, W_GATE_UP, W_DOWN, S_QKV, S_O, S_GATE_UP, S_DOWN,
+    C_QKV, C_O, C_GATE_UP, C_DOWN, LAYER_FIELDS
+};
+
+/* the projections' storage: the model dtype, int8 weight-only (int8wo) or int8 x int8 (w8a8_int8) */
+enum { WEIGHTS_FLOAT, WEIGHTS_INT8WO, WEIGHTS_W8A8 };
+
+/*
+ * An int8 projection of a float32 model, y [T, N] (+)= x [T, K] W^T, for W at address wq with its scale (and,
+ * for w8a8, compensation) addresses. scratch: T * (K + 16) float32 (int8wo's rounded input, or w8a8's token
+ * scales then, 64-byte aligned, its quantized input).
+ */
+static void linear_q8(int weights, int64_t wq, int64_t scale, int64_t comp, const float *x, int64_t T, int K, int N,
+                      int accumulate, float *y, float *scratch) {
+    const int8_t *w = (const int8_t *)(intptr_t)wq;
+    if (weights == WEIGHTS_W8A8) {
+        uint8_t *xq = (uint8_t *)(((uintptr_t)(scratch + T) + 63) & ~(uintptr_t)63);
+        radixgen_linear_w8a8(x, T, K, w, (const float *)(intptr_t)scale, (const int32_t *)(intptr_t)comp, N,
+                             accumulate, y, xq, scratch);
+    } else {
+        radixgen_linear_int8(x, T, K, w, (const uint16_t *)(intptr_t)scale, N, accumulate, y, scratch);
     }
 }
 
 /*
- * The weights of one layer, as addresses: LAYER_FIELDS int64 per layer, in this order (0 = no bias; the S_*
- * fields are the int8 projections' bfloat16 scales, 0 for float weights).
- */
-enum { W_INPUT_NORM, W_QKV, B_QKV, W_O, W_POST_NORM, W_GATE_UP, W_DOWN, S_QKV, S_O, S_GATE_UP, S_DOWN, LAYER_FIELDS };
-
-/*
  * dtype 0 (float32): gemm is MKL's Fortran sgemm (used above ROWS_GEMM_MAX_T rows) and the projections are
- * stored row-major [out, in], or, with int8_weights, int8 weight-only (linear_int8; gemm unused; the S_* scales set). dtype 1
+ * stored row-major [out, in], or, with weights WEIGHTS_INT8WO / WEIGHTS_W8A8, int8 (int8_linear.c; gemm unused; the
+ * S_* scales and C_* compensations set). dtype 1
  * (bfloat16): gemm is MKL's cblas_gemm_bf16bf16f32 and the projections row-major [out, in]; products are rounded
  * to bfloat16 where transformers' bfloat16 F.linear rounds them, residual sums likewise.
  * weights [num_layers, LAYER_FIELDS]; k_pools / v_pools [num_layers] addresses of each layer's pool storage
@@ -294,7 +256,7 @@ enum { W_INPUT_NORM, W_QKV, B_QKV, W_O, W_POST_NORM, W_GATE_UP, W_DOWN, S_QKV, S
  * float32; for bfloat16 as many bfloat16, then 64 bytes of alignment, then T * max(Q + 2 KV, 2 I, H) float32
  * (Q = hq D, KV = hkv D).
  */
-void radixgen_llama_layers(int dtype, int int8_weights, void *gemm, int num_layers, const int64_t *weights, const int64_t *k_pools,
+void radixgen_llama_layers(int dtype, int weights_kind, void *gemm, int num_layers, const int64_t *weights, const int64_t *k_pools,
                            const int64_t *v_pools, void *hidden, int64_t T, int H, int hq, int hkv, int D, int I,
                            float eps, const int64_t *positions, const float *cos_sin, const int64_t *out_loc,
                            const int32_t *req_to_token, int64_t rt_stride, const int64_t *rows,
@@ -305,7 +267,7 @@ void radixgen_llama_layers(int dtype, int int8_weights, void *gemm, int num_laye
     char *x = (char *)work, *qkv = x + item * T * H, *attn = qkv + item * T * QKV, *gu = attn + item * T * Q;
     char *act = gu + item * T * 2 * I;
     float *y = (float *)(((uintptr_t)(act + item * T * I) + 63) & ~(uintptr_t)63); /* bf16: products' float32 */
-    float *xb = y; /* int8 weights (float32 activations): the bfloat16-rounded, padded input of a product */
+    float *xb = y; /* int8 weights (float32 activations): linear_q8's scratch */
     for (int l = 0; l < num_layers; ++l) {
         const int64_t *w = weights + (int64_t)l * LAYER_FIELDS;
         char *k_pool = (char *)(intptr_t)k_pools[l], *v_pool = (char *)(intptr_t)v_pools[l];
@@ -314,8 +276,8 @@ void radixgen_llama_layers(int dtype, int int8_weights, void *gemm, int num_laye
         if (bf16) {
             linear_bf16((gemm_bf16_fn)gemm, (const uint16_t *)x, T, H, w_qkv, QKV, y);
             round_rows(y, b_qkv, (uint16_t *)qkv, T, QKV);
-        } else if (int8_weights) {
-            linear_int8((const float *)x, T, H, w_qkv, (const uint16_t *)(intptr_t)w[S_QKV], QKV, 0, (float *)qkv, xb);
+        } else if (weights_kind != WEIGHTS_FLOAT) {
+            linear_q8(weights_kind, w[W_QKV], w[S_QKV], w[C_QKV], (const float *)x, T, H, QKV, 0, (float *)qkv, xb);
             if (b_qkv != 0)
                 for (int64_t t = 0; t < T; ++t)
                     for (int i = 0; i < QKV; ++i) ((float *)qkv)[t * QKV + i] += ((const float *)b_qkv)[i];
@@ -343,14 +305,14 @@ void radixgen_llama_layers(int dtype, int int8_weights, void *gemm, int num_laye
             radixgen_silu_and_mul(dtype, gu, 2 * I, act, T, I);
             linear_bf16((gemm_bf16_fn)gemm, (const uint16_t *)act, T, I, w_down, H, y);
             add_rounded((uint16_t *)hidden, y, T * H);
-        } else if (int8_weights) {
-            linear_int8((const float *)attn, T, Q, w_o, (const uint16_t *)(intptr_t)w[S_O], H, 1, (float *)hidden, xb);
+        } else if (weights_kind != WEIGHTS_FLOAT) {
+            linear_q8(weights_kind, w[W_O], w[S_O], w[C_O], (const float *)attn, T, Q, H, 1, (float *)hidden, xb);
             radixgen_rms_norm(dtype, hidden, H, 0, post, x, T, H, eps);
-            linear_int8((const float *)x, T, H, w_gu, (const uint16_t *)(intptr_t)w[S_GATE_UP], 2 * I, 0, (float *)gu,
-                        xb);
+            linear_q8(weights_kind, w[W_GATE_UP], w[S_GATE_UP], w[C_GATE_UP], (const float *)x, T, H, 2 * I, 0,
+                      (float *)gu, xb);
             radixgen_silu_and_mul(dtype, gu, 2 * I, act, T, I);
-            linear_int8((const float *)act, T, I, w_down, (const uint16_t *)(intptr_t)w[S_DOWN], H, 1, (float *)hidden,
-                        xb);
+            linear_q8(weights_kind, w[W_DOWN], w[S_DOWN], w[C_DOWN], (const float *)act, T, I, H, 1, (float *)hidden,
+                      xb);
         } else {
             linear((sgemm_fn)gemm, (const float *)attn, T, Q, w_o, H, 1, (float *)hidden);
             radixgen_rms_norm(dtype, hidden, H, 0, post, x, T, H, eps);
@@ -368,12 +330,6 @@ void radixgen_llama_layers(int dtype, int int8_weights, void *gemm, int num_laye
 void radixgen_linear_bf16(void *gemm, const uint16_t *x, int64_t T, int K, const uint16_t *w, int N, float *y) {
     linear_bf16((gemm_bf16_fn)gemm, x, T, K, w, N, y);
     for (int64_t i = 0; i < T * N; ++i) y[i] = bf16_to_f32(f32_to_bf16(y[i]));
-}
-
-/* y [T, N] float32 = linear_int8 of float32 x [T, K] (an int8 LM head; xb: T * Kp float32 scratch) */
-void radixgen_linear_int8(const float *x, int64_t T, int K, const int8_t *w, const uint16_t *scale, int N, float *y,
-                          float *xb) {
-    linear_int8(x, T, K, w, scale, N, 0, y, xb);
 }
 
 /* y [T, N] float32 = x [T, K] W^T for float32 x and row-major W [N, K], T <= ROWS_GEMM_MAX_T: a float32 LM head */

@@ -10,7 +10,8 @@ from ``libtorch_cpu``) — instead of ~30 torch and ctypes calls per layer from 
 It applies where the module path would compute exactly these layers: one rank (no tensor parallelism), no LoRA
 in the batch, projections in the loop's layout (``DenseLinear``: the model keeps float weights row-major when
 ``FusedLlamaLayers.applies``; or, in a float32 model, int8 weight-only ``Int8WeightOnlyLinear``, multiplied by the
-loop's own AVX-512 kernel with the numerics of aten's ``_weight_int8pack_mm``), no output/MLP biases and no q/k
+loop's own AVX-512 kernel with the numerics of aten's ``_weight_int8pack_mm``, or ``W8A8Int8Linear``, multiplied by
+its VNNI kernel with the module path's exact int32 sums: ``int8_linear.c``), no output/MLP biases and no q/k
 norm (q/k/v biases are taken).
 Everything else, and long extends, keeps the module path.
 """
@@ -27,7 +28,7 @@ import torch
 
 from radixgen.runtime.cpu.build import load_library
 from radixgen.runtime.cpu.ops import DTYPE_CODES, MIN_PARALLEL_WORK, PagedAttentionPlan
-from radixgen.runtime.models.linear import DenseLinear, Int8WeightOnlyLinear
+from radixgen.runtime.models.linear import DenseLinear, Int8WeightOnlyLinear, W8A8Int8Linear
 
 if TYPE_CHECKING:
     from radixgen.radix.memory_pool import TokenToKVPool
@@ -55,9 +56,16 @@ def mkl_gemm_address(dtype: torch.dtype) -> int | None:
     return ctypes.cast(fn, ctypes.c_void_p).value
 
 
+#: the projections' storage as llama_layers.c's WEIGHTS_* codes: float (the model dtype), int8wo, w8a8_int8
+WEIGHTS_KINDS = {DenseLinear: 0, Int8WeightOnlyLinear: 1, W8A8Int8Linear: 2}
+
+
 def _in_loop_layout(linear: object, dtype: torch.dtype, bias_ok: bool = False) -> bool:
     """True for a projection the loop multiplies: a row-major ``DenseLinear`` of ``dtype`` or, in a float32
-    model, an ``Int8WeightOnlyLinear`` with its CPU operands; without a bias unless ``bias_ok``."""
+    model, an ``Int8WeightOnlyLinear`` with its CPU operands or a ``W8A8Int8Linear``; without a bias unless
+    ``bias_ok``."""
+    if isinstance(linear, W8A8Int8Linear):
+        return dtype == torch.float32 and linear.qdata.device.type == "cpu" and (bias_ok or linear.bias is None)
     if isinstance(linear, Int8WeightOnlyLinear):
         return dtype == torch.float32 and linear.cpu_kernel and (bias_ok or linear.bias is None)
     if not isinstance(linear, DenseLinear) or linear.weight.dtype != dtype:
@@ -65,12 +73,15 @@ def _in_loop_layout(linear: object, dtype: torch.dtype, bias_ok: bool = False) -
     return linear.weight.stride() == (linear.in_features, 1) and (bias_ok or linear.bias is None)
 
 
-def _operands(linear: object) -> tuple[int, int]:
-    """(weight address, int8 scale address or 0) of a projection in the loop's layout."""
+def _operands(linear: object) -> tuple[int, int, int]:
+    """(weight address, int8 scale address or 0, w8a8 compensation address or 0) of a projection in the loop's
+    layout."""
+    if isinstance(linear, W8A8Int8Linear):
+        return linear.qdata.data_ptr(), linear.scale.data_ptr(), linear.compensation.data_ptr()
     if isinstance(linear, Int8WeightOnlyLinear):
-        return linear.qdata.data_ptr(), linear.scale.data_ptr()
+        return linear.qdata.data_ptr(), linear.scale.data_ptr(), 0
     assert isinstance(linear, DenseLinear)
-    return linear.weight.data_ptr(), 0
+    return linear.weight.data_ptr(), 0, 0
 
 
 class FusedLlamaLayers:
@@ -84,8 +95,9 @@ class FusedLlamaLayers:
         cfg = model.config
         self.gemm = gemm
         self.dtype = model.dtype
-        # int8 weight-only projections (float32 model): the loop's own int8 kernel instead of MKL
-        self.int8 = isinstance(model.model.layers[0].self_attn.qkv_proj, Int8WeightOnlyLinear)
+        # int8 projections (float32 model): the loop's own int8 kernels instead of MKL (WEIGHTS_KINDS)
+        self.weights_kind = WEIGHTS_KINDS[type(model.model.layers[0].self_attn.qkv_proj)]
+        self.int8 = self.weights_kind != 0
         self.hidden_size, self.head_dim = cfg.hidden_size, cfg.head_dim
         self.num_heads, self.num_kv_heads = model.tp_partition.num_heads, model.tp_partition.num_kv_heads
         self.intermediate_size = model.tp_partition.intermediate_size
@@ -97,12 +109,12 @@ class FusedLlamaLayers:
             attn, mlp = layer.self_attn, layer.mlp
             bias = attn.qkv_proj.bias
             projections = (attn.qkv_proj, attn.o_proj, mlp.gate_up_proj, mlp.down_proj)
-            weight, scale = zip(*map(_operands, projections), strict=True)
+            weight, scale, compensation = zip(*map(_operands, projections), strict=True)
             rows.append([
                 layer.input_layernorm.weight.data_ptr(), weight[0], 0 if bias is None else bias.data_ptr(), weight[1],
-                layer.post_attention_layernorm.weight.data_ptr(), weight[2], weight[3], *scale,
+                layer.post_attention_layernorm.weight.data_ptr(), weight[2], weight[3], *scale, *compensation,
             ])  # fmt: skip
-        self.weights = torch.tensor(rows, dtype=torch.int64)  # [num_layers, LAYER_FIELDS = 11] addresses
+        self.weights = torch.tensor(rows, dtype=torch.int64)  # [num_layers, LAYER_FIELDS = 15] addresses
         self.num_layers = len(rows)
         self._pools: tuple[int, torch.Tensor, torch.Tensor] | None = None  # (id(pool), k addresses, v addresses)
 
@@ -164,21 +176,35 @@ class FusedLlamaLayers:
             lib.radixgen_linear_rows_f32(*args)
         return out
 
-    def logits_int8(self, hidden: torch.Tensor, head: Int8WeightOnlyLinear) -> torch.Tensor:
-        """An int8 LM head (``--quantize-lm-head``) of a float32 model through the loop's int8 kernel: float32
-        ``[n, vocab]`` equal to what ``head(hidden).float()`` computes (bfloat16-rounded products).
+    def logits_int8(self, hidden: torch.Tensor, head: Int8WeightOnlyLinear | W8A8Int8Linear) -> torch.Tensor:
+        """An int8 LM head (``--quantize-lm-head``) of a float32 model through the loop's int8 kernels: float32
+        ``[n, vocab]`` equal to what ``head(hidden).float()`` computes (int8wo: bfloat16-rounded products; w8a8:
+        the exact int32 sums, scaled).
 
         Raises:
             ValueError: hidden not float32 ``[n, hidden_size]``, or a head without CPU operands (named).
         """
-        if hidden.dtype != torch.float32 or hidden.shape[-1] != head.in_features or not head.cpu_kernel:
+        on_cpu = head.qdata.device.type == "cpu" and getattr(head, "cpu_kernel", True)
+        if hidden.dtype != torch.float32 or hidden.shape[-1] != head.in_features or not on_cpu:
             raise ValueError("FusedLlamaLayers.logits_int8: hidden must be float32 [n, in_features], head on CPU")
         x = hidden.contiguous()  # [n, hidden_size]
-        out = torch.empty((x.shape[0], head.out_features), dtype=torch.float32)
-        scratch = torch.empty(x.shape[0] * (head.in_features + head.k_pad), dtype=torch.float32)
-        load_library().radixgen_linear_int8(  # type: ignore[union-attr]
-            x.data_ptr(), x.shape[0], head.in_features, head.qdata.data_ptr(), head.scale.data_ptr(),
-            head.out_features, out.data_ptr(), scratch.data_ptr(),
+        rows = x.shape[0]
+        out = torch.empty((rows, head.out_features), dtype=torch.float32)
+        lib = load_library()
+        assert lib is not None  # build() checked it
+        if isinstance(head, W8A8Int8Linear):
+            scales = torch.empty(rows, dtype=torch.float32)
+            quantized = torch.empty((rows, head.in_features + head.k_pad), dtype=torch.uint8)
+            lib.radixgen_linear_w8a8(
+                x.data_ptr(), rows, head.in_features, head.qdata.data_ptr(), head.scale.data_ptr(),
+                head.compensation.data_ptr(), head.out_features, 0, out.data_ptr(), quantized.data_ptr(),
+                scales.data_ptr(),
+            )  # fmt: skip
+            return out
+        scratch = torch.empty(rows * (head.in_features + head.k_pad), dtype=torch.float32)
+        lib.radixgen_linear_int8(
+            x.data_ptr(), rows, head.in_features, head.qdata.data_ptr(), head.scale.data_ptr(),
+            head.out_features, 0, out.data_ptr(), scratch.data_ptr(),
         )  # fmt: skip
         return out
 
@@ -226,7 +252,7 @@ class FusedLlamaLayers:
         rtt, rtt_stride, rows, kv_lens = plan.pointers
         out_loc = out_cache_loc.contiguous()  # held while the call reads it
         shape = (num_tokens, self.hidden_size, self.num_heads, self.num_kv_heads, self.head_dim, inter)
-        model = (DTYPE_CODES[self.dtype], int(self.int8), self.gemm, self.num_layers, self.weights.data_ptr())
+        model = (DTYPE_CODES[self.dtype], self.weights_kind, self.gemm, self.num_layers, self.weights.data_ptr())
         kv = (k_addr.data_ptr(), v_addr.data_ptr())
         step = (self.eps, positions.data_ptr(), self.cos_sin.data_ptr(), out_loc.data_ptr())
         attention = (rtt, rtt_stride, rows, kv_lens, self.scale, MIN_PARALLEL_WORK)

@@ -19,8 +19,8 @@ Implemented from the compressed-tensors project's format (github.com/vllm-projec
   optional ``weight_zero_point`` (same shape, signed) and ``weight_g_idx`` int ``[in]`` (activation ordering:
   column j belongs to group ``g_idx[j]``). Dequantized weight = ``(q - zero_point) * scale``.
 
-``checkpoint_layout`` maps the scheme onto the runtime's weight-only layouts (8-bit → ``int8wo``; 4-bit group g
-→ ``int4wo-g``, g in 32/64/128, else the nearest); ``CompressedTensorsWeights`` reads the float weights.
+``checkpoint_layout`` maps the scheme onto the runtime's layouts (8-bit → ``int8wo``, W8A8 → ``w8a8_int8``; 4-bit
+group g → ``int4wo-g``, g in 32/64/128, else the nearest); ``CompressedTensorsWeights`` reads the float weights.
 """
 
 from __future__ import annotations
@@ -153,8 +153,11 @@ def checkpoint_layout(qc: Any, model_path: str) -> tuple[QuantizationConfig | No
 
     8-bit weights → ``int8wo`` (per channel; re-quantized when the checkpoint's scales are per group or tensor);
     4-bit (or fewer) → ``int4wo`` with the checkpoint's group size when it is one of 32 / 64 / 128, else the
-    nearest one (channel / tensor / larger groups → 128, smaller → 32); 5-7 bits → ``int8wo``. Groups with
-    different schemes → None (dequantized floats). Quantized activations (W8A8) are not applied: a warning.
+    nearest one (channel / tensor / larger groups → 128, smaller → 32); 5-7 bits → ``int8wo``; W8A8 (8-bit
+    weights and activations) → ``w8a8_int8``, whose activations are quantized per token at run time (a
+    checkpoint's static activation scales are not read; SGLang's ``w8a8_int8`` does the same for dynamic
+    per-token schemes). Other quantized activations are not applied: a warning. Groups with different schemes →
+    None (dequantized floats).
 
     Raises:
         ValueError: as ``parse_quantization_config``.
@@ -165,12 +168,14 @@ def checkpoint_layout(qc: Any, model_path: str) -> tuple[QuantizationConfig | No
         return None, "compressed-tensors (mixed schemes: " + "; ".join(sorted(s.label for s in schemes)) + ")"
     scheme = schemes.pop()
     acts = config.activation_bits or 16
+    name = f"compressed-tensors W{scheme.num_bits}A{acts} ({scheme.label})"
+    if scheme.num_bits == 8 and acts == 8:
+        return QuantizationConfig("w8a8_int8"), name
     if config.activation_bits is not None:
         logger.warning(
             "model_path %s: activations are quantized to %d bits in this checkpoint; radixgen runs them in the "
             "model dtype (weight-only)", model_path, acts
         )
-    name = f"compressed-tensors W{scheme.num_bits}A{acts} ({scheme.label})"
     if scheme.num_bits > 4:
         return QuantizationConfig("int8wo"), name
     group = scheme.group_size if scheme.strategy == "group" else max(INT4_GROUP_SIZES)

@@ -17,6 +17,9 @@ Checkpoints load into plain ``nn.Linear`` parameters (``[out_features, in_featur
   int8 graph) on bfloat16 activations — 1.3 ms for the projections of bench-llama-40m at M = 1; torchao's
   eager ``F.linear`` on the tensor dequantizes the whole weight every call instead (7-10 ms). Elsewhere
   torchao's own ``F.linear`` dispatch.
+- ``W8A8Int8Linear``: ``int8wo``'s weights times int8 activations quantized per token (SGLang's
+  ``w8a8_int8``): int32 dot products, on CPU ``torch._int_mm`` and, in the fused layer loop, radixgen's VNNI
+  kernel.
 - ``Int4WeightOnlyLinear``: torchao's group-wise asymmetric int4 (``Int4OpaqueTensor``, the tinygemm CPU layout
   read by ``_weight_int4pack_mm_for_cpu``; on CUDA torchao's ``Int4WeightOnlyConfig`` tensor), bfloat16
   activations.
@@ -178,6 +181,78 @@ class Int8WeightOnlyLinear(LinearKernel):
         return y.reshape(*shape[:-1], self.out_features)
 
 
+#: the W8A8 kernel's K step: one 64-byte VNNI operand (vpdpbusd) per weight row
+W8A8_K_BLOCK = 64
+
+
+def quantize_per_token(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric int8 quantization of each row of ``x [M, K]`` (any float dtype): ``scale = max(max|x_row|,
+    1e-10) / 127`` (float32 ``[M, 1]``) and ``q = round_half_even(x / scale)`` (int8 ``[M, K]``, in [-127, 127]).
+
+    The dynamic activation quantization of SGLang's ``w8a8_int8`` (``per_token_quant_int8``) and torchao's
+    ``Int8DynamicActivationInt8WeightConfig``; radixgen's CPU kernel (``int8_linear.c``) computes the same
+    values, so the fused layer loop and this module path agree exactly on the integer products.
+    """
+    xf = x.float()
+    scale = xf.abs().amax(-1, keepdim=True).clamp(min=1e-10) / 127  # [M, 1] float32
+    q = torch.round(xf / scale).clamp(-127, 127).to(torch.int8)  # [M, K]
+    return q, scale
+
+
+class W8A8Int8Linear(LinearKernel):
+    """int8 weights (``int8wo``'s: symmetric, one float32 scale per output channel) times int8 activations
+    quantized per token at run time (``quantize_per_token``), the products summed in int32:
+    ``y [M, N] = (q_x [M, K] q_w [N, K]^T) * (scale_x [M, 1] * scale_w [N])`` — SGLang's ``w8a8_int8``, torchao's
+    ``Int8DynamicActivationInt8WeightConfig``, and what llama.cpp's CPU Q8_0 path does (it quantizes the
+    activations to Q8_0 blocks for its int8 dot products).
+
+    Storage: ``qdata`` int8 ``[N, Kp]`` (K zero-padded to a multiple of ``W8A8_K_BLOCK``), ``scale`` float32
+    ``[N]`` and ``compensation`` int32 ``[N]`` = 128 x the row sums of ``qdata``: the CPU kernel feeds VNNI's
+    unsigned-by-signed ``vpdpbusd`` with ``q_x + 128`` and subtracts this. On CPU the module path multiplies with
+    ``torch._int_mm`` (exact int32); elsewhere with a float32 matmul of the integer values (exact while a sum
+    stays below 2^24 in magnitude).
+
+    Error: the weight's as ``int8wo``'s, plus each activation within half a step (``max|x_row| / 254``) of its
+    value — larger than weight-only int8 where a row has outliers.
+    """
+
+    qdata: torch.Tensor
+    scale: torch.Tensor
+    compensation: torch.Tensor
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+        super().__init__()
+        tq = _quiet_torchao()
+        from torchao.quantization import PerRow
+
+        self.out_features, self.in_features = weight.shape
+        self.weight_format = "w8a8_int8"
+        qweight = tq.Int8Tensor.from_hp(weight.float(), PerRow())
+        self.k_pad = -self.in_features % W8A8_K_BLOCK
+        qdata = F.pad(qweight.qdata, (0, self.k_pad)).contiguous()  # int8 [out, in + k_pad]
+        scale = qweight.scale.reshape(-1).float()  # [out]
+        compensation = qdata.sum(-1, dtype=torch.int32) * 128  # int32 [out]
+        self.register_buffer("qdata", qdata, persistent=False)
+        self.register_buffer("scale", scale, persistent=False)
+        self.register_buffer("compensation", compensation, persistent=False)
+        self._bytes = _tensor_bytes(qdata) + _tensor_bytes(scale) + _tensor_bytes(compensation)
+        self.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        q, x_scale = quantize_per_token(x.reshape(-1, self.in_features))  # int8 [M, in], float32 [M, 1]
+        if self.k_pad:
+            q = F.pad(q, (0, self.k_pad))  # [M, in + k_pad]
+        if q.device.type == "cpu":
+            acc = torch._int_mm(q, self.qdata.t()).float()  # [M, out] (int32 sums)
+        else:
+            acc = q.float() @ self.qdata.float().t()  # [M, out]
+        y = (acc * (x_scale * self.scale)).to(x.dtype)  # [M, out]
+        if self.bias is not None:
+            y = y + self.bias
+        return y.reshape(*shape[:-1], self.out_features)
+
+
 class Int4WeightOnlyLinear(LinearKernel):
     """int4 weights, asymmetric, one bfloat16 scale and zero point per ``group_size`` input channels of a row.
 
@@ -231,7 +306,7 @@ def convert_linear(
     Args:
         weight: the float weight, ``[out_features, in_features]``, on the target device.
         bias: ``[out_features]`` or None; kept in the model dtype and added after the product.
-        quant: weight-only quantization to apply, or None for the float kernels.
+        quant: the quantization to apply, or None for the float kernels.
         row_major: keep a float32 or bfloat16 CPU weight as loaded (``DenseLinear``, row-major ``[out, in]``)
             instead of the column-major / oneDNN layouts: the layout ``radixgen.runtime.cpu.llama_layers
             .FusedLlamaLayers`` multiplies (its own float32 kernel at decode sizes, MKL's bfloat16 GEMM at 1.7x
@@ -245,6 +320,8 @@ def convert_linear(
     bias = None if bias is None else bias.detach()
     if quant is not None and quant.method == "int8wo":
         return Int8WeightOnlyLinear(weight, bias)
+    if quant is not None and quant.method == "w8a8_int8":
+        return W8A8Int8Linear(weight, bias)
     if quant is not None and quant.method == "int4wo":
         return Int4WeightOnlyLinear(weight, bias, quant.group_size)
     if weight.device.type != "cpu":

@@ -31,7 +31,13 @@ from radixgen.runtime.cpu.llama_layers import FusedLlamaLayers
 from radixgen.runtime.distributed import TensorParallelGroup
 from radixgen.runtime.models.config import ModelConfig
 from radixgen.runtime.models.hf_views import hf_weight_views
-from radixgen.runtime.models.linear import Int8WeightOnlyLinear, LinearKernel, convert_linear, cpu_float_kernel
+from radixgen.runtime.models.linear import (
+    Int8WeightOnlyLinear,
+    LinearKernel,
+    W8A8Int8Linear,
+    convert_linear,
+    cpu_float_kernel,
+)
 from radixgen.runtime.models.quant_config import QuantizationConfig
 from radixgen.runtime.models.rope import RotaryEmbedding, apply_rotary
 from radixgen.runtime.models.tensor_parallel import TPPartition, VocabParallelEmbedding, reduce_row_parallel
@@ -302,11 +308,11 @@ class LlamaForCausalLM(nn.Module):
 
         Called once after the checkpoint (or dummy weights) is loaded (vLLM's hook of the same name). Each
         decoder-layer projection becomes ``convert_linear(weight, bias, quant)`` (oneDNN-prepacked float on CPU,
-        torchao int8 / int4 weight-only with ``quant``; see ``radixgen.runtime.models.linear``). The LM head gets
-        its own kernel module on CPU too (quantized only with ``quant.quantize_lm_head``); with tied embeddings
-        that is a prepacked or quantized copy of the table, which the embedding lookup keeps reading in float —
-        except a tied float32 head, which keeps reading the table itself. On the CPU, with float32 or bfloat16
-        weights, norms, RoPE and SiLU-and-mul then take radixgen's CPU kernels where they built.
+        torchao int8 / int4 weight-only or int8 x int8 with ``quant``; see ``radixgen.runtime.models.linear``).
+        The LM head gets its own kernel module on CPU too (quantized only with ``quant.quantize_lm_head``); with
+        tied embeddings that is a prepacked or quantized copy of the table, which the embedding lookup keeps
+        reading in float — except a tied float32 head, which keeps reading the table itself. On the CPU, with
+        float32 or bfloat16 weights, norms, RoPE and SiLU-and-mul then take radixgen's CPU kernels where they built.
         ``hf_weight_views`` is unavailable afterwards (the weights are repacked). With ``tp_size > 1`` the
         kernels take this rank's shards (int8 / int4 scales of the row-parallel ``o_proj`` / ``down_proj`` then
         cover this rank's input columns only, so a quantized sharded model is close to, not equal to, tp_size 1).
@@ -338,7 +344,7 @@ class LlamaForCausalLM(nn.Module):
     def _use_fused_cpu_ops(self, enable: bool) -> None:
         """Route RMSNorm, RoPE and SiLU-and-mul through radixgen's CPU kernels (``radixgen.runtime.cpu.ops``):
         one call each instead of several torch ops per layer; RoPE stays on torch ops for Qwen3's q/k norm. Where
-        ``FusedLlamaLayers`` applies (float32, bfloat16 or int8 weight-only projections in its layout, one rank),
+        ``FusedLlamaLayers`` applies (float32, bfloat16 or int8 projections in its layout, one rank),
         decode steps and short extends run every layer in one native call."""
         self.fused_rope = enable and not self.config.qk_norm
         self.fused_layers = FusedLlamaLayers.build(self) if enable else None
@@ -374,7 +380,7 @@ class LlamaForCausalLM(nn.Module):
         each rank projects onto its vocabulary slice and the slices are all-gathered.
         """
         fused = self.fused_layers
-        if fused is not None and fused.int8 and isinstance(self.logits_proj, Int8WeightOnlyLinear):
+        if fused is not None and fused.int8 and isinstance(self.logits_proj, Int8WeightOnlyLinear | W8A8Int8Linear):
             return fused.logits_int8(hidden, self.logits_proj)  # [n, vocab_part] float32; one rank: no gather
         if self.logits_proj is not None:
             local = self.logits_proj(hidden)  # [n, vocab_part]

@@ -237,7 +237,7 @@ def resolve_quantization(
     if mapped is None:
         logger.info("%s tensors dequantized to %s (no matching layout)", stored, str(dtype).removeprefix("torch."))
         return None
-    how = "per channel" if mapped.method == "int8wo" else f"per group of {mapped.group_size}"
+    how = f"per group of {mapped.group_size}" if mapped.method == "int4wo" else "per channel"
     logger.info("%s tensors mapped onto %s (re-quantized %s)", stored, mapped.name, how)
     return mapped
 

@@ -9,19 +9,23 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-QUANTIZATION_METHODS: tuple[str, ...] = ("int8wo", "int4wo")
+QUANTIZATION_METHODS: tuple[str, ...] = ("int8wo", "int4wo", "w8a8_int8")
 INT4_GROUP_SIZES: tuple[int, ...] = (32, 64, 128)
 DEFAULT_INT4_GROUP_SIZE = 128
 
 
 @dataclass(frozen=True)
 class QuantizationConfig:
-    """Weight-only quantization of the model's linear layers (torchao's schemes, SGLang's ``--torchao-config``).
+    """Quantization of the model's linear layers (torchao's schemes, SGLang's ``--torchao-config`` and
+    ``--quantization w8a8_int8``).
 
     Attributes:
-        method: ``int8wo`` (int8 weights, one float scale per output channel) or ``int4wo`` (int4 weights in
-            groups of ``group_size`` input channels along each row, a scale and zero point per group).
-        group_size: the int4 group size in input channels (32, 64 or 128); ignored by ``int8wo``.
+        method: ``int8wo`` (int8 weights, one float scale per output channel; activations in the model dtype),
+            ``int4wo`` (int4 weights in groups of ``group_size`` input channels along each row, a scale and zero
+            point per group) or ``w8a8_int8`` (``int8wo``'s weights times int8 activations quantized per token at
+            run time, accumulated in int32: SGLang's ``w8a8_int8``, torchao's
+            ``Int8DynamicActivationInt8WeightConfig``).
+        group_size: the int4 group size in input channels (32, 64 or 128); ignored by the int8 methods.
         quantize_lm_head: also quantize the LM head (with tied embeddings, a quantized copy of the table is
             made for the head; the embedding lookup keeps the float table).
 
@@ -44,7 +48,7 @@ class QuantizationConfig:
 
     @classmethod
     def parse(cls, spec: str, quantize_lm_head: bool = False) -> QuantizationConfig:
-        """``"int8wo"``, ``"int4wo"`` (group 128) or ``"int4wo-<group>"`` → a config.
+        """``"int8wo"``, ``"w8a8_int8"``, ``"int4wo"`` (group 128) or ``"int4wo-<group>"`` → a config.
 
         Raises:
             ValueError: an unknown spec, naming ``quantization``.
@@ -60,5 +64,5 @@ class QuantizationConfig:
 
     @property
     def name(self) -> str:
-        """The spec string this config parses from (``int8wo``, ``int4wo-64``)."""
-        return self.method if self.method == "int8wo" else f"int4wo-{self.group_size}"
+        """The spec string this config parses from (``int8wo``, ``w8a8_int8``, ``int4wo-64``)."""
+        return f"int4wo-{self.group_size}" if self.method == "int4wo" else self.method
