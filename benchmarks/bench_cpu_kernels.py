@@ -22,8 +22,8 @@ DRAM as in a decode step):
 * int8 x int8 (``w8a8_int8``) projections at 1-16 token rows, all 64: the loop's VNNI kernel
   (``radixgen_linear_w8a8``) against its int8 weight-only kernel on the same int8 weights, and against
   ``torch._int_mm`` (``W8A8Int8Linear``, the module path);
-* bfloat16 projections at 1-8 token rows, all 64: the loop's product against MKL's ``cblas_gemm_bf16bf16f32``
-  called directly.
+* bfloat16 projections at 1-16 token rows, all 64: the loop's product (its own kernel up to 8 rows) against MKL's
+  ``cblas_gemm_bf16bf16f32`` called directly.
 
 Times are medians of ``--repeats`` calls after a warm-up, alternating the two sides. Prints a table; writes
 ``benchmarks/results/bench_cpu_kernels.json``. Needs the CPU kernels (AVX-512 and a C compiler).
@@ -195,11 +195,11 @@ def main() -> None:
         rows.append({"case": case, "loop_us": a, "alternative": "the loop's int8wo kernel", "alternative_us": b})
         rows.append({"case": case, "loop_us": a, "alternative": "torch._int_mm (module)", "alternative_us": c})
 
-    # bfloat16 projections of 16 layers (220M shapes), weights from DRAM, 1-8 token rows
+    # bfloat16 projections of 16 layers (220M shapes), 1-16 token rows
     mkl = ctypes.CFUNCTYPE(None, *[ctypes.c_int] * 6, ctypes.c_float, ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p,
                            ctypes.c_int, ctypes.c_float, ctypes.c_void_p, ctypes.c_int)(gemm_bf16)  # fmt: skip
     bf16 = [w.to(torch.bfloat16) for w in rowmajor]
-    for t in (1, 2, 4, 8):
+    for t in (1, 2, 4, 8, 9, 16):
         xs16 = [torch.randn(t, w.shape[1]).to(torch.bfloat16) for w in bf16]
         ys16 = [torch.empty(t, w.shape[0]) for w in bf16]
 

@@ -200,11 +200,12 @@ def test_float32_row_kernel_matches_matmul(tokens: int, n: int, k: int) -> None:
 
 
 @needs_kernels
-@pytest.mark.parametrize("tokens", [1, 2, 3, 4, 9])
+@pytest.mark.parametrize("tokens", [1, 2, 3, 4, 6, 8, 9])
 @pytest.mark.parametrize(("n", "k"), [(7, 64), (130, 176), (67, 520)])
 def test_bfloat16_product_matches_matmul(tokens: int, n: int, k: int) -> None:
-    """The fused loop's bfloat16 product (its own vdpbf16ps kernel up to 4 rows, MKL above; K tails, partial
-    8-row tiles) against the float32 product of the same bfloat16 values, rounded to bfloat16 as the loop rounds."""
+    """The fused loop's bfloat16 product (its own vdpbf16ps kernel up to 8 rows in 4-row token tiles, MKL above; K
+    tails, partial 8-row tiles) against the float32 product of the same bfloat16 values, rounded to bfloat16 as
+    the loop rounds."""
     from radixgen.runtime.cpu.build import load_library
     from radixgen.runtime.cpu.llama_layers import mkl_gemm_address
 

@@ -140,7 +140,7 @@ typedef void (*gemm_bf16_fn)(int layout, int transa, int transb, int m, int n, i
 enum { CBLAS_ROW_MAJOR = 101, CBLAS_NO_TRANS = 111, CBLAS_TRANS = 112 };
 
 #ifdef __AVX512BF16__
-enum { BF16_ROWS_MAX_T = 4 };
+enum { BF16_ROWS_MAX_T = 4, BF16_GEMM_MIN_T = 9 };
 
 /* y [1..4 rows, N-strided] = x [T, K] w [8, K]^T in bfloat16 pairs (vdpbf16ps: 32 products per instruction, summed
    in float32), K tail masked; the next 8 weight rows (next, or 0) are prefetched meanwhile */
@@ -164,7 +164,9 @@ static inline __attribute__((always_inline)) void rows_tile_bf16(const uint16_t 
         for (int r = 0; r < rn; ++r) y[(int64_t)t * N + r] = _mm512_reduce_add_ps(acc[r][t]);
 }
 
-/* the loop's bfloat16 product at T <= BF16_ROWS_MAX_T: 8-row tiles handed out dynamically, next tile prefetched */
+/* the loop's bfloat16 product at T < BF16_GEMM_MIN_T: 8-row weight tiles handed out dynamically, each read
+   once for tiles of up to BF16_ROWS_MAX_T token rows (reused from L1 after the first), the next weight tile
+   prefetched during the first */
 static void linear_rows_bf16(const uint16_t *x, int64_t T, int K, const uint16_t *w, int N, float *y) {
     const int64_t tasks = (N + ROWS_PER_TASK - 1) / ROWS_PER_TASK;
 #pragma omp parallel for schedule(dynamic, 1) if ((int64_t)N * K * T >= 65536)
@@ -172,14 +174,18 @@ static void linear_rows_bf16(const uint16_t *x, int64_t T, int K, const uint16_t
         const int end = (b + 1) * ROWS_PER_TASK < N ? (int)((b + 1) * ROWS_PER_TASK) : N;
         for (int n = (int)(b * ROWS_PER_TASK); n < end; n += 8) {
             const int rn = end - n < 8 ? end - n : 8;
-            const uint16_t *wn = w + (int64_t)n * K, *next = n + 16 <= end ? wn + 8 * (int64_t)K : 0;
-            float *yn = y + n;
-            switch (rn == 8 ? (int)T : 0) { /* full tiles with constant sizes: accumulators in registers */
-            case 1: rows_tile_bf16(x, 1, K, wn, 8, yn, N, next); break;
-            case 2: rows_tile_bf16(x, 2, K, wn, 8, yn, N, next); break;
-            case 3: rows_tile_bf16(x, 3, K, wn, 8, yn, N, next); break;
-            case 4: rows_tile_bf16(x, 4, K, wn, 8, yn, N, next); break;
-            default: rows_tile_bf16(x, (int)T, K, wn, rn, yn, N, 0);
+            const uint16_t *wn = w + (int64_t)n * K;
+            for (int64_t t0 = 0; t0 < T; t0 += BF16_ROWS_MAX_T) {
+                const int rt = T - t0 < BF16_ROWS_MAX_T ? (int)(T - t0) : BF16_ROWS_MAX_T;
+                const uint16_t *xt = x + t0 * K, *next = t0 == 0 && n + 16 <= end ? wn + 8 * (int64_t)K : 0;
+                float *yn = y + t0 * N + n;
+                switch (rn == 8 ? rt : 0) { /* full tiles with constant sizes: accumulators in registers */
+                case 1: rows_tile_bf16(xt, 1, K, wn, 8, yn, N, next); break;
+                case 2: rows_tile_bf16(xt, 2, K, wn, 8, yn, N, next); break;
+                case 3: rows_tile_bf16(xt, 3, K, wn, 8, yn, N, next); break;
+                case 4: rows_tile_bf16(xt, 4, K, wn, 8, yn, N, next); break;
+                default: rows_tile_bf16(xt, rt, K, wn, rn, yn, N, 0);
+                }
             }
         }
     }
@@ -188,12 +194,13 @@ static void linear_rows_bf16(const uint16_t *x, int64_t T, int K, const uint16_t
 
 /*
  * y [T, N] float32 = x [T, K] W^T, x and W (row-major [N, K], as checkpoints store it) bfloat16: the loop's own
- * kernel at T <= BF16_ROWS_MAX_T, else MKL. Over the 220M config's 16 layers (378 MB, 2 threads) MKL takes 1.2 /
- * 2.2 / 1.8x the kernel's time at 1 / 2 / 4 rows and is as fast at 8 (bench_cpu_kernels.py).
+ * kernel at T < BF16_GEMM_MIN_T, else MKL. Over the 220M config's 16 layers (378 MB, 2 threads) MKL takes 1.1 /
+ * 2.4 / 1.9 / 1.2x the kernel's time at 1 / 2 / 4 / 8 rows; from ~12 rows on MKL is as fast or faster
+ * (bench_cpu_kernels.py).
  */
 static void linear_bf16(gemm_bf16_fn gemm, const uint16_t *x, int64_t T, int K, const uint16_t *w, int N, float *y) {
 #ifdef __AVX512BF16__
-    if (T <= BF16_ROWS_MAX_T) {
+    if (T < BF16_GEMM_MIN_T) {
         linear_rows_bf16(x, T, K, w, N, y);
         return;
     }

@@ -2,10 +2,10 @@
 
 The C loop (``llama_layers.c``) runs the layers of a decode step or a short extend (the batches the paged
 attention kernel takes) with the fused element-wise kernels and, for the projections, the loop's own float32 kernel
-at decode sizes (row-major weights; MKL's ``sgemm_`` above 32 rows) and MKL's ``cblas_gemm_bf16bf16f32`` over
-row-major bfloat16 weights (MKL is the library torch itself uses on the CPU; its functions are called by address
-from ``libtorch_cpu``) — instead of ~30 torch and ctypes calls per layer from Python. Measured on bench-llama-40m
-(2 threads): see benchmarks/README.md, "CPU peer".
+at decode sizes (row-major weights; MKL's ``sgemm_`` above 32 rows), its own bfloat16 kernel up to 8 rows and
+MKL's ``cblas_gemm_bf16bf16f32`` above, over row-major bfloat16 weights (MKL is the library torch itself uses on
+the CPU; its functions are called by address from ``libtorch_cpu``) — instead of ~30 torch and ctypes calls per
+layer from Python. Measured on bench-llama-40m (2 threads): see benchmarks/README.md, "CPU peer".
 
 It applies where the module path would compute exactly these layers: one rank (no tensor parallelism), no LoRA
 in the batch, projections in the loop's layout (``DenseLinear``: the model keeps float weights row-major when
