@@ -140,37 +140,23 @@ def main() -> None:
         rows.append({"case": f"f32 220M projections x 16 layers, {t} rows", "loop_us": a,
                      "alternative": "MKL sgemm, column-major", "alternative_us": b})  # fmt: skip
 
-    # int8 weight-only projections of 16 layers (220M shapes), weights from DRAM, 1-16 token rows
+    # int8 projections of 16 layers (220M shapes), 1-16 token rows: the weight-only kernel against aten's, and the
+    # int8 x int8 VNNI kernel against the weight-only one (the same int8 weights, so the same bytes) and against
+    # torch._int_mm (W8A8Int8Linear, the module path)
     int8 = [Int8WeightOnlyLinear(w, None) for w in rowmajor]
+    w8a8 = [W8A8Int8Linear(w, None) for w in rowmajor]
+    widest = max(lin.in_features for lin in int8)
     for t in (1, 4, 8, 16):
         xs8 = [torch.randn(t, lin.in_features) for lin in int8]
         ys8 = [torch.empty(t, lin.out_features) for lin in int8]
-        scratch8 = torch.empty(t * (max(lin.in_features for lin in int8) + 16))
+        scratch8, scales = torch.empty(t * (widest + 16)), torch.empty(t)
+        quantized = torch.empty(t * (widest + 64), dtype=torch.uint8)
 
         def ours8(t: int = t, xs8: list[torch.Tensor] = xs8, ys8: list[torch.Tensor] = ys8,
                   scratch8: torch.Tensor = scratch8) -> None:  # fmt: skip
             for lin, x, y in zip(int8, xs8, ys8, strict=True):
                 lib.radixgen_linear_int8(x.data_ptr(), t, lin.in_features, lin.qdata.data_ptr(), lin.scale.data_ptr(),
                                          lin.out_features, 0, y.data_ptr(), scratch8.data_ptr())  # fmt: skip
-
-        def aten8(xs8: list[torch.Tensor] = xs8) -> None:
-            for lin, x in zip(int8, xs8, strict=True):
-                lin(x)
-
-        reps = max(args.repeats // 40, 3)
-        a, b = median_us(ours8, reps), median_us(aten8, reps)
-        rows.append({"case": f"int8 220M projections x 16 layers, {t} rows", "loop_us": a,
-                     "alternative": "aten _weight_int8pack_mm", "alternative_us": b})  # fmt: skip
-
-    # int8 x int8 projections of 16 layers (220M shapes), 1-16 token rows: the VNNI kernel against the int8
-    # weight-only kernel above (same int8 weights, so the same bytes from DRAM) and torch._int_mm (the module path)
-    w8a8 = [W8A8Int8Linear(w, None) for w in rowmajor]
-    for t in (1, 4, 8, 16):
-        xs8 = [torch.randn(t, lin.in_features) for lin in w8a8]
-        ys8 = [torch.empty(t, lin.out_features) for lin in w8a8]
-        widest = max(lin.in_features for lin in w8a8)
-        scales, quantized = torch.empty(t), torch.empty(t * (widest + 64), dtype=torch.uint8)
-        scratch8 = torch.empty(t * (widest + 16))
 
         def vnni(t: int = t, xs8: list[torch.Tensor] = xs8, ys8: list[torch.Tensor] = ys8,
                  scales: torch.Tensor = scales, quantized: torch.Tensor = quantized) -> None:  # fmt: skip
@@ -179,21 +165,18 @@ def main() -> None:
                                          lin.compensation.data_ptr(), lin.out_features, 0, y.data_ptr(),
                                          quantized.data_ptr(), scales.data_ptr())  # fmt: skip
 
-        def int8wo(t: int = t, xs8: list[torch.Tensor] = xs8, ys8: list[torch.Tensor] = ys8,
-                   scratch8: torch.Tensor = scratch8) -> None:  # fmt: skip
-            for lin, x, y in zip(int8, xs8, ys8, strict=True):
-                lib.radixgen_linear_int8(x.data_ptr(), t, lin.in_features, lin.qdata.data_ptr(), lin.scale.data_ptr(),
-                                         lin.out_features, 0, y.data_ptr(), scratch8.data_ptr())  # fmt: skip
-
-        def int_mm(xs8: list[torch.Tensor] = xs8) -> None:
-            for lin, x in zip(w8a8, xs8, strict=True):
+        def modules(kernels: list[torch.nn.Module], xs8: list[torch.Tensor] = xs8) -> None:
+            for lin, x in zip(kernels, xs8, strict=True):
                 lin(x)
 
         reps = max(args.repeats // 40, 3)
-        a, b, c = median_us(vnni, reps), median_us(int8wo, reps), median_us(int_mm, reps)
+        a, b = median_us(ours8, reps), median_us(lambda xs8=xs8: modules(int8, xs8), reps)
+        rows.append({"case": f"int8 220M projections x 16 layers, {t} rows", "loop_us": a,
+                     "alternative": "aten _weight_int8pack_mm", "alternative_us": b})  # fmt: skip
+        c, d = median_us(vnni, reps), median_us(lambda xs8=xs8: modules(w8a8, xs8), reps)
         case = f"w8a8 220M projections x 16 layers, {t} rows"
-        rows.append({"case": case, "loop_us": a, "alternative": "the loop's int8wo kernel", "alternative_us": b})
-        rows.append({"case": case, "loop_us": a, "alternative": "torch._int_mm (module)", "alternative_us": c})
+        rows.append({"case": case, "loop_us": c, "alternative": "the loop's int8wo kernel", "alternative_us": a})
+        rows.append({"case": case, "loop_us": c, "alternative": "torch._int_mm (module)", "alternative_us": d})
 
     # bfloat16 projections of 16 layers (220M shapes), 1-16 token rows
     mkl = ctypes.CFUNCTYPE(None, *[ctypes.c_int] * 6, ctypes.c_float, ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p,

@@ -138,6 +138,17 @@ _INT8_K_BLOCK = 16
 _INT4_N_BLOCK = 16
 
 
+def _int8_per_row(weight: torch.Tensor, k_block: int) -> tuple[Any, torch.Tensor, int]:
+    """torchao's symmetric per-row int8 of a ``[out, in]`` weight: ``(Int8Tensor, qdata int8 [out, in + k_pad]
+    contiguous, k_pad)``, the columns zero-padded to a multiple of ``k_block``."""
+    tq = _quiet_torchao()
+    from torchao.quantization import PerRow
+
+    qweight = tq.Int8Tensor.from_hp(weight.float(), PerRow())
+    k_pad = -weight.shape[1] % k_block
+    return qweight, F.pad(qweight.qdata, (0, k_pad)).contiguous(), k_pad
+
+
 class Int8WeightOnlyLinear(LinearKernel):
     """int8 weights with a per-output-channel scale (torchao ``Int8Tensor``, symmetric, per-row granularity).
 
@@ -146,18 +157,14 @@ class Int8WeightOnlyLinear(LinearKernel):
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
         super().__init__()
-        tq = _quiet_torchao()
-        from torchao.quantization import PerRow
-
         self.out_features, self.in_features = weight.shape
         self.weight_format = "int8wo"
-        qweight = tq.Int8Tensor.from_hp(weight.float(), PerRow())
+        # aten's kernel reads K in blocks of 16 at M > 1 (it crashes on other K): padded with zero columns
+        qweight, qdata, k_pad = _int8_per_row(weight, _INT8_K_BLOCK)
         self.cpu_kernel = weight.device.type == "cpu"
         if self.cpu_kernel:
-            # the kernel's operands: int8 [out, in] and a bfloat16 scale [out] (its activation dtype)
-            # aten's kernel reads K in blocks of 16 at M > 1 (it crashes on other K): pad with zero columns
-            self.k_pad = -self.in_features % _INT8_K_BLOCK
-            qdata = F.pad(qweight.qdata, (0, self.k_pad)).contiguous()  # int8 [out, in + k_pad]
+            # the kernel's operands: int8 [out, in + k_pad] and a bfloat16 scale [out] (its activation dtype)
+            self.k_pad = k_pad
             scale = qweight.scale.reshape(-1).to(torch.bfloat16)  # [out]
             self.register_buffer("qdata", qdata, persistent=False)
             self.register_buffer("scale", scale, persistent=False)
@@ -222,14 +229,9 @@ class W8A8Int8Linear(LinearKernel):
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
         super().__init__()
-        tq = _quiet_torchao()
-        from torchao.quantization import PerRow
-
         self.out_features, self.in_features = weight.shape
         self.weight_format = "w8a8_int8"
-        qweight = tq.Int8Tensor.from_hp(weight.float(), PerRow())
-        self.k_pad = -self.in_features % W8A8_K_BLOCK
-        qdata = F.pad(qweight.qdata, (0, self.k_pad)).contiguous()  # int8 [out, in + k_pad]
+        qweight, qdata, self.k_pad = _int8_per_row(weight, W8A8_K_BLOCK)
         scale = qweight.scale.reshape(-1).float()  # [out]
         compensation = qdata.sum(-1, dtype=torch.int32) * 128  # int32 [out]
         self.register_buffer("qdata", qdata, persistent=False)
