@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
+from radixgen.runtime.cpu import ops as cpu_ops
 from radixgen.runtime.logprobs import compute_logprobs, gather_token_logprobs, top_logprobs
 from radixgen.runtime.penalties import PenaltyTensors, flat_row_tokens
 from radixgen.runtime.sampling_params import SamplingParams
@@ -223,8 +224,13 @@ def plain_greedy(params: SamplingParams) -> bool:
 def argmax_rows(x: torch.Tensor) -> torch.Tensor:
     """int64 ``[bs]`` index of each row's largest value of ``x [bs, V]`` (the first one on ties, as ``argmax``).
 
-    ``torch.max(dim=-1)`` is used: on CPU its kernel is ~3x faster than ``argmax`` for ``[64, 32000]`` float32.
+    Float32 rows on the CPU take radixgen's kernel (``radixgen.runtime.cpu.ops.argmax_rows``: 7 us against
+    torch.max's 18-40 us for one 32000-wide row, which at batch 1 is 2-3% of an int8 decode step); elsewhere
+    ``torch.max(dim=-1)``: on CPU its kernel is ~3x faster than ``argmax`` for ``[64, 32000]`` float32.
     """
+    cpu_float32 = x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 2
+    if cpu_float32 and x.is_contiguous() and cpu_ops.available():
+        return cpu_ops.argmax_rows(x)
     return torch.max(x, dim=-1).indices
 
 

@@ -221,6 +221,25 @@ def test_bfloat16_product_matches_matmul(tokens: int, n: int, k: int) -> None:
 
 
 @needs_kernels
+@pytest.mark.parametrize(("rows", "vocab"), [(1, 32000), (3, 17), (20, 1000), (2, 16)])
+def test_argmax_rows_matches_torch_max(rows: int, vocab: int) -> None:
+    """Greedy sampling's argmax kernel equals ``torch.max(dim=-1).indices``: first index on ties (within a vector
+    and across vectors and the tail), a row's first NaN, all -inf, rows run in parallel from 16 on."""
+    gen = torch.Generator().manual_seed(rows * vocab)
+    x = torch.randn(rows, vocab, generator=gen)
+    top = x[0].max() + 1
+    x[0, vocab // 3], x[0, vocab - 1] = top, top  # a tie: the first wins
+    if rows > 1:
+        x[1, 5], x[1, vocab - 2] = float("nan"), float("nan")
+    if rows > 2:
+        x[2] = float("-inf")
+    got = ops.argmax_rows(x)
+    assert got.dtype == torch.int64 and torch.equal(got, torch.max(x, dim=-1).indices)
+    with pytest.raises(ValueError, match="argmax_rows: x must be a CPU torch.float32"):
+        ops.argmax_rows(x.double())
+
+
+@needs_kernels
 @pytest.mark.parametrize("vnni", [True, False])
 @pytest.mark.parametrize("tokens", [1, 2, 3, 4, 5, 16, 33])
 @pytest.mark.parametrize(("n", "k"), [(7, 64), (130, 172), (67, 520)])

@@ -106,6 +106,7 @@ def _declare(lib: ctypes.CDLL) -> None:
         "radixgen_rms_norm": [i32, p, i64, p, p, p, i64, i64, f32],
         "radixgen_rotary_inplace": [i32, p, i64, p, p, i64, i32, i32, i32],
         "radixgen_silu_and_mul": [i32, p, i64, p, i64, i64],
+        "radixgen_argmax_rows": [p, i64, i64, p],
         "radixgen_linear_bf16": [p, p, i64, i32, p, i32, p],
         "radixgen_linear_int8": [p, i64, i32, p, p, i32, i32, p, p],
         "radixgen_linear_w8a8": [p, i64, i32, p, p, p, i32, i32, p, p, p],

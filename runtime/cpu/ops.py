@@ -200,6 +200,20 @@ def rotary_inplace(
                                 qkv.shape[0], num_heads, num_kv_heads, head_dim)  # fmt: skip
 
 
+def argmax_rows(x: torch.Tensor) -> torch.Tensor:
+    """int64 ``[T]``: the index of each row's largest value of float32 ``x [T, V]`` (contiguous), the first one on
+    ties and a row's first NaN where it holds one — ``torch.max(x, dim=-1).indices``. Raises ValueError on another
+    dtype or layout."""
+    fn = "argmax_rows"
+    lib = _lib(fn)
+    _check(fn, "x", x, torch.float32)
+    if x.dim() != 2:
+        raise ValueError(f"{fn}: x must be [T, V], got {tuple(x.shape)}")
+    out = torch.empty(x.shape[0], dtype=torch.int64)
+    lib.radixgen_argmax_rows(x.data_ptr(), x.shape[0], x.shape[1], out.data_ptr())
+    return out
+
+
 def silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
     """SwiGLU activation: ``silu(gate) * up`` of ``gate_up [T, 2I]`` (gate first; rows may be strided) → new
     contiguous ``[T, I]``. Raises ValueError on a dtype or layout mismatch."""
