@@ -12,7 +12,7 @@ from radixgen.radix import ReqToTokenPool, TokenSlotAllocator, TokenToKVPool
 from radixgen.runtime.attention import create_attention_backend
 from radixgen.runtime.cpu_threads import ThreadGovernor, available_cores
 from radixgen.runtime.distributed import TensorParallelGroup
-from radixgen.runtime.forward_batch import ForwardBatch
+from radixgen.runtime.forward_batch import ForwardBatch, ForwardMode
 from radixgen.runtime.models import ModelConfig, load_model
 from radixgen.runtime.models.loader import resolve_quantization
 from radixgen.runtime.server_args import ServerArgs
@@ -210,4 +210,7 @@ class ModelRunner:
         hidden = self.model(batch)  # [num_tokens, hidden]
         if logits_rows.numel() == 0:
             return torch.empty((0, self.vocab_size), dtype=torch.float32)
+        if batch.mode == ForwardMode.DECODE and logits_rows.numel() == hidden.shape[0]:
+            # a decode step's rows: one per request, in order (ScheduleBatch.build) — no gather
+            return self.model.compute_logits(hidden)  # [bs, vocab]
         return self.model.compute_logits(hidden[logits_rows.to(hidden.device)])  # [k, vocab]
