@@ -179,7 +179,11 @@ def test_profiler_routes_write_a_chrome_trace(server: ServerHandle, tmp_path: Pa
 def test_incremental_streaming_output_sends_deltas() -> None:
     handle = start_server(["--incremental-streaming-output", "--stream-interval", "3"])
     try:
-        body = {"text": PROMPT, "return_logprob": True, "sampling_params": GREEDY}
+        # long enough that the stream cannot arrive in one piece: updates that reach the HTTP process while a
+        # chunk is being sent are merged into the next one (by design, as in SGLang), and 48 tokens of stories260K
+        # took under two event-loop turns once the CPU decode path got faster
+        params = {**GREEDY, "max_new_tokens": 256, "ignore_eos": True}
+        body = {"text": PROMPT, "return_logprob": True, "sampling_params": params}
         with handle.client() as c:
             full = generate(c, **body)
             with c.stream("POST", "/generate", json={**body, "stream": True}) as r:
