@@ -42,6 +42,7 @@ from radixgen.runtime.sampler import Sampler
 from radixgen.runtime.schedule_batch import ScheduleBatch
 from radixgen.runtime.schedule_policy import PrefillAdder, order_waiting, prefix_match_key
 from radixgen.runtime.scheduler_integrity import check_scheduler
+from radixgen.runtime.scheduler_output import process_batch_result
 from radixgen.runtime.server_args import ServerArgs
 from radixgen.runtime.speculative import create_spec_worker
 from radixgen.runtime.step_timing import StepTimer
@@ -313,69 +314,9 @@ class Scheduler:
         self.step_timer.lap("grammar")
 
     def process_result(self, batch: ScheduleBatch, logits: torch.Tensor, tokens: list[list[int]]) -> list[ReqOutput]:
-        """Append tokens, gather logprobs, check stops, finish and cache finished requests, emit outputs.
-
-        ``tokens[i]`` are the tokens request ``i`` emits (see ``sample``); they are appended one by one and a stop
-        (eos, stop string, grammar end, max_new_tokens) drops the rest. On a verify batch the KV of dropped and
-        rejected positions is freed at once."""
-        logprobs = batch.compute_logprobs(logits)
-        decode_phase = batch.mode == ForwardMode.DECODE or batch.is_verify
-        mixed = False  # a prefill step that carried running requests' decode tokens
-        outputs: list[ReqOutput] = []
-        for i, (req, ext) in enumerate(zip(batch.reqs, batch.extend_lens, strict=True)):
-            prefilling = batch.is_prefill and req.status is not ReqStatus.RUNNING  # not a mixed batch's decode row
-            mixed = mixed or (batch.is_prefill and not prefilling)
-            emitted = self._append_tokens(req, tokens[i])
-            batch.append_logprobs(i, logprobs, tokens[i][:emitted])
-            req.kv_len += ext
-            if decode_phase and self.spec is not None:
-                if batch.is_verify:
-                    self.kv.truncate(req, req.kv_len - ext + emitted)  # KV of the emitted tokens but the last
-                self.spec.commit(req, ext - 1, len(tokens[i]), emitted)
-            if not tokens[i] and req.kv_len == req.seq_len and req.sampling_params.max_new_tokens == 0:
-                req.finished_reason = FinishReason.length_reached(0)
-            if prefilling and not req.finished:
-                self.kv.cache_unfinished(req)
-            is_chunked = req is self.chunked_req  # (a bool: an `is` test would narrow req to Optional for mypy)
-            if is_chunked and req.kv_len < req.seq_len:
-                outputs_for_req = req.take_output() if req.delta_input_logprobs else None
-                if outputs_for_req is not None:
-                    outputs.append(outputs_for_req)
-                continue
-            if is_chunked:
-                self.chunked_req = None
-            if req.finished:
-                if req.status is ReqStatus.RUNNING:
-                    self.running.remove(req)
-                self.kv.release(req)
-                self._retire(req)
-            elif tokens[i] and self.grammar.jump_forward(req, self.stop_checker):
-                self._requeue_after_jump(req)
-            elif prefilling:
-                req.set_status(ReqStatus.RUNNING)
-                self.running.append(req)
-            outputs.append(req.take_output())
-        if decode_phase or mixed:
-            self.new_token_ratio = max(
-                self.new_token_ratio - self.args.new_token_ratio_decay, self.args.min_new_token_ratio
-            )
-        return outputs
-
-    def _append_tokens(self, req: Req, tokens: list[int]) -> int:
-        """Append ``tokens`` to ``req``'s outputs through the grammar and the stop checker, stopping at the first
-        one that finishes it; returns how many were appended."""
-        for n, tok in enumerate(tokens, 1):
-            req.output_ids.append(tok)
-            req.new_token_ids.append(tok)
-            if req.grammar is not None:
-                self.step_timer.lap("output")
-                self.grammar.accept(req, tok)
-                self.step_timer.lap("grammar")
-            if not req.finished:
-                self.stop_checker.check(req, tok)
-            if req.finished:
-                return n
-        return len(tokens)
+        """Append tokens, gather logprobs, check stops, finish and cache finished requests, emit outputs
+        (``runtime/scheduler_output.py``)."""
+        return process_batch_result(self, batch, logits, tokens)
 
     # ------------------------------------------------------------------ extend
     def _schedule_extend(self, mix: bool = False) -> ScheduleBatch | None:
