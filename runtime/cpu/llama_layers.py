@@ -64,9 +64,7 @@ def _in_loop_layout(linear: object, dtype: torch.dtype, bias_ok: bool = False) -
     """True for a projection the loop multiplies: a row-major ``DenseLinear`` of ``dtype`` or, in a float32
     model, an ``Int8WeightOnlyLinear`` with its CPU operands or a ``W8A8Int8Linear``; without a bias unless
     ``bias_ok``."""
-    if isinstance(linear, W8A8Int8Linear):
-        return dtype == torch.float32 and linear.qdata.device.type == "cpu" and (bias_ok or linear.bias is None)
-    if isinstance(linear, Int8WeightOnlyLinear):
+    if isinstance(linear, Int8WeightOnlyLinear | W8A8Int8Linear):
         return dtype == torch.float32 and linear.cpu_kernel and (bias_ok or linear.bias is None)
     if not isinstance(linear, DenseLinear) or linear.weight.dtype != dtype:
         return False
@@ -97,7 +95,6 @@ class FusedLlamaLayers:
         self.dtype = model.dtype
         # int8 projections (float32 model): the loop's own int8 kernels instead of MKL (WEIGHTS_KINDS)
         self.weights_kind = WEIGHTS_KINDS[type(model.model.layers[0].self_attn.qkv_proj)]
-        self.int8 = self.weights_kind != 0
         self.hidden_size, self.head_dim = cfg.hidden_size, cfg.head_dim
         self.num_heads, self.num_kv_heads = model.tp_partition.num_heads, model.tp_partition.num_kv_heads
         self.intermediate_size = model.tp_partition.intermediate_size
@@ -117,6 +114,11 @@ class FusedLlamaLayers:
         self.weights = torch.tensor(rows, dtype=torch.int64)  # [num_layers, LAYER_FIELDS = 15] addresses
         self.num_layers = len(rows)
         self._pools: tuple[int, torch.Tensor, torch.Tensor] | None = None  # (id(pool), k addresses, v addresses)
+
+    @property
+    def int8(self) -> bool:
+        """The projections are int8 (int8wo or w8a8_int8) in a float32 model."""
+        return self.weights_kind != WEIGHTS_KINDS[DenseLinear]
 
     @staticmethod
     def applies(model: LlamaForCausalLM) -> bool:
@@ -184,8 +186,7 @@ class FusedLlamaLayers:
         Raises:
             ValueError: hidden not float32 ``[n, hidden_size]``, or a head without CPU operands (named).
         """
-        on_cpu = head.qdata.device.type == "cpu" and getattr(head, "cpu_kernel", True)
-        if hidden.dtype != torch.float32 or hidden.shape[-1] != head.in_features or not on_cpu:
+        if hidden.dtype != torch.float32 or hidden.shape[-1] != head.in_features or not head.cpu_kernel:
             raise ValueError("FusedLlamaLayers.logits_int8: hidden must be float32 [n, in_features], head on CPU")
         x = hidden.contiguous()  # [n, hidden_size]
         rows = x.shape[0]

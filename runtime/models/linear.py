@@ -196,9 +196,10 @@ def quantize_per_token(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetric int8 quantization of each row of ``x [M, K]`` (any float dtype): ``scale = max(max|x_row|,
     1e-10) / 127`` (float32 ``[M, 1]``) and ``q = round_half_even(x / scale)`` (int8 ``[M, K]``, in [-127, 127]).
 
-    The dynamic activation quantization of SGLang's ``w8a8_int8`` (``per_token_quant_int8``) and torchao's
-    ``Int8DynamicActivationInt8WeightConfig``; radixgen's CPU kernel (``int8_linear.c``) computes the same
-    values, so the fused layer loop and this module path agree exactly on the integer products.
+    The dynamic per-token activation scheme of SGLang's ``w8a8_int8`` (``per_token_quant_int8``) and torchao's
+    ``Int8DynamicActivationInt8WeightConfig`` (the same scale; this rounding is half-to-even); radixgen's CPU
+    kernel (``int8_linear.c``) computes exactly these values, so the fused layer loop and this module path agree
+    on the integer products.
     """
     xf = x.float()
     scale = xf.abs().amax(-1, keepdim=True).clamp(min=1e-10) / 127  # [M, 1] float32
@@ -232,6 +233,7 @@ class W8A8Int8Linear(LinearKernel):
         self.out_features, self.in_features = weight.shape
         self.weight_format = "w8a8_int8"
         qweight, qdata, self.k_pad = _int8_per_row(weight, W8A8_K_BLOCK)
+        self.cpu_kernel = weight.device.type == "cpu"  # operands the fused loop's int8 kernel can read
         scale = qweight.scale.reshape(-1).float()  # [out]
         compensation = qdata.sum(-1, dtype=torch.int32) * 128  # int32 [out]
         self.register_buffer("qdata", qdata, persistent=False)
