@@ -194,7 +194,7 @@ class Engine:
         """Queue a planned request and start accumulating its output."""
         self.scheduler.add_request(planned.req)
         self.detokenizer.register(DetokRegister.for_request(planned.req))
-        state = RequestState(planned, self.tokenizer, None, self.server_args.stream_interval)
+        state = RequestState(planned, self.tokenizer)
         self._states[planned.rid] = state
         return state
 

@@ -12,6 +12,9 @@ from radixgen.radix.radix_cache import TreeNode
 from radixgen.runtime.io_struct import FinishReason, ReqOutput
 from radixgen.runtime.sampling_params import SamplingParams
 
+# a request that is not streamed sends its tokens every this many (SGLang's DEFAULT_FORCE_STREAM_INTERVAL)
+NON_STREAM_OUTPUT_INTERVAL = 50
+
 
 class ReqStatus(enum.Enum):
     """Where a request is in its life; the scheduler's queues follow from it (``Scheduler.check_integrity``).
@@ -64,6 +67,9 @@ class Req:
 
     LoRA (runtime/lora): ``lora_name`` is the adapter the request runs under (None: the base model) and
     ``lora_uid`` that adapter's load id, the radix-cache namespace of the request's KV.
+
+    Outputs: the deltas since the last output (``new_token_ids``, the logprob deltas) accumulate until
+    ``output_due`` says they go out; ``stream`` is whether the client streams.
     """
 
     def __init__(
@@ -78,8 +84,10 @@ class Req:
         token_ids_logprob: list[int] | None = None,
         lora_name: str | None = None,
         lora_uid: int | None = None,
+        stream: bool = False,
     ) -> None:
         self.rid = rid
+        self.stream = stream
         self.lora_name = lora_name
         self.lora_uid = lora_uid
         self.origin_input_ids = list(input_ids)
@@ -151,6 +159,22 @@ class Req:
     @property
     def remaining_new_tokens(self) -> int:
         return max(self.sampling_params.max_new_tokens - len(self.output_ids), 0)
+
+    def output_due(self, stream_interval: int) -> bool:
+        """Whether the deltas go out after this step (SGLang's ``stream_output`` rule, counted in tokens not yet
+        sent): at the end; with the first output token (time to first token); then every ``stream_interval`` new
+        tokens for a streamed request (its own ``sampling_params.stream_interval`` first) and every
+        ``NON_STREAM_OUTPUT_INTERVAL`` for one that is not (incremental detokenization, live metrics), so a
+        non-streamed request costs the detokenizer and the HTTP process one message per 50 tokens, not one per
+        token."""
+        if self.finished:
+            return True
+        pending = len(self.new_token_ids)
+        if pending == len(self.output_ids):  # nothing sent yet: the first token, or input logprobs of a chunk
+            return pending > 0 or bool(self.delta_input_logprobs)
+        if not self.stream:
+            return pending >= NON_STREAM_OUTPUT_INTERVAL
+        return pending >= (self.sampling_params.stream_interval or stream_interval)
 
     def take_output(self) -> ReqOutput:
         """This step's output message: the new tokens and logprob entries since the last output (taken: the

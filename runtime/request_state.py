@@ -23,22 +23,17 @@ class RequestState:
         planned: the planned request (rid, index in its batch / n>1 list, the rid the client gave, options).
         tokenizer: decodes single tokens for ``return_text_in_logprobs``.
         event: set whenever this request gets an update (the server's waiter; None in the offline Engine).
-        stream_interval: a streamed request is ``updated`` every this many new tokens (and when it ends); the
-            request's own ``sampling_params.stream_interval`` takes precedence (SGLang's ``--stream-interval``).
 
     Attributes:
         text / output_ids: cumulative output (``text`` never contains a text that may still become a stop string).
         finish_reason: None while running. error: ``(http_status, message, param)`` if the request failed.
-        updated: True when an update is due: ``stream_interval`` new tokens since the last ``response()``, or the
-            end.
+        updated: True when an output arrived since the last ``response()`` (the scheduler spaces a request's
+            outputs by ``stream_interval``: ``Req.output_due``), or the request failed.
         created / first_token_time / finished_time: ``time.perf_counter()`` seconds.
     """
 
-    def __init__(
-        self, planned: PlannedReq, tokenizer: Any, event: asyncio.Event | None = None, stream_interval: int = 1
-    ) -> None:
+    def __init__(self, planned: PlannedReq, tokenizer: Any, event: asyncio.Event | None = None) -> None:
         self.rid = planned.rid
-        self.stream_interval = planned.req.sampling_params.stream_interval or stream_interval
         self.group = planned.base_rid
         self.session_id = planned.session_id
         self.log_metrics = planned.log_metrics
@@ -57,7 +52,7 @@ class RequestState:
         self.spec_accepted_tokens = 0
         self.error: tuple[int, str, str | None] | None = None
         self.updated = False
-        self._sent_ids = self._sent_text = 0  # what the last response() covered (for intervals and deltas)
+        self._sent_ids = self._sent_text = 0  # what the last response() covered (for incremental deltas)
         self.created = time.perf_counter()
         self.first_token_time: float | None = None
         self.finished_time: float | None = None
@@ -88,8 +83,7 @@ class RequestState:
         if out.finish_reason is not None:
             self.finish_reason = out.finish_reason
             self.finished_time = now
-        if self.finished or len(self.output_ids) - self._sent_ids >= self.stream_interval:
-            self._updated()
+        self._updated()
 
     def fail(self, status: int, message: str, param: str | None = None) -> None:
         """Mark the request failed (rejected by the scheduler: ``param`` names the field; or the server is going

@@ -50,7 +50,8 @@ class SamplingParams:
         skip_special_tokens / spaces_between_special_tokens: detokenizer options.
         no_stop_trim: keep the matched stop string in the text.
         n: number of samples for this prompt (expanded into n requests by the frontends).
-        stream_interval: when streaming, send an update every this many new tokens (and at the end); None is 1.
+        stream_interval: when streaming, send an update every this many new tokens after the first (and at the end);
+            None: the server's ``--stream-interval``.
         custom_params: parameters of a custom logit processor; this server runs none, so only null / ``{}`` is
             accepted (anything else is refused naming the field, never ignored).
         json_schema / regex / ebnf / json_object: a grammar constraint, at most one per request, enforced in the

@@ -177,6 +177,7 @@ class Scheduler:
             token_ids_logprob=msg.token_ids_logprob,
             lora_name=lora_name,
             lora_uid=lora_uid,
+            stream=msg.stream,
         )
         self._arrivals += 1
         self.stop_checker.init_req(req)

@@ -20,7 +20,8 @@ if TYPE_CHECKING:
 def process_batch_result(
     s: Scheduler, batch: ScheduleBatch, logits: torch.Tensor, tokens: list[list[int]]
 ) -> list[ReqOutput]:
-    """Append tokens, gather logprobs, check stops, finish and cache finished requests, emit outputs.
+    """Append tokens, gather logprobs, check stops, finish and cache finished requests, emit the outputs that are
+    due (``Req.output_due``: every token of a streamed request by default, every 50 of one that is not).
 
     ``tokens[i]`` are the tokens request ``i`` emits (see ``Scheduler.sample``); they are appended one by one and a stop
     (eos, stop string, grammar end, max_new_tokens) drops the rest. On a verify batch the KV of dropped and
@@ -61,7 +62,8 @@ def process_batch_result(
         elif prefilling:
             req.set_status(ReqStatus.RUNNING)
             s.running.append(req)
-        outputs.append(req.take_output())
+        if req.output_due(s.args.stream_interval):
+            outputs.append(req.take_output())
     if decode_phase or mixed:
         s.new_token_ratio = max(s.new_token_ratio - s.args.new_token_ratio_decay, s.args.min_new_token_ratio)
     return outputs

@@ -385,8 +385,9 @@ _HELP: dict[str, str] = {
     "api_key": "Require 'Authorization: Bearer <key>' on every route except /health.",
     "log_level": "Logging level of all server processes.",
     "enable_metrics": "Serve Prometheus metrics at GET /metrics (404 otherwise).",
-    "stream_interval": "Streamed requests get an update every this many new tokens (a request's own "
-    "sampling_params.stream_interval takes precedence).",
+    "stream_interval": "Streamed requests get an update with their first token, then every this many new tokens "
+    "(a request's own sampling_params.stream_interval takes precedence); requests that are not streamed send their "
+    "tokens to the detokenizer every 50.",
     "max_request_bytes": "Largest HTTP request body in bytes (413 beyond it); default: max(4 MiB, 64 bytes per token "
     "of context).",
     "max_prompts_per_request": "Most prompts × samples one request may carry (a 400 beyond).",

@@ -332,7 +332,7 @@ class TokenizerManager:
 
     # ------------------------------------------------------------------ internals
     def _new_state(self, p: PlannedReq, event: asyncio.Event) -> RequestState:
-        st = self._states[p.rid] = RequestState(p, self.tokenizer, event, self.server_args.stream_interval)
+        st = self._states[p.rid] = RequestState(p, self.tokenizer, event)
         return st
 
     @staticmethod

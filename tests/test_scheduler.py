@@ -56,9 +56,10 @@ def make(max_total_tokens: int = 4096, **kw) -> tuple[Scheduler, FakeRunner]:
     return Scheduler(args, runner, eos_token_ids=(EOS,)), runner
 
 
-def submit(s: Scheduler, rid: str, ids: list[int], n: int, **sp) -> None:
+def submit(s: Scheduler, rid: str, ids: list[int], n: int, stream: bool = False, **sp) -> None:
     params = {"max_new_tokens": n, "temperature": 0, **sp}
-    s.add_request(TokenizedGenerateReq(rid=rid, input_ids=ids, sampling_params=SamplingParams(**params)))
+    req = TokenizedGenerateReq(rid=rid, input_ids=ids, sampling_params=SamplingParams(**params), stream=stream)
+    s.add_request(req)
 
 
 _TOKS: dict[int, dict[str, list[int]]] = {}
@@ -104,6 +105,29 @@ def test_outputs_exact_and_memory_returned() -> None:
     # every slot is free or cached (evictable), nothing leaked
     assert runner.allocator.available_size() + s.tree_cache.evictable_size() == runner.max_total_tokens
     assert s.tree_cache.protected_size() == 0
+
+
+@pytest.mark.parametrize(
+    ("stream", "server_interval", "own_interval", "n", "sizes"),
+    [
+        (True, 1, None, 4, [1, 1, 1, 1]),  # streamed: every token
+        (True, 3, None, 10, [1, 3, 3, 3]),  # --stream-interval 3: the first token, then every 3
+        (True, 3, 5, 12, [1, 5, 5, 1]),  # the request's own stream_interval wins
+        (False, 1, None, 120, [1, 50, 50, 19]),  # not streamed: the first token, every 50, the end
+    ],
+)
+def test_outputs_go_out_at_the_stream_interval(
+    stream: bool, server_interval: int, own_interval: int | None, n: int, sizes: list[int]
+) -> None:
+    """Req.output_due: a request's tokens reach the detokenizer in deltas of these sizes, none lost."""
+    s, _ = make(stream_interval=server_interval)
+    submit(s, "r", [3, 4, 5], n, stream=stream, ignore_eos=True, stream_interval=own_interval)
+    deltas: list[list[int]] = []
+    while s.has_work():
+        deltas += [out.new_token_ids for out in s.step() if out.rid == "r"]
+        s.check_integrity()
+    assert [len(d) for d in deltas] == sizes
+    assert [t for d in deltas for t in d] == expected([3, 4, 5], n)
 
 
 def test_chunked_prefill_interleaves_with_decode() -> None:
