@@ -240,6 +240,21 @@ def test_argmax_rows_matches_torch_max(rows: int, vocab: int) -> None:
 
 
 @needs_kernels
+@pytest.mark.parametrize("vocab", [1, 15, 16, 17, 47, 256, 1000, 4099])
+def test_argmax_rows_ties_everywhere(vocab: int) -> None:
+    """Rows of a few distinct values (ties within lanes, across lanes and in the tail; -0.0 beside 0.0; NaN at
+    random places): the kernel's one pass keeps torch.max's first occurrence."""
+    gen = torch.Generator().manual_seed(vocab)
+    x = torch.randint(-2, 3, (64, vocab), generator=gen).float()  # [64, vocab], values -2..2
+    x[x == 0] = torch.where(torch.rand(int((x == 0).sum()), generator=gen) < 0.5, -0.0, 0.0)
+    x[7] = float("-inf")
+    for r in range(40, 64):
+        x[r, int(torch.randint(0, vocab, (1,), generator=gen))] = float("nan")
+    for rows in (x[:1], x[:20], x):  # one row, and the parallel path from 16 rows on
+        assert torch.equal(ops.argmax_rows(rows.contiguous()), torch.max(rows, dim=-1).indices)
+
+
+@needs_kernels
 @pytest.mark.parametrize("vnni", [True, False])
 @pytest.mark.parametrize("tokens", [1, 2, 3, 4, 5, 16, 33])
 @pytest.mark.parametrize(("n", "k"), [(7, 64), (130, 172), (67, 520)])
