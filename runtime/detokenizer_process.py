@@ -39,10 +39,12 @@ def run_detokenizer_process(server_args: ServerArgs, ipc: IpcEndpoints, parent_p
         send = push_socket(ctx, ipc.tokenizer)
         detok = Detokenizer(load_tokenizer(server_args.resolved_tokenizer_path))
         decoder = msgspec.msgpack.Decoder(SchedulerOutput)
+        recv.setsockopt(zmq.RCVTIMEO, IDLE_POLL_MS)  # a blocking receive wakes at least this often (parent check)
         while parent_alive(parent_pid):
-            if not recv.poll(IDLE_POLL_MS):
+            try:
+                raw = recv.recv(copy=False)  # one call per message: no poller built per message (Socket.poll)
+            except zmq.Again:
                 continue
-            raw = recv.recv(copy=False)
             msg = decoder.decode(raw.buffer)
             if isinstance(msg, BatchTokenOut):
                 send.send(ENCODER.encode(detok.process(msg)), copy=False)
