@@ -163,7 +163,7 @@ def main() -> None:
             for lin, x, y in zip(w8a8, xs8, ys8, strict=True):
                 lib.radixgen_linear_w8a8(x.data_ptr(), t, lin.in_features, lin.qdata.data_ptr(), lin.scale.data_ptr(),
                                          lin.compensation.data_ptr(), lin.out_features, 0, y.data_ptr(),
-                                         quantized.data_ptr(), scales.data_ptr())  # fmt: skip
+                                         quantized.data_ptr(), scales.data_ptr(), None)  # fmt: skip
 
         def modules(kernels: list[torch.nn.Module], xs8: list[torch.Tensor] = xs8) -> None:
             for lin, x in zip(kernels, xs8, strict=True):

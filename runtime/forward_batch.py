@@ -47,6 +47,8 @@ class ForwardBatch:
         req_to_token_pool, token_to_kv_pool: the memory pools attention reads and writes.
         attn_backend: the attention backend, prepared by ``init_forward_metadata`` before the forward.
         lora: the rows' LoRA adapters and slot buffers (runtime/lora), None when no request uses an adapter.
+        greedy_ids: int64 ``[batch_size]``, set by ``ModelRunner.run`` on a decode step whose LM head took each
+            row's argmax in passing (``LlamaForCausalLM.compute_logits_and_argmax``); None otherwise.
     """
 
     mode: ForwardMode
@@ -66,6 +68,7 @@ class ForwardBatch:
     attn_backend: AttentionBackend
     metadata: dict = field(default_factory=dict)
     lora: LoRABatchInfo | None = None
+    greedy_ids: torch.Tensor | None = None
 
     @property
     def batch_size(self) -> int:

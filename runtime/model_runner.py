@@ -204,7 +204,8 @@ class ModelRunner:
 
     @torch.inference_mode()
     def run(self, batch: ForwardBatch, logits_rows: torch.Tensor) -> torch.Tensor:
-        """The model forward over a prepared batch: float32 logits ``[len(logits_rows), vocab]``."""
+        """The model forward over a prepared batch: float32 logits ``[len(logits_rows), vocab]``; a decode step
+        whose LM head took each row's argmax in passing leaves it in ``batch.greedy_ids``."""
         if self.thread_governor is not None:
             self.thread_governor.maybe_adjust()
         hidden = self.model(batch)  # [num_tokens, hidden]
@@ -212,5 +213,6 @@ class ModelRunner:
             return torch.empty((0, self.vocab_size), dtype=torch.float32)
         if batch.mode == ForwardMode.DECODE and logits_rows.numel() == hidden.shape[0]:
             # a decode step's rows: one per request, in order (ScheduleBatch.build) — no gather
-            return self.model.compute_logits(hidden)  # [bs, vocab]
+            logits, batch.greedy_ids = self.model.compute_logits_and_argmax(hidden)  # [bs, vocab], [bs] or None
+            return logits
         return self.model.compute_logits(hidden[logits_rows.to(hidden.device)])  # [k, vocab]

@@ -42,6 +42,8 @@ class ScheduleBatch:
         drafts: a speculative verify batch (runtime/speculative): per request the draft tokens ``d_1..d_K`` that
             follow its sequence; the request's new tokens are its last token and the drafts, and its logits rows
             are all ``K + 1`` positions from ``sample_rows[sample_index[i]]`` on. None for any other batch.
+        greedy_ids: int64 ``[len(logits_rows)]``, each logits row's argmax when the forward took it in passing
+            (``ForwardBatch.greedy_ids``); greedy sampling returns it when nothing changes the logits first.
     """
 
     mode: ForwardMode
@@ -56,6 +58,7 @@ class ScheduleBatch:
     sample_rows: list[int] = field(default_factory=list)
     input_lp: list[tuple[int, list[int]]] = field(default_factory=list)
     drafts: list[list[int]] | None = None
+    greedy_ids: torch.Tensor | None = None
 
     @classmethod
     def build(
@@ -162,6 +165,8 @@ class ScheduleBatch:
             for r in reqs
         ]
         if not any(suppress) and all(plain_greedy(r.sampling_params) for r in reqs):
+            if self.greedy_ids is not None and rows is logits and not constrained:
+                return self.greedy_ids  # the LM head's argmax of these very logits, taken in passing
             return argmax_rows(rows)  # nothing to apply before the argmax: what sampler.sample would return
         info = SamplingBatchInfo.build(
             params=[r.sampling_params for r in reqs],

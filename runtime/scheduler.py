@@ -289,6 +289,7 @@ class Scheduler:
             rows = batch.logits_rows_tensor()
             self.step_timer.lap("prepare")
             logits = self.runner.run(forward_batch, rows)  # type: ignore[attr-defined]
+            batch.greedy_ids = forward_batch.greedy_ids
             if logits.is_cuda:
                 torch.cuda.synchronize(logits.device)  # charge the kernels to forward, not to sampling
         self.step_timer.lap("forward")

@@ -277,11 +277,43 @@ def test_w8a8_kernel_matches_int_mm(vnni: bool, tokens: int, n: int, k: int) -> 
     scales, quantized = torch.empty(tokens), torch.empty((tokens, k + lin.k_pad), dtype=torch.uint8)
     ref = lin(x)
     for accumulate, y in ((0, torch.full((tokens, n), float("nan"))), (1, torch.ones(tokens, n))):
-        lib.radixgen_linear_w8a8(
+        argmax = torch.full((tokens,), -7, dtype=torch.int64)
+        took = lib.radixgen_linear_w8a8(
             x.data_ptr(), tokens, k, lin.qdata.data_ptr(), lin.scale.data_ptr(), lin.compensation.data_ptr(), n,
-            accumulate, y.data_ptr(), quantized.data_ptr(), scales.data_ptr(),
+            accumulate, y.data_ptr(), quantized.data_ptr(), scales.data_ptr(), argmax.data_ptr(),
         )  # fmt: skip
         assert torch.equal(y, ref + accumulate), accumulate
+        # the argmax in passing: from a fresh output (not accumulating) of at most 16 rows
+        assert took == (not accumulate and tokens <= 16)
+        assert torch.equal(argmax, torch.max(y, dim=-1).indices if took else torch.full_like(argmax, -7))
+
+
+@needs_kernels
+@pytest.mark.parametrize("tokens", [1, 2, 5, 16])
+def test_w8a8_kernel_argmax_keeps_torch_max_ties_and_nan(tokens: int) -> None:
+    """The LM head's argmax in passing (``logits_int8``) is ``torch.max``'s index when threads split the vocabulary:
+    three copies of every weight row make each maximum appear three times (the first copy wins), and NaN columns
+    (a NaN scale) give the first NaN's index."""
+    from radixgen.runtime.cpu.build import load_library
+    from radixgen.runtime.models.linear import W8A8Int8Linear
+
+    lib = load_library()
+    assert lib is not None
+    gen = torch.Generator().manual_seed(tokens)
+    weight = torch.randn(67, 520, generator=gen) * 0.05
+    lin = W8A8Int8Linear(torch.cat([weight, weight, weight]), None)  # [201, 520]: 201 x 576 x T bytes run threaded
+    x = torch.randn(tokens, 520, generator=gen)
+    for nan_cols in ([], [150, 20]):
+        lin.scale[nan_cols] = float("nan")
+        y, argmax = torch.empty(tokens, 201), torch.empty(tokens, dtype=torch.int64)
+        scales, quantized = torch.empty(tokens), torch.empty((tokens, 520 + lin.k_pad), dtype=torch.uint8)
+        assert lib.radixgen_linear_w8a8(
+            x.data_ptr(), tokens, 520, lin.qdata.data_ptr(), lin.scale.data_ptr(), lin.compensation.data_ptr(), 201,
+            0, y.data_ptr(), quantized.data_ptr(), scales.data_ptr(), argmax.data_ptr(),
+        )  # fmt: skip
+        expected = torch.max(y, dim=-1).indices
+        assert torch.equal(argmax, expected), (argmax, expected)
+        assert bool((argmax < 67).all()) if not nan_cols else bool((argmax == 20).all())
 
 
 @needs_kernels

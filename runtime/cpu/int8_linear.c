@@ -11,6 +11,7 @@
  * Both add their result to y instead of storing it when accumulate (a residual add in float32).
  */
 #include <math.h>
+#include <omp.h>
 #include <stdint.h>
 
 #include "cpu_common.h"
@@ -150,6 +151,10 @@ static inline __attribute__((always_inline)) void w8a8_tile(const uint8_t *xq, i
         for (int t = 0; t < rt; ++t) sums[r][t] = _mm512_reduce_add_epi32(acc[r][t]);
 }
 
+/* the LM head's argmax in passing (radixgen_linear_w8a8): at most this many token rows and threads */
+#define ARGMAX_MAX_ROWS 16
+#define ARGMAX_MAX_THREADS 64
+
 /*
  * int8 x int8 projection (w8a8_int8, as radixgen.runtime.models.linear's W8A8Int8Linear stores it: w int8 [N, Kp]
  * with Kp = K rounded up to 64, scale float32 [N], comp int32 [N] = 128 x each row's sum):
@@ -157,38 +162,79 @@ static inline __attribute__((always_inline)) void w8a8_tile(const uint8_t *xq, i
  * bit. Tiles of 4 weight rows x 4 token rows (8 x T at T <= 2: more weight streams in flight): each 64-byte
  * weight vector is read once per 4 tokens and reused from L1 for the rest; the first token tile of a weight tile
  * prefetches the next one. Scratch: xq T * Kp bytes, xs T float32.
+ *
+ * With argmax (int64 [T], not accumulating, T <= ARGMAX_MAX_ROWS) each row's argmax over y is taken while the
+ * values are still in registers — torch.max's: the first index on ties, a row's first NaN if it holds one — and
+ * 1 is returned (0: argmax untouched). As the LM head of greedy decoding this spares the sampler a read of the
+ * whole logits row, which arrives evicted from L2 by the head's own weights (radixgen.runtime.cpu.llama_layers:
+ * logits_int8).
  */
-void radixgen_linear_w8a8(const float *x, int64_t T, int K, const int8_t *w, const float *scale, const int32_t *comp,
-                          int N, int accumulate, float *y, uint8_t *xq, float *xs) {
+int radixgen_linear_w8a8(const float *x, int64_t T, int K, const int8_t *w, const float *scale, const int32_t *comp,
+                         int N, int accumulate, float *y, uint8_t *xq, float *xs, int64_t *argmax) {
     const int Kp = (K + 63) & ~63;
     const int nb = T <= 2 ? 8 : 4, tb = T <= 2 ? (int)T : 4;
+    const int track = argmax != 0 && !accumulate && T <= ARGMAX_MAX_ROWS && omp_get_max_threads() <= ARGMAX_MAX_THREADS;
+    /* per thread and row: the largest value, its first index, the first NaN's index (-1: none yet) */
+    float part_max[ARGMAX_MAX_THREADS][ARGMAX_MAX_ROWS];
+    int32_t part_idx[ARGMAX_MAX_THREADS][ARGMAX_MAX_ROWS], part_nan[ARGMAX_MAX_THREADS][ARGMAX_MAX_ROWS];
+    int threads = 1;
     quantize_rows_u8(x, T, K, Kp, xq, xs);
-#pragma omp parallel for schedule(static) if ((int64_t)N * Kp * T >= 65536)
-    for (int n0 = 0; n0 < N; n0 += nb) {
-        const int rn = N - n0 < nb ? N - n0 : nb;
-        const int8_t *wr = w + (int64_t)n0 * Kp;
-        for (int64_t t0 = 0; t0 < T; t0 += tb) {
-            const int tn = T - t0 < tb ? (int)(T - t0) : tb;
-            const int pn = t0 == 0 && n0 + 2 * nb <= N ? nb : 0;
-            int32_t sums[8][4];
-            const uint8_t *xt = xq + t0 * Kp;
-            if (rn == 4 && tn == 4 && pn)
-                w8a8_tile(xt, 4, Kp, wr, 4, 4, sums);
-            else if (rn == 4 && tn == 4)
-                w8a8_tile(xt, 4, Kp, wr, 4, 0, sums);
-            else if (rn == 8 && tn == 1 && pn)
-                w8a8_tile(xt, 1, Kp, wr, 8, 8, sums);
-            else if (rn == 8 && tn == 2 && pn)
-                w8a8_tile(xt, 2, Kp, wr, 8, 8, sums);
-            else
-                w8a8_tile(xt, tn, Kp, wr, rn, pn, sums);
-            for (int r = 0; r < rn; ++r)
-                for (int t = 0; t < tn; ++t) {
-                    const int n = n0 + r;
-                    const float v = (float)(sums[r][t] - comp[n]) * (xs[t0 + t] * scale[n]);
-                    float *out = y + (t0 + t) * N + n;
-                    *out = accumulate ? *out + v : v;
-                }
+#pragma omp parallel if ((int64_t)N * Kp * T >= 65536)
+    {
+        const int tid = omp_get_thread_num();
+        float best[ARGMAX_MAX_ROWS];
+        int32_t best_idx[ARGMAX_MAX_ROWS], nan_idx[ARGMAX_MAX_ROWS];
+        for (int t = 0; t < ARGMAX_MAX_ROWS; ++t) best[t] = -INFINITY, best_idx[t] = nan_idx[t] = -1;
+#pragma omp single nowait
+        threads = omp_get_num_threads();
+#pragma omp for schedule(static)
+        for (int n0 = 0; n0 < N; n0 += nb) {
+            const int rn = N - n0 < nb ? N - n0 : nb;
+            const int8_t *wr = w + (int64_t)n0 * Kp;
+            for (int64_t t0 = 0; t0 < T; t0 += tb) {
+                const int tn = T - t0 < tb ? (int)(T - t0) : tb;
+                const int pn = t0 == 0 && n0 + 2 * nb <= N ? nb : 0;
+                int32_t sums[8][4];
+                const uint8_t *xt = xq + t0 * Kp;
+                if (rn == 4 && tn == 4 && pn)
+                    w8a8_tile(xt, 4, Kp, wr, 4, 4, sums);
+                else if (rn == 4 && tn == 4)
+                    w8a8_tile(xt, 4, Kp, wr, 4, 0, sums);
+                else if (rn == 8 && tn == 1 && pn)
+                    w8a8_tile(xt, 1, Kp, wr, 8, 8, sums);
+                else if (rn == 8 && tn == 2 && pn)
+                    w8a8_tile(xt, 2, Kp, wr, 8, 8, sums);
+                else
+                    w8a8_tile(xt, tn, Kp, wr, rn, pn, sums);
+                for (int r = 0; r < rn; ++r)
+                    for (int t = 0; t < tn; ++t) {
+                        const int n = n0 + r;
+                        const float v = (float)(sums[r][t] - comp[n]) * (xs[t0 + t] * scale[n]);
+                        float *out = y + (t0 + t) * N + n;
+                        *out = accumulate ? *out + v : v;
+                        if (track) { /* a thread's n only grow: strictly greater keeps the first index */
+                            const int64_t row = t0 + t;
+                            if (v > best[row]) best[row] = v, best_idx[row] = n;
+                            else if (v != v && nan_idx[row] < 0) nan_idx[row] = n;
+                        }
+                    }
+            }
         }
+        if (track)
+            for (int64_t t = 0; t < T; ++t)
+                part_max[tid][t] = best[t], part_idx[tid][t] = best_idx[t], part_nan[tid][t] = nan_idx[t];
     }
+    if (!track) return 0;
+    for (int64_t t = 0; t < T; ++t) {
+        int32_t first_nan = -1, idx = -1;
+        float top = -INFINITY;
+        for (int h = 0; h < threads; ++h) {
+            const int32_t nan = part_nan[h][t], i = part_idx[h][t];
+            if (nan >= 0 && (first_nan < 0 || nan < first_nan)) first_nan = nan;
+            if (i >= 0 && (part_max[h][t] > top || (part_max[h][t] == top && i < idx))) top = part_max[h][t], idx = i;
+        }
+        /* all -inf: no value beat the start, and the first index is torch's answer */
+        argmax[t] = first_nan >= 0 ? first_nan : idx >= 0 ? idx : 0;
+    }
+    return 1;
 }

@@ -37,8 +37,8 @@ void radixgen_paged_attention(int dtype, const void *q, int64_t q_stride, const 
                               float scale, int64_t min_parallel_work);
 void radixgen_linear_int8(const float *x, int64_t T, int K, const int8_t *w, const uint16_t *scale, int N,
                           int accumulate, float *y, float *xb);
-void radixgen_linear_w8a8(const float *x, int64_t T, int K, const int8_t *w, const float *scale, const int32_t *comp,
-                          int N, int accumulate, float *y, uint8_t *xq, float *xs);
+int radixgen_linear_w8a8(const float *x, int64_t T, int K, const int8_t *w, const float *scale, const int32_t *comp,
+                         int N, int accumulate, float *y, uint8_t *xq, float *xs, int64_t *argmax);
 
 /*
  * Float32 products over row-major weights W [N, K] (as checkpoints store them): y [T, N] = x [T, K] W^T, or
@@ -245,7 +245,7 @@ static void linear_q8(int weights, int64_t wq, int64_t scale, int64_t comp, cons
     if (weights == WEIGHTS_W8A8) {
         uint8_t *xq = (uint8_t *)(((uintptr_t)(scratch + T) + 63) & ~(uintptr_t)63);
         radixgen_linear_w8a8(x, T, K, w, (const float *)(intptr_t)scale, (const int32_t *)(intptr_t)comp, N,
-                             accumulate, y, xq, scratch);
+                             accumulate, y, xq, scratch, 0);
     } else {
         radixgen_linear_int8(x, T, K, w, (const uint16_t *)(intptr_t)scale, N, accumulate, y, scratch);
     }

@@ -178,10 +178,14 @@ class FusedLlamaLayers:
             lib.radixgen_linear_rows_f32(*args)
         return out
 
-    def logits_int8(self, hidden: torch.Tensor, head: Int8WeightOnlyLinear | W8A8Int8Linear) -> torch.Tensor:
+    def logits_int8(
+        self, hidden: torch.Tensor, head: Int8WeightOnlyLinear | W8A8Int8Linear
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """An int8 LM head (``--quantize-lm-head``) of a float32 model through the loop's int8 kernels: float32
         ``[n, vocab]`` equal to what ``head(hidden).float()`` computes (int8wo: bfloat16-rounded products; w8a8:
-        the exact int32 sums, scaled).
+        the exact int32 sums, scaled), and with a w8a8 head at up to 16 rows each row's argmax, int64 ``[n]``,
+        taken while the kernel computes the logits (``torch.max``'s index: the first on ties, a row's first NaN)
+        — greedy sampling then need not read the logits back — else None.
 
         Raises:
             ValueError: hidden not float32 ``[n, hidden_size]``, or a head without CPU operands (named).
@@ -194,20 +198,23 @@ class FusedLlamaLayers:
         lib = load_library()
         assert lib is not None  # build() checked it
         if isinstance(head, W8A8Int8Linear):
-            scales = torch.empty(rows, dtype=torch.float32)
-            quantized = torch.empty((rows, head.in_features + head.k_pad), dtype=torch.uint8)
-            lib.radixgen_linear_w8a8(
+            # one scratch: the token scales (float32 [n]), then 64-byte aligned the quantized rows (uint8 [n, Kp])
+            scratch = torch.empty(4 * rows + 64 + rows * (head.in_features + head.k_pad), dtype=torch.uint8)
+            scales = scratch.data_ptr()
+            quantized = (scales + 4 * rows + 63) & ~63
+            argmax = torch.empty(rows, dtype=torch.int64)
+            took = lib.radixgen_linear_w8a8(
                 x.data_ptr(), rows, head.in_features, head.qdata.data_ptr(), head.scale.data_ptr(),
-                head.compensation.data_ptr(), head.out_features, 0, out.data_ptr(), quantized.data_ptr(),
-                scales.data_ptr(),
+                head.compensation.data_ptr(), head.out_features, 0, out.data_ptr(), quantized, scales,
+                argmax.data_ptr(),
             )  # fmt: skip
-            return out
+            return out, argmax if took else None
         scratch = torch.empty(rows * (head.in_features + head.k_pad), dtype=torch.float32)
         lib.radixgen_linear_int8(
             x.data_ptr(), rows, head.in_features, head.qdata.data_ptr(), head.scale.data_ptr(),
             head.out_features, 0, out.data_ptr(), scratch.data_ptr(),
         )  # fmt: skip
-        return out
+        return out, None
 
     def _pool_addresses(self, pool: TokenToKVPool) -> tuple[torch.Tensor, torch.Tensor]:
         """Each layer's K and V storage address (int64 ``[num_layers]`` each), cached per pool."""

@@ -379,6 +379,12 @@ class LlamaForCausalLM(nn.Module):
         The projection runs in the model dtype (as transformers does) and is then upcast; with ``tp_size > 1``
         each rank projects onto its vocabulary slice and the slices are all-gathered.
         """
+        return self.compute_logits_and_argmax(hidden)[0]
+
+    def compute_logits_and_argmax(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``compute_logits``, and each row's argmax (int64 ``[n]``, ``torch.max``'s index) where the LM head
+        takes it in passing — the CPU loop's w8a8 head at up to 16 rows (``FusedLlamaLayers.logits_int8``) —, else
+        None."""
         fused = self.fused_layers
         if fused is not None and fused.int8 and isinstance(self.logits_proj, Int8WeightOnlyLinear | W8A8Int8Linear):
             return fused.logits_int8(hidden, self.logits_proj)  # [n, vocab_part] float32; one rank: no gather
@@ -388,9 +394,9 @@ class LlamaForCausalLM(nn.Module):
             weight = self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
             logits = None if fused is None or fused.int8 else fused.logits(hidden, weight)
             if logits is not None:
-                return logits  # [n, vocab_part] float32; one rank: no gather
+                return logits, None  # [n, vocab_part] float32; one rank: no gather
             local = F.linear(hidden, weight)  # [n, vocab_part]
-        return self.tp_partition.gather_logits(local, self.tp_group).float()  # [n, vocab_size]
+        return self.tp_partition.gather_logits(local, self.tp_group).float(), None  # [n, vocab_size]
 
     def hf_weight_views(self) -> dict[str, torch.Tensor]:
         """Every Hugging Face checkpoint tensor name → the parameter storage it fills (views; see
