@@ -172,3 +172,22 @@ def test_engine_int8_golden_prefix_and_server_info(scheme: str) -> None:
 def test_bad_quantization_flags_name_the_field(kwargs, field) -> None:
     with pytest.raises(ValueError, match=f"^{field}"):
         Engine(str(STORIES), **kwargs)
+
+
+def test_w8a8_head_argmax_in_passing_is_greedy_sampling() -> None:
+    """With the w8a8 LM head in the CPU loop a decode step's logits come with their argmax (torch.max's index), and
+    greedy requests decode to the same tokens as through the sampler's own argmax (a zero logit bias takes that
+    path), one request and a batch."""
+    engine = Engine(str(STORIES), quantization="w8a8_int8", quantize_lm_head=True)
+    model = engine.scheduler.runner.model
+    if model.fused_layers is None:
+        pytest.skip("the CPU kernels are unavailable")
+    hidden = torch.randn(5, model.config.hidden_size, generator=torch.Generator().manual_seed(0))
+    logits, greedy = model.compute_logits_and_argmax(hidden)
+    assert greedy is not None and torch.equal(greedy, torch.max(logits, dim=-1).indices)
+    prompts = ["Once upon a time", "The cat sat", "Tom and Lily went to the"]
+    params = {"temperature": 0, "max_new_tokens": 32, "ignore_eos": True}
+    for batch in (prompts[:1], prompts):
+        fused = [o["output_ids"] for o in engine.generate(batch, params)]
+        sampler = [o["output_ids"] for o in engine.generate(batch, {**params, "logit_bias": {"5": 0.0}})]
+        assert fused == sampler
