@@ -18,7 +18,7 @@ import shutil
 import signal
 import tempfile
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 import zmq
@@ -63,6 +63,12 @@ def push_socket(ctx: zmq.Context[Any], address: str) -> zmq.Socket[Any]:
     sock = _unbounded_socket(ctx, zmq.PUSH, zmq.SNDHWM)
     sock.connect(address)
     return sock
+
+
+def has_message(sock: zmq.Socket[Any]) -> bool:
+    """Whether a message is queued on ``sock`` (``ZMQ_EVENTS``; reading it also re-arms the socket's ``ZMQ_FD``).
+    Asking first spares a receive loop the zmq.Again exception of an empty socket."""
+    return bool(cast(int, sock.get(zmq.EVENTS)) & zmq.POLLIN)
 
 
 def pull_socket(ctx: zmq.Context[Any], address: str) -> zmq.Socket[Any]:

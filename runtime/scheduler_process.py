@@ -41,6 +41,7 @@ from radixgen.runtime.ipc import (
     ENCODER,
     IDLE_POLL_MS,
     IpcEndpoints,
+    has_message,
     parent_alive,
     pull_socket,
     push_socket,
@@ -159,12 +160,10 @@ class SchedulerLoop:
 
     # ------------------------------------------------------------------ loop
     def drain(self) -> None:
-        """Handle every message already queued (never blocks)."""
-        while True:
-            try:
-                raw = self.recv.recv(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                return
+        """Handle every message already queued (never blocks; asks ``ZMQ_EVENTS`` first, so a step without
+        messages raises no zmq.Again)."""
+        while has_message(self.recv):
+            raw = self.recv.recv(zmq.NOBLOCK, copy=False)
             msg = self.decoder.decode(raw.buffer)
             self.handlers[type(msg)](msg)
 

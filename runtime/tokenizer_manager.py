@@ -38,7 +38,7 @@ from radixgen.runtime.io_struct import (
     SchedulerStats,
     UnloadLoRAAdapterReq,
 )
-from radixgen.runtime.ipc import IpcEndpoints, pull_socket
+from radixgen.runtime.ipc import IpcEndpoints, has_message, pull_socket
 from radixgen.runtime.metrics import ServerMetrics
 from radixgen.runtime.request_state import RequestState
 from radixgen.runtime.server_args import ServerArgs
@@ -348,16 +348,11 @@ class TokenizerManager:
 
     def _drain(self) -> None:
         """Handle every message queued on the receive socket; never blocks. ZeroMQ's descriptor only signals that
-        the socket's state may have changed, and reading ``ZMQ_EVENTS`` re-arms it: the socket is read until it is
-        empty and ``ZMQ_EVENTS`` says no message arrived meanwhile."""
+        the socket's state may have changed, and reading ``ZMQ_EVENTS`` re-arms it: messages are read while
+        ``ZMQ_EVENTS`` says one is queued."""
         sock = self._recv_sock
-        while True:
-            try:
-                raw = sock.recv(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                if sock.get(zmq.EVENTS) & zmq.POLLIN:
-                    continue
-                return
+        while has_message(sock):
+            raw = sock.recv(zmq.NOBLOCK, copy=False)
             try:
                 msg = self._decoder.decode(raw.buffer)
                 self._handlers[type(msg)](msg)
