@@ -118,8 +118,8 @@ class TokenizerManager:
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
         """Start receiving (call from the server's event loop): the loop watches the socket's file descriptor
-        (``add_reader``) and drains the socket when it signals. At batch 1 this is one callback per token, where
-        zmq.asyncio's receive futures spent about a third of this process's CPU per streamed token."""
+        (``add_reader``) and drains the socket when it signals: one callback per message, without zmq.asyncio's
+        receive futures (benchmarks/bench_server_path.py reports this process's CPU per streamed token)."""
         self.loop = asyncio.get_running_loop()
         self.loop.add_reader(self._recv_fd, self._drain)
         self._drain()  # what arrived before the reader was added
@@ -344,7 +344,6 @@ class TokenizerManager:
         if status == 503:
             raise ServerUnavailableError(message)
         raise RequestFailedError(status, message)
-
 
     def _drain(self) -> None:
         """Handle every message queued on the receive socket; never blocks. ZeroMQ's descriptor only signals that

@@ -174,10 +174,13 @@ def test_bad_quantization_flags_name_the_field(kwargs, field) -> None:
         Engine(str(STORIES), **kwargs)
 
 
-def test_w8a8_head_argmax_in_passing_is_greedy_sampling() -> None:
-    """With the w8a8 LM head in the CPU loop a decode step's logits come with their argmax (torch.max's index), and
-    greedy requests decode to the same tokens as through the sampler's own argmax (a zero logit bias takes that
-    path), one request and a batch."""
+def test_w8a8_head_argmax_in_passing_is_greedy_sampling(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the w8a8 LM head in the CPU loop a decode step's logits come with their argmax (torch.max's index);
+    greedy requests take it (every decode step of a plain greedy request) and decode to the same tokens as through
+    the sampler's own argmax (a zero logit bias takes that path), one request and a batch; a grammar-constrained
+    request, whose logits are masked first, never takes it."""
+    from radixgen.runtime.schedule_batch import ScheduleBatch
+
     engine = Engine(str(STORIES), quantization="w8a8_int8", quantize_lm_head=True)
     model = engine.scheduler.runner.model
     if model.fused_layers is None:
@@ -185,9 +188,26 @@ def test_w8a8_head_argmax_in_passing_is_greedy_sampling() -> None:
     hidden = torch.randn(5, model.config.hidden_size, generator=torch.Generator().manual_seed(0))
     logits, greedy = model.compute_logits_and_argmax(hidden)
     assert greedy is not None and torch.equal(greedy, torch.max(logits, dim=-1).indices)
+
+    taken: list[bool] = []  # per sampling step: whether it returned the head's argmax
+    sample = ScheduleBatch.sample
+
+    def spy(self: ScheduleBatch, *args: object, **kwargs: object) -> torch.Tensor:
+        ids = sample(self, *args, **kwargs)  # type: ignore[arg-type]
+        taken.append(self.greedy_ids is not None and ids is self.greedy_ids)
+        return ids
+
+    monkeypatch.setattr(ScheduleBatch, "sample", spy)
     prompts = ["Once upon a time", "The cat sat", "Tom and Lily went to the"]
     params = {"temperature": 0, "max_new_tokens": 32, "ignore_eos": True}
     for batch in (prompts[:1], prompts):
+        taken.clear()
         fused = [o["output_ids"] for o in engine.generate(batch, params)]
+        assert sum(taken) == len(taken) - 1  # all but the prefill step's sampling
+        taken.clear()
         sampler = [o["output_ids"] for o in engine.generate(batch, {**params, "logit_bias": {"5": 0.0}})]
+        assert not any(taken)
         assert fused == sampler
+    taken.clear()
+    out = engine.generate("Once upon a time", {"temperature": 0, "max_new_tokens": 16, "regex": "[0-9]{6}"})
+    assert not any(taken) and out["text"].isdigit() and len(out["text"]) == 6, out["text"]
