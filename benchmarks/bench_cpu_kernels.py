@@ -9,7 +9,8 @@ On bench-llama-40m's shapes (hidden 512, qkv 1024, gate_up 2816, down 512 x 1408
   the module path's bfloat16 kernel), summed over the 32 projections;
 * int8 weight-only at one token: the loop's AVX-512 kernel (``radixgen_linear_int8``) against aten's
   ``_weight_int8pack_mm`` (``Int8WeightOnlyLinear``), per shape, as GB/s of int8 weights;
-* a float32 LM head at 1-32 rows: the loop's row kernel (``radixgen_linear_rows_f32``) against ``F.linear`` (MKL).
+* a float32 LM head at 1-32 rows: the loop's row kernel (``radixgen_linear_rows_f32``) against ``F.linear`` (MKL),
+  on its own, and at 1-2 rows right after the layers' weights as in a decode step (only the head timed).
 
 and on the ~220M config's shapes (hidden 1024, 16 layers; 755 MB of float32 projections, so weights come from
 DRAM as in a decode step):
@@ -84,7 +85,8 @@ def main() -> None:
 
     def loop_bf16() -> None:
         for w, x, y in zip(weights, xs, outs, strict=True):
-            lib.radixgen_linear_bf16(gemm_bf16, x.data_ptr(), 1, w.shape[1], w.data_ptr(), w.shape[0], y.data_ptr())
+            lib.radixgen_linear_bf16(gemm_bf16, x.data_ptr(), 1, w.shape[1], w.data_ptr(), w.shape[0], y.data_ptr(),
+                                     None)  # fmt: skip
 
     def onednn_bf16() -> None:
         for m, x in zip(packed, xs, strict=True):
@@ -114,10 +116,37 @@ def main() -> None:
         x, y = torch.randn(t, HEAD[1]), torch.empty(t, HEAD[0])
 
         def rows_kernel(x: torch.Tensor = x, y: torch.Tensor = y, t: int = t) -> None:
-            lib.radixgen_linear_rows_f32(x.data_ptr(), t, HEAD[1], head.data_ptr(), HEAD[0], y.data_ptr())
+            lib.radixgen_linear_rows_f32(x.data_ptr(), t, HEAD[1], head.data_ptr(), HEAD[0], y.data_ptr(), None)
 
         a, b = median_us(rows_kernel, args.repeats // 4), median_us(lambda x=x: F.linear(x, head), args.repeats // 4)
         rows.append({"case": f"f32 head {HEAD[0]} x {HEAD[1]}, {t} rows", "loop_us": a, "alternative": "F.linear (MKL)",
+                     "alternative_us": b})  # fmt: skip
+
+    # the same head at 1-2 rows right after the 8 layers' float32 weights (94 MB, through the loop's row kernel,
+    # untimed), as in a decode step; the loop's head takes the argmax in passing as it does there
+    layers = [torch.randn(n, k) for n, k in LAYER_SHAPES * 8]
+    for t in (1, 2):
+        x, y, argmax = torch.randn(t, HEAD[1]), torch.empty(t, HEAD[0]), torch.empty(t, dtype=torch.int64)
+        xl, yl = torch.randn(t, max(k for _, k in LAYER_SHAPES)), torch.empty(t, max(n for n, _ in LAYER_SHAPES))
+
+        def after_layers(fn: Callable[[], object], t: int = t, xl: torch.Tensor = xl, yl: torch.Tensor = yl) -> float:
+            for w in layers:
+                n, k = w.shape
+                lib.radixgen_linear_rows_f32(xl.data_ptr(), t, k, w.data_ptr(), n, yl.data_ptr(), None)
+            start = time.perf_counter()
+            fn()
+            return time.perf_counter() - start
+
+        def head_rows(x: torch.Tensor = x, y: torch.Tensor = y, argmax: torch.Tensor = argmax, t: int = t) -> None:
+            lib.radixgen_linear_rows_f32(x.data_ptr(), t, HEAD[1], head.data_ptr(), HEAD[0], y.data_ptr(),
+                                         argmax.data_ptr())  # fmt: skip
+
+        samples: tuple[list[float], list[float]] = ([], [])
+        for _ in range(max(args.repeats // 4, 5)):  # alternating
+            samples[0].append(after_layers(head_rows))
+            samples[1].append(after_layers(lambda x=x: F.linear(x, head)))
+        a, b = (statistics.median(side) * 1e6 for side in samples)
+        rows.append({"case": f"f32 head after the layers, {t} rows", "loop_us": a, "alternative": "F.linear (MKL)",
                      "alternative_us": b})  # fmt: skip
 
     # float32 projections of 16 layers (220M shapes), weights from DRAM, 1-32 token rows
@@ -129,7 +158,7 @@ def main() -> None:
 
         def rows_f32(t: int = t, xs32: list[torch.Tensor] = xs32, ys32: list[torch.Tensor] = ys32) -> None:
             for w, x, y in zip(rowmajor, xs32, ys32, strict=True):
-                lib.radixgen_linear_rows_f32(x.data_ptr(), t, w.shape[1], w.data_ptr(), w.shape[0], y.data_ptr())
+                lib.radixgen_linear_rows_f32(x.data_ptr(), t, w.shape[1], w.data_ptr(), w.shape[0], y.data_ptr(), None)
 
         def mkl_f32(xs32: list[torch.Tensor] = xs32, ys32: list[torch.Tensor] = ys32) -> None:
             for wt, x, y in zip(colmajor, xs32, ys32, strict=True):
@@ -188,7 +217,8 @@ def main() -> None:
 
         def loop16(t: int = t, xs16: list[torch.Tensor] = xs16, ys16: list[torch.Tensor] = ys16) -> None:
             for w, x, y in zip(bf16, xs16, ys16, strict=True):
-                lib.radixgen_linear_bf16(gemm_bf16, x.data_ptr(), t, w.shape[1], w.data_ptr(), w.shape[0], y.data_ptr())
+                n, k = w.shape
+                lib.radixgen_linear_bf16(gemm_bf16, x.data_ptr(), t, k, w.data_ptr(), n, y.data_ptr(), None)
 
         def mkl16(t: int = t, xs16: list[torch.Tensor] = xs16, ys16: list[torch.Tensor] = ys16) -> None:
             for w, x, y in zip(bf16, xs16, ys16, strict=True):  # row-major C = x W^T (CblasRowMajor, NoTrans, Trans)

@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 import torch.nn.functional as F
+from shared_paths import STORIES
 
 from radixgen.radix import ReqToTokenPool, TokenToKVPool
+from radixgen.runtime import Engine
 from radixgen.runtime.attention import TorchAttentionBackend
 from radixgen.runtime.attention.base import AttentionLayer
 from radixgen.runtime.cpu import ops
@@ -194,9 +197,13 @@ def test_float32_row_kernel_matches_matmul(tokens: int, n: int, k: int) -> None:
 
     gen = torch.Generator().manual_seed(tokens * 1000 + n)
     x, w = torch.randn(tokens, k, generator=gen), torch.randn(n, k, generator=gen)
-    y = torch.full((tokens, n), float("nan"))
-    load_library().radixgen_linear_rows_f32(x.data_ptr(), tokens, k, w.data_ptr(), n, y.data_ptr())  # type: ignore[union-attr]
+    y, argmax = torch.full((tokens, n), float("nan")), torch.full((tokens,), -7, dtype=torch.int64)
+    lib = load_library()
+    assert lib is not None
+    took = lib.radixgen_linear_rows_f32(x.data_ptr(), tokens, k, w.data_ptr(), n, y.data_ptr(), argmax.data_ptr())
     torch.testing.assert_close(y, x @ w.t(), atol=1e-4, rtol=1e-5)
+    assert took == (tokens <= 16)  # the argmax in passing, up to 16 rows
+    assert torch.equal(argmax, torch.max(y, dim=-1).indices if took else torch.full_like(argmax, -7))
 
 
 @needs_kernels
@@ -214,10 +221,14 @@ def test_bfloat16_product_matches_matmul(tokens: int, n: int, k: int) -> None:
         pytest.skip("this torch build has no MKL bfloat16 GEMM")
     gen = torch.Generator().manual_seed(tokens * 1000 + n)
     x, w = torch.randn(tokens, k, generator=gen).bfloat16(), torch.randn(n, k, generator=gen).bfloat16()
-    y = torch.full((tokens, n), float("nan"))
-    load_library().radixgen_linear_bf16(gemm, x.data_ptr(), tokens, k, w.data_ptr(), n, y.data_ptr())  # type: ignore[union-attr]
+    y, argmax = torch.full((tokens, n), float("nan")), torch.full((tokens,), -7, dtype=torch.int64)
+    lib = load_library()
+    assert lib is not None
+    took = lib.radixgen_linear_bf16(gemm, x.data_ptr(), tokens, k, w.data_ptr(), n, y.data_ptr(), argmax.data_ptr())
     ref = (x.float() @ w.float().t()).bfloat16().float()
     torch.testing.assert_close(y, ref, atol=1e-2, rtol=8e-3)  # one bfloat16 rounding step either way
+    assert took  # the argmax of the rounded logits, up to 16 rows
+    assert torch.equal(argmax, torch.max(y, dim=-1).indices)
 
 
 @needs_kernels
@@ -290,27 +301,47 @@ def test_w8a8_kernel_matches_int_mm(vnni: bool, tokens: int, n: int, k: int) -> 
 
 @needs_kernels
 @pytest.mark.parametrize("tokens", [1, 2, 5, 16])
-def test_w8a8_kernel_argmax_keeps_torch_max_ties_and_nan(tokens: int) -> None:
-    """The LM head's argmax in passing (``logits_int8``) is ``torch.max``'s index when threads split the vocabulary:
-    three copies of every weight row make each maximum appear three times (the first copy wins), and NaN columns
-    (a NaN scale) give the first NaN's index."""
+@pytest.mark.parametrize("head", ["w8a8", "float32", "bfloat16"])
+def test_head_kernels_argmax_keeps_torch_max_ties_and_nan(head: str, tokens: int) -> None:
+    """The LM head's argmax in passing (``FusedLlamaLayers.logits`` / ``logits_int8``) is ``torch.max``'s index of
+    the logits the kernel returns when threads split the vocabulary: three copies of every weight row make each
+    maximum appear three times, 67 rows apart across the threads' tasks (the first copy wins), and NaN columns (a
+    NaN scale or weight row) give the first NaN's index."""
     from radixgen.runtime.cpu.build import load_library
+    from radixgen.runtime.cpu.llama_layers import mkl_gemm_address
     from radixgen.runtime.models.linear import W8A8Int8Linear
 
     lib = load_library()
     assert lib is not None
     gen = torch.Generator().manual_seed(tokens)
     weight = torch.randn(67, 520, generator=gen) * 0.05
-    lin = W8A8Int8Linear(torch.cat([weight, weight, weight]), None)  # [201, 520]: 201 x 576 x T bytes run threaded
+    weight = torch.cat([weight, weight, weight])  # [201, 520]: 201 x 520 x T products run threaded
     x = torch.randn(tokens, 520, generator=gen)
     for nan_cols in ([], [150, 20]):
-        lin.scale[nan_cols] = float("nan")
         y, argmax = torch.empty(tokens, 201), torch.empty(tokens, dtype=torch.int64)
-        scales, quantized = torch.empty(tokens), torch.empty((tokens, 520 + lin.k_pad), dtype=torch.uint8)
-        assert lib.radixgen_linear_w8a8(
-            x.data_ptr(), tokens, 520, lin.qdata.data_ptr(), lin.scale.data_ptr(), lin.compensation.data_ptr(), 201,
-            0, y.data_ptr(), quantized.data_ptr(), scales.data_ptr(), argmax.data_ptr(),
-        )  # fmt: skip
+        if head == "w8a8":
+            lin = W8A8Int8Linear(weight, None)
+            lin.scale[nan_cols] = float("nan")
+            scales, quantized = torch.empty(tokens), torch.empty((tokens, 520 + lin.k_pad), dtype=torch.uint8)
+            took = lib.radixgen_linear_w8a8(
+                x.data_ptr(), tokens, 520, lin.qdata.data_ptr(), lin.scale.data_ptr(), lin.compensation.data_ptr(),
+                201, 0, y.data_ptr(), quantized.data_ptr(), scales.data_ptr(), argmax.data_ptr(),
+            )  # fmt: skip
+        else:
+            w = weight.clone()
+            w[nan_cols] = float("nan")
+            if head == "float32":
+                took = lib.radixgen_linear_rows_f32(
+                    x.data_ptr(), tokens, 520, w.data_ptr(), 201, y.data_ptr(), argmax.data_ptr()
+                )
+            else:
+                gemm = mkl_gemm_address(torch.bfloat16)
+                if gemm is None:
+                    pytest.skip("this torch build has no MKL bfloat16 GEMM")
+                xb, wb = x.bfloat16(), w.bfloat16()
+                took = lib.radixgen_linear_bf16(gemm, xb.data_ptr(), tokens, 520,
+                                                wb.data_ptr(), 201, y.data_ptr(), argmax.data_ptr())  # fmt: skip
+        assert took
         expected = torch.max(y, dim=-1).indices
         assert torch.equal(argmax, expected), (argmax, expected)
         assert bool((argmax < 67).all()) if not nan_cols else bool((argmax == 20).all())
@@ -328,7 +359,7 @@ def test_fused_layer_loop_matches_module_path(model_name: str, dtype: torch.dtyp
     tokens. bfloat16 rounds where the module path rounds, so only float32 summation order differs — enough to move
     a logit by its last bit (0.125 at 16) and to flip near-ties, so its decode steps are teacher-forced."""
     from model_harness import KVHarness
-    from shared_paths import BENCH_40M, STORIES
+    from shared_paths import BENCH_40M
 
     from radixgen.runtime.models import ModelConfig, load_model
     from radixgen.runtime.models.quant_config import QuantizationConfig
@@ -362,10 +393,51 @@ def test_fused_layer_loop_matches_module_path(model_name: str, dtype: torch.dtyp
 
 @needs_kernels
 def test_server_info_reports_the_decode_path() -> None:
-    from shared_paths import STORIES
-
-    from radixgen.runtime import Engine
-
     assert Engine(str(STORIES), max_total_tokens=1024).get_server_info()["cpu_decode_path"] == "fused-layers"
     quantized = Engine(str(STORIES), max_total_tokens=1024, quantization="int4wo-32")  # int4: not in the loop
     assert quantized.get_server_info()["cpu_decode_path"] == "cpu-kernels"
+
+
+@needs_kernels
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"dtype": "float32"}, {"dtype": "bfloat16"}, {"quantization": "w8a8_int8", "quantize_lm_head": True}],
+    ids=["float32", "bfloat16", "w8a8"],
+)
+def test_head_argmax_in_passing_is_greedy_sampling(kwargs: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the LM head in the CPU loop (float32, bfloat16 or w8a8) a decode step's logits come with their argmax
+    (torch.max's index);
+    greedy requests take it (every decode step of a plain greedy request) and decode to the same tokens as through
+    the sampler's own argmax (a zero logit bias takes that path), one request and a batch; a grammar-constrained
+    request, whose logits are masked first, never takes it."""
+    from radixgen.runtime.schedule_batch import ScheduleBatch
+
+    engine = Engine(str(STORIES), **kwargs)
+    model = engine.scheduler.runner.model
+    assert model.fused_layers is not None
+    hidden = torch.randn(5, model.config.hidden_size, generator=torch.Generator().manual_seed(0)).to(model.dtype)
+    logits, greedy = model.compute_logits_and_argmax(hidden)
+    assert greedy is not None and torch.equal(greedy, torch.max(logits, dim=-1).indices)
+
+    taken: list[bool] = []  # per sampling step: whether it returned the head's argmax
+    sample = ScheduleBatch.sample
+
+    def spy(self: ScheduleBatch, *args: object, **kwargs: object) -> torch.Tensor:
+        ids = sample(self, *args, **kwargs)  # type: ignore[arg-type]
+        taken.append(self.greedy_ids is not None and ids is self.greedy_ids)
+        return ids
+
+    monkeypatch.setattr(ScheduleBatch, "sample", spy)
+    prompts = ["Once upon a time", "The cat sat", "Tom and Lily went to the"]
+    params = {"temperature": 0, "max_new_tokens": 32, "ignore_eos": True}
+    for batch in (prompts[:1], prompts):
+        taken.clear()
+        fused = [o["output_ids"] for o in engine.generate(batch, params)]
+        assert sum(taken) == len(taken) - 1  # all but the prefill step's sampling
+        taken.clear()
+        sampler = [o["output_ids"] for o in engine.generate(batch, {**params, "logit_bias": {"5": 0.0}})]
+        assert not any(taken)
+        assert fused == sampler
+    taken.clear()
+    out = engine.generate("Once upon a time", {"temperature": 0, "max_new_tokens": 16, "regex": "[0-9]{6}"})
+    assert not any(taken) and out["text"].isdigit() and len(out["text"]) == 6, out["text"]

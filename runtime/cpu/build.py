@@ -107,10 +107,10 @@ def _declare(lib: ctypes.CDLL) -> None:
         "radixgen_rotary_inplace": [i32, p, i64, p, p, i64, i32, i32, i32],
         "radixgen_silu_and_mul": [i32, p, i64, p, i64, i64],
         "radixgen_argmax_rows": [p, i64, i64, p],
-        "radixgen_linear_bf16": [p, p, i64, i32, p, i32, p],
+        "radixgen_linear_bf16": [p, p, i64, i32, p, i32, p, p],
         "radixgen_linear_int8": [p, i64, i32, p, p, i32, i32, p, p],
         "radixgen_linear_w8a8": [p, i64, i32, p, p, p, i32, i32, p, p, p, p],
-        "radixgen_linear_rows_f32": [p, i64, i32, p, i64, p],
+        "radixgen_linear_rows_f32": [p, i64, i32, p, i64, p, p],
         "radixgen_llama_layers": [
             i32,
             i32,
@@ -139,7 +139,8 @@ def _declare(lib: ctypes.CDLL) -> None:
             p,
         ],  # fmt: skip
     }
-    returns = {"radixgen_linear_w8a8": i32}  # 1: it wrote the argmax it was given (else None: void)
+    # 1: it wrote the argmax it was given (else None: void)
+    returns = {name: i32 for name in ("radixgen_linear_w8a8", "radixgen_linear_bf16", "radixgen_linear_rows_f32")}
     for name, argtypes in signatures.items():
         fn = getattr(lib, name)
         fn.restype = returns.get(name)

@@ -130,33 +130,9 @@ void radixgen_silu_and_mul(int dtype, const void *gate_up, int64_t sgu, void *ou
 void radixgen_argmax_rows(const float *x, int64_t T, int64_t V, int64_t *out) {
 #pragma omp parallel for if (T >= PARALLEL_ROWS)
     for (int64_t t = 0; t < T; ++t) {
-        const float *row = x + t * V;
-        __m512 vmax = _mm512_set1_ps(-INFINITY);
-        __mmask16 nan = 0;
-        int64_t i = 0;
-        for (; i + 16 <= V; i += 16) {
-            const __m512 v = _mm512_loadu_ps(row + i);
-            nan |= _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
-            vmax = _mm512_max_ps(vmax, v);
-        }
-        float best = _mm512_reduce_max_ps(vmax);
-        for (int64_t j = i; j < V; ++j) {
-            nan |= (__mmask16)(row[j] != row[j]);
-            best = row[j] > best ? row[j] : best;
-        }
-        int64_t found = -1;
-        if (nan) {
-            for (int64_t j = 0; j < V && found < 0; ++j)
-                if (row[j] != row[j]) found = j;
-        } else {
-            const __m512 b = _mm512_set1_ps(best);
-            for (i = 0; i + 16 <= V && found < 0; i += 16) {
-                const __mmask16 eq = _mm512_cmp_ps_mask(_mm512_loadu_ps(row + i), b, _CMP_EQ_OQ);
-                if (eq) found = i + __builtin_ctz((unsigned)eq);
-            }
-            for (int64_t j = i; j < V && found < 0; ++j)
-                if (row[j] == best) found = j;
-        }
-        out[t] = found < 0 ? 0 : found;
+        argmax_part part;
+        argmax_part_init(&part);
+        argmax_part_add_span(&part, 0, x + t * V, 0, (int32_t)V);
+        argmax_merge(&part, 1, 1, out + t);
     }
 }

@@ -151,10 +151,6 @@ static inline __attribute__((always_inline)) void w8a8_tile(const uint8_t *xq, i
         for (int t = 0; t < rt; ++t) sums[r][t] = _mm512_reduce_add_epi32(acc[r][t]);
 }
 
-/* the LM head's argmax in passing (radixgen_linear_w8a8): at most this many token rows and threads */
-#define ARGMAX_MAX_ROWS 16
-#define ARGMAX_MAX_THREADS 64
-
 /*
  * int8 x int8 projection (w8a8_int8, as radixgen.runtime.models.linear's W8A8Int8Linear stores it: w int8 [N, Kp]
  * with Kp = K rounded up to 64, scale float32 [N], comp int32 [N] = 128 x each row's sum):
@@ -164,8 +160,8 @@ static inline __attribute__((always_inline)) void w8a8_tile(const uint8_t *xq, i
  * prefetches the next one. Scratch: xq T * Kp bytes, xs T float32.
  *
  * With argmax (int64 [T], not accumulating, T <= ARGMAX_MAX_ROWS) each row's argmax over y is taken while the
- * values are still in registers — torch.max's: the first index on ties, a row's first NaN if it holds one — and
- * 1 is returned (0: argmax untouched). As the LM head of greedy decoding this spares the sampler a read of the
+ * values are still in registers (argmax_part, cpu_common.h: torch.max's index) and 1 is returned (0: argmax
+ * untouched). As the LM head of greedy decoding this spares the sampler a read of the
  * whole logits row, which arrives evicted from L2 by the head's own weights (radixgen.runtime.cpu.llama_layers:
  * logits_int8).
  */
@@ -174,17 +170,13 @@ int radixgen_linear_w8a8(const float *x, int64_t T, int K, const int8_t *w, cons
     const int Kp = (K + 63) & ~63;
     const int nb = T <= 2 ? 8 : 4, tb = T <= 2 ? (int)T : 4;
     const int track = argmax != 0 && !accumulate && T <= ARGMAX_MAX_ROWS && omp_get_max_threads() <= ARGMAX_MAX_THREADS;
-    /* per thread and row: the largest value, its first index, the first NaN's index (-1: none yet) */
-    float part_max[ARGMAX_MAX_THREADS][ARGMAX_MAX_ROWS];
-    int32_t part_idx[ARGMAX_MAX_THREADS][ARGMAX_MAX_ROWS], part_nan[ARGMAX_MAX_THREADS][ARGMAX_MAX_ROWS];
+    argmax_part parts[ARGMAX_MAX_THREADS]; /* one per thread */
     int threads = 1;
     quantize_rows_u8(x, T, K, Kp, xq, xs);
 #pragma omp parallel if ((int64_t)N * Kp * T >= 65536)
     {
-        const int tid = omp_get_thread_num();
-        float best[ARGMAX_MAX_ROWS];
-        int32_t best_idx[ARGMAX_MAX_ROWS], nan_idx[ARGMAX_MAX_ROWS];
-        for (int t = 0; t < ARGMAX_MAX_ROWS; ++t) best[t] = -INFINITY, best_idx[t] = nan_idx[t] = -1;
+        argmax_part mine;
+        argmax_part_init(&mine);
 #pragma omp single nowait
         threads = omp_get_num_threads();
 #pragma omp for schedule(static)
@@ -212,29 +204,13 @@ int radixgen_linear_w8a8(const float *x, int64_t T, int K, const int8_t *w, cons
                         const float v = (float)(sums[r][t] - comp[n]) * (xs[t0 + t] * scale[n]);
                         float *out = y + (t0 + t) * N + n;
                         *out = accumulate ? *out + v : v;
-                        if (track) { /* a thread's n only grow: strictly greater keeps the first index */
-                            const int64_t row = t0 + t;
-                            if (v > best[row]) best[row] = v, best_idx[row] = n;
-                            else if (v != v && nan_idx[row] < 0) nan_idx[row] = n;
-                        }
+                        if (track) argmax_part_add(&mine, t0 + t, v, n);
                     }
             }
         }
-        if (track)
-            for (int64_t t = 0; t < T; ++t)
-                part_max[tid][t] = best[t], part_idx[tid][t] = best_idx[t], part_nan[tid][t] = nan_idx[t];
+        if (track) parts[omp_get_thread_num()] = mine;
     }
     if (!track) return 0;
-    for (int64_t t = 0; t < T; ++t) {
-        int32_t first_nan = -1, idx = -1;
-        float top = -INFINITY;
-        for (int h = 0; h < threads; ++h) {
-            const int32_t nan = part_nan[h][t], i = part_idx[h][t];
-            if (nan >= 0 && (first_nan < 0 || nan < first_nan)) first_nan = nan;
-            if (i >= 0 && (part_max[h][t] > top || (part_max[h][t] == top && i < idx))) top = part_max[h][t], idx = i;
-        }
-        /* all -inf: no value beat the start, and the first index is torch's answer */
-        argmax[t] = first_nan >= 0 ? first_nan : idx >= 0 ? idx : 0;
-    }
+    argmax_merge(parts, threads, T, argmax);
     return 1;
 }

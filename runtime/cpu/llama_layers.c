@@ -17,6 +17,7 @@
  *   act = silu(gate) * up;  hidden += act Wdown^T
  * (the residual adds are the GEMMs' beta = 1). Equal to the module path up to float32 summation order.
  */
+#include <omp.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -95,7 +96,9 @@ static inline __attribute__((always_inline)) void rows_tile(const float *x, int 
         }
 }
 
-static void linear_rows_f32(const float *x, int64_t T, int K, const float *w, int64_t N, int accumulate, float *y) {
+/* parts (or 0): one argmax_part per thread, each folding in the values its tasks wrote (an LM head's argmax) */
+static void linear_rows_f32(const float *x, int64_t T, int K, const float *w, int64_t N, int accumulate, float *y,
+                            argmax_part *parts) {
     const int nb = T <= 2 ? 8 : 4, tb = T <= 2 ? (int)T : 4;
     const int64_t tasks = (N + ROWS_PER_TASK - 1) / ROWS_PER_TASK;
 #pragma omp parallel for schedule(dynamic, 1) if (N * K * T >= 65536)
@@ -119,12 +122,16 @@ static void linear_rows_f32(const float *x, int64_t T, int K, const float *w, in
                     rows_tile(xt, rt, K, wn, rn, yt, N, accumulate, nb, tb, 0);
             }
         }
+        if (parts != 0) /* the task's values, still in L1 */
+            for (int64_t t = 0; t < T; ++t)
+                argmax_part_add_span(parts + omp_get_thread_num(), t, y + t * N + b * ROWS_PER_TASK,
+                                     (int32_t)(b * ROWS_PER_TASK), (int32_t)(end - b * ROWS_PER_TASK));
     }
 }
 
 static void linear(sgemm_fn gemm, const float *x, int64_t T, int K, const float *w, int N, int accumulate, float *y) {
     if (T <= ROWS_GEMM_MAX_T) {
-        linear_rows_f32(x, T, K, w, N, accumulate, y);
+        linear_rows_f32(x, T, K, w, N, accumulate, y, 0);
         return;
     }
     const char tr = 'T', no = 'N';
@@ -332,14 +339,36 @@ void radixgen_llama_layers(int dtype, int weights_kind, void *gemm, int num_laye
 
 /*
  * y [T, N] float32 = round_bf16(x [T, K] W^T) for bfloat16 x and row-major W [N, K]: a bfloat16 LM head as
- * transformers computes it (bfloat16 logits, then upcast), through MKL's cblas_gemm_bf16bf16f32 (gemm).
+ * transformers computes it (bfloat16 logits, then upcast), through linear_bf16 (gemm: MKL's
+ * cblas_gemm_bf16bf16f32 above the loop's own kernel's rows). With argmax (int64 [T], or 0) at T <=
+ * ARGMAX_MAX_ROWS each row's argmax over the rounded logits is taken right after they are rounded (torch.max's
+ * index, argmax_part) and 1 is returned; else 0 (argmax untouched).
  */
-void radixgen_linear_bf16(void *gemm, const uint16_t *x, int64_t T, int K, const uint16_t *w, int N, float *y) {
+int radixgen_linear_bf16(void *gemm, const uint16_t *x, int64_t T, int K, const uint16_t *w, int N, float *y,
+                         int64_t *argmax) {
+    const int track = argmax != 0 && T <= ARGMAX_MAX_ROWS;
+    argmax_part part;
+    argmax_part_init(&part);
     linear_bf16((gemm_bf16_fn)gemm, x, T, K, w, N, y);
     for (int64_t i = 0; i < T * N; ++i) y[i] = bf16_to_f32(f32_to_bf16(y[i]));
+    if (!track) return 0;
+    for (int64_t t = 0; t < T; ++t) argmax_part_add_span(&part, t, y + t * N, 0, N);
+    argmax_merge(&part, 1, T, argmax);
+    return 1;
 }
 
-/* y [T, N] float32 = x [T, K] W^T for float32 x and row-major W [N, K], T <= ROWS_GEMM_MAX_T: a float32 LM head */
-void radixgen_linear_rows_f32(const float *x, int64_t T, int K, const float *w, int64_t N, float *y) {
-    linear_rows_f32(x, T, K, w, N, 0, y);
+/*
+ * y [T, N] float32 = x [T, K] W^T for float32 x and row-major W [N, K], T <= ROWS_GEMM_MAX_T: a float32 LM head.
+ * With argmax (int64 [T], or 0) at T <= ARGMAX_MAX_ROWS each row's argmax is taken from every task's values while
+ * they are in L1 (torch.max's index, argmax_part) and 1 is returned; else 0 (argmax untouched).
+ */
+int radixgen_linear_rows_f32(const float *x, int64_t T, int K, const float *w, int64_t N, float *y, int64_t *argmax) {
+    const int threads = omp_get_max_threads();
+    const int track = argmax != 0 && T <= ARGMAX_MAX_ROWS && threads <= ARGMAX_MAX_THREADS;
+    argmax_part parts[ARGMAX_MAX_THREADS];
+    for (int h = 0; track && h < threads; ++h) argmax_part_init(&parts[h]);
+    linear_rows_f32(x, T, K, w, N, 0, y, track ? parts : 0);
+    if (!track) return 0;
+    argmax_merge(parts, threads, T, argmax);
+    return 1;
 }

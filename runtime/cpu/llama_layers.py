@@ -41,7 +41,7 @@ logger = logging.getLogger(__name__)
 _GEMMS = {torch.float32: "sgemm_", torch.bfloat16: "cblas_gemm_bf16bf16f32"}
 #: rows a float32 LM head takes the loop's row kernel for (ROWS_GEMM_MAX_T in llama_layers.c; see
 #: FusedLlamaLayers.logits)
-ROWS_KERNEL_TOKENS = range(3, 33)
+ROWS_KERNEL_TOKENS = range(1, 33)
 
 
 @cache
@@ -147,15 +147,20 @@ class FusedLlamaLayers:
         assert gemm is not None  # applies() checked it
         return FusedLlamaLayers(model, gemm)
 
-    def logits(self, hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor | None:
+    def logits(self, hidden: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None] | None:
         """The LM head of a float model through the loop's GEMMs, where they beat ``F.linear``: ``hidden [n,
         hidden_size]`` times the row-major ``weight [vocab, hidden_size]`` (the tied embedding table itself, no
-        copy) → float32 ``[n, vocab]``; None where the caller's ``F.linear`` is as fast.
+        copy) → float32 logits ``[n, vocab]``, and at up to 16 rows each row's argmax, int64 ``[n]``
+        (``torch.max``'s index: the first on ties, a row's first NaN), taken while the kernel writes the logits
+        (greedy sampling then need not read them back), else None. None instead of the pair where the caller's
+        ``F.linear`` is as fast.
 
-        - bfloat16: MKL's bfloat16 GEMM, the logits rounded to bfloat16 as transformers' head returns them;
-        - float32 at ``ROWS_KERNEL_TOKENS`` rows (speculative verifies, decode batches): the loop's row kernel,
-          which reads the head once for all rows (bench-llama-40m's 32000 x 512 head against MKL's transposed
-          sgemm: 1.4x at 5 rows, 2.0x at 8, benchmarks/bench_cpu_kernels.py); at 1-2 rows MKL is as fast.
+        - bfloat16: MKL's bfloat16 GEMM (the loop's own kernel below 9 rows), the logits rounded to bfloat16 as
+          transformers' head returns them, the argmax over the rounded values;
+        - float32 at ``ROWS_KERNEL_TOKENS`` rows (decode batches, speculative verifies): the loop's row kernel,
+          which reads the head once for all rows. On bench-llama-40m's 32000 x 512 head ``F.linear`` (MKL) takes
+          1.5x its time at 5 rows and 2.4x at 8; at 1-2 rows, on its own, MKL is as fast, but right after the
+          layers' weights, as in a decode step, it takes 1.19x / 1.11x (benchmarks/bench_cpu_kernels.py).
 
         Raises:
             ValueError: tensors of another dtype or layout than the model's (named).
@@ -171,12 +176,13 @@ class FusedLlamaLayers:
             return None
         x = hidden.contiguous()  # [n, hidden_size]
         out = torch.empty((rows, weight.shape[0]), dtype=torch.float32)
+        argmax = torch.empty(rows, dtype=torch.int64)
         args = (x.data_ptr(), rows, self.hidden_size, weight.data_ptr(), weight.shape[0], out.data_ptr())
         if self.dtype == torch.bfloat16:
-            lib.radixgen_linear_bf16(self.gemm, *args)
+            took = lib.radixgen_linear_bf16(self.gemm, *args, argmax.data_ptr())
         else:
-            lib.radixgen_linear_rows_f32(*args)
-        return out
+            took = lib.radixgen_linear_rows_f32(*args, argmax.data_ptr())
+        return out, argmax if took else None
 
     def logits_int8(
         self, hidden: torch.Tensor, head: Int8WeightOnlyLinear | W8A8Int8Linear

@@ -383,8 +383,8 @@ class LlamaForCausalLM(nn.Module):
 
     def compute_logits_and_argmax(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``compute_logits``, and each row's argmax (int64 ``[n]``, ``torch.max``'s index) where the LM head
-        takes it in passing — the CPU loop's w8a8 head at up to 16 rows (``FusedLlamaLayers.logits_int8``) —, else
-        None."""
+        takes it in passing — the CPU loop's float32, bfloat16 or w8a8 head at up to 16 rows
+        (``FusedLlamaLayers.logits`` / ``logits_int8``) —, else None."""
         fused = self.fused_layers
         if fused is not None and fused.int8 and isinstance(self.logits_proj, Int8WeightOnlyLinear | W8A8Int8Linear):
             return fused.logits_int8(hidden, self.logits_proj)  # [n, vocab_part] float32; one rank: no gather
@@ -392,9 +392,9 @@ class LlamaForCausalLM(nn.Module):
             local = self.logits_proj(hidden)  # [n, vocab_part]
         else:
             weight = self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
-            logits = None if fused is None or fused.int8 else fused.logits(hidden, weight)
-            if logits is not None:
-                return logits, None  # [n, vocab_part] float32; one rank: no gather
+            taken = None if fused is None or fused.int8 else fused.logits(hidden, weight)
+            if taken is not None:
+                return taken  # [n, vocab_part] float32, [n] or None; one rank: no gather
             local = F.linear(hidden, weight)  # [n, vocab_part]
         return self.tp_partition.gather_logits(local, self.tp_group).float(), None  # [n, vocab_size]
 
