@@ -392,6 +392,26 @@ def test_fused_layer_loop_matches_module_path(model_name: str, dtype: torch.dtyp
 
 
 @needs_kernels
+def test_fused_layer_loop_rejects_token_ids_outside_the_vocabulary() -> None:
+    """The loop reads embedding rows by address: an id outside [0, vocab) is a ValueError naming input_ids before
+    anything runs (never a read past the table), and the model keeps serving other requests."""
+    from model_harness import KVHarness
+
+    from radixgen.runtime.models import ModelConfig, load_model
+
+    cfg = ModelConfig.from_pretrained(STORIES)
+    model = load_model(cfg, dtype=torch.float32, load_format="auto", seed=0)
+    assert model.fused_layers is not None
+    harness = KVHarness(model, backend=TorchAttentionBackend(cpu_kernel=True))
+    for bad in (cfg.vocab_size, -1):
+        with pytest.raises(ValueError, match="^input_ids: token ids must be in"):
+            harness.decode([harness.new_request()], [bad])
+    rows = [harness.new_request()]
+    assert harness.extend(rows, [[1, 5, 9]]).isfinite().all()
+    assert harness.decode(rows, [12]).isfinite().all()
+
+
+@needs_kernels
 def test_server_info_reports_the_decode_path() -> None:
     assert Engine(str(STORIES), max_total_tokens=1024).get_server_info()["cpu_decode_path"] == "fused-layers"
     quantized = Engine(str(STORIES), max_total_tokens=1024, quantization="int4wo-32")  # int4: not in the loop

@@ -120,6 +120,10 @@ def _declare(lib: ctypes.CDLL) -> None:
             p,
             p,
             p,
+            p,
+            i64,
+            p,
+            p,
             i64,
             i32,
             i32,
@@ -139,8 +143,9 @@ def _declare(lib: ctypes.CDLL) -> None:
             p,
         ],  # fmt: skip
     }
-    # 1: it wrote the argmax it was given (else None: void)
+    # the heads: 1 = it wrote the argmax it was given; the layer loop: 0, or -1 for an input id out of range
     returns = {name: i32 for name in ("radixgen_linear_w8a8", "radixgen_linear_bf16", "radixgen_linear_rows_f32")}
+    returns["radixgen_llama_layers"] = i32
     for name, argtypes in signatures.items():
         fn = getattr(lib, name)
         fn.restype = returns.get(name)

@@ -11,11 +11,14 @@
  * cblas_gemm_bf16bf16f32 over row-major weights (at M = 1 1.7x oneDNN's prepacked GEMM here: bench_cpu_kernels.py).
  * MKL is the library torch itself calls on the CPU; the caller passes the function's address.
  *
- * Per layer, for T tokens (rows of hidden [T, H], updated in place):
+ * For T tokens: hidden [T, H] = the embedding rows of input_ids; per layer
  *   x = rms_norm(hidden);  qkv = x Wqkv^T (+ bias);  RoPE on q, k in place;  k, v -> KV pool at out_loc;
  *   attn = paged_attention(q);  hidden += attn Wo^T;  x = rms_norm(hidden);  gu = x Wgu^T;
  *   act = silu(gate) * up;  hidden += act Wdown^T
- * (the residual adds are the GEMMs' beta = 1). Equal to the module path up to float32 summation order.
+ * (the residual adds are the GEMMs' beta = 1); then out = rms_norm(hidden) with the final norm. The embedding
+ * lookup and the final norm run here too: as torch calls after a forward that streamed the weights through the
+ * caches they took tens of microseconds of a ~1.3 ms int8 step. Equal to the module path up to float32
+ * summation order.
  */
 #include <omp.h>
 #include <stdint.h>
@@ -261,27 +264,33 @@ static void linear_q8(int weights, int64_t wq, int64_t scale, int64_t comp, cons
 /*
  * dtype 0 (float32): gemm is MKL's Fortran sgemm (used above ROWS_GEMM_MAX_T rows) and the projections are
  * stored row-major [out, in], or, with weights WEIGHTS_INT8WO / WEIGHTS_W8A8, int8 (int8_linear.c; gemm unused; the
- * S_* scales and C_* compensations set). dtype 1
- * (bfloat16): gemm is MKL's cblas_gemm_bf16bf16f32 and the projections row-major [out, in]; products are rounded
- * to bfloat16 where transformers' bfloat16 F.linear rounds them, residual sums likewise.
- * weights [num_layers, LAYER_FIELDS]; k_pools / v_pools [num_layers] addresses of each layer's pool storage
- * [S, hkv, D] of the dtype. hidden [T, H] of the dtype, updated in place. positions / out_loc [T] int64;
- * req_to_token / rows / kv_lens as in paged_attention. work: at least T * (H + 2 Q + 2 KV + 3 I) float32 for
- * float32; for bfloat16 as many bfloat16, then 64 bytes of alignment, then T * max(Q + 2 KV, 2 I, H) float32
- * (Q = hq D, KV = hkv D).
+ * S_* scales and C_* compensations set). dtype 1 (bfloat16): gemm is MKL's cblas_gemm_bf16bf16f32 and the
+ * projections row-major [out, in]; products are rounded to bfloat16 where transformers' bfloat16 F.linear rounds
+ * them, residual sums likewise.
+ * input_ids [T] int64 index embed [vocab, H] of the dtype; out [T, H] of the dtype receives the final-normed
+ * hidden states (final_norm [H]). weights [num_layers, LAYER_FIELDS]; k_pools / v_pools [num_layers] addresses of
+ * each layer's pool storage [S, hkv, D] of the dtype. positions / out_loc [T] int64; req_to_token / rows /
+ * kv_lens as in paged_attention. work: at least T * (2 H + 2 Q + 2 KV + 3 I) float32 for float32; for bfloat16
+ * as many bfloat16, then 64 bytes of alignment, then T * max(Q + 2 KV, 2 I, H) float32 (Q = hq D, KV = hkv D).
+ * Returns 0, or -1 (nothing computed) for an input id outside [0, vocab).
  */
-void radixgen_llama_layers(int dtype, int weights_kind, void *gemm, int num_layers, const int64_t *weights, const int64_t *k_pools,
-                           const int64_t *v_pools, void *hidden, int64_t T, int H, int hq, int hkv, int D, int I,
-                           float eps, const int64_t *positions, const float *cos_sin, const int64_t *out_loc,
-                           const int32_t *req_to_token, int64_t rt_stride, const int64_t *rows,
-                           const int64_t *kv_lens, float scale, int64_t min_parallel_work, void *work) {
+int radixgen_llama_layers(int dtype, int weights_kind, void *gemm, int num_layers, const int64_t *weights,
+                          const int64_t *k_pools, const int64_t *v_pools, const int64_t *input_ids, const void *embed,
+                          int64_t vocab, const void *final_norm, void *out, int64_t T, int H, int hq, int hkv, int D,
+                          int I, float eps, const int64_t *positions, const float *cos_sin, const int64_t *out_loc,
+                          const int32_t *req_to_token, int64_t rt_stride, const int64_t *rows,
+                          const int64_t *kv_lens, float scale, int64_t min_parallel_work, void *work) {
     const int Q = hq * D, KV = hkv * D, QKV = Q + 2 * KV;
     const int bf16 = dtype == 1;
     const size_t item = bf16 ? 2 : 4;
-    char *x = (char *)work, *qkv = x + item * T * H, *attn = qkv + item * T * QKV, *gu = attn + item * T * Q;
-    char *act = gu + item * T * 2 * I;
+    char *hidden = (char *)work, *x = hidden + item * T * H, *qkv = x + item * T * H, *attn = qkv + item * T * QKV;
+    char *gu = attn + item * T * Q, *act = gu + item * T * 2 * I;
     float *y = (float *)(((uintptr_t)(act + item * T * I) + 63) & ~(uintptr_t)63); /* bf16: products' float32 */
     float *xb = y; /* int8 weights (float32 activations): linear_q8's scratch */
+    for (int64_t t = 0; t < T; ++t)
+        if (input_ids[t] < 0 || input_ids[t] >= vocab) return -1;
+    for (int64_t t = 0; t < T; ++t)
+        memcpy(hidden + item * t * H, (const char *)embed + item * input_ids[t] * H, item * (size_t)H);
     for (int l = 0; l < num_layers; ++l) {
         const int64_t *w = weights + (int64_t)l * LAYER_FIELDS;
         char *k_pool = (char *)(intptr_t)k_pools[l], *v_pool = (char *)(intptr_t)v_pools[l];
@@ -335,6 +344,8 @@ void radixgen_llama_layers(int dtype, int weights_kind, void *gemm, int num_laye
             linear((sgemm_fn)gemm, (const float *)act, T, I, w_down, H, 1, (float *)hidden);
         }
     }
+    radixgen_rms_norm(dtype, hidden, H, 0, final_norm, out, T, H, eps);
+    return 0;
 }
 
 /*

@@ -1,4 +1,5 @@
-"""``FusedLlamaLayers``: every decoder layer of a float32 or bfloat16 Llama model in one native call per step.
+"""``FusedLlamaLayers``: the embedding lookup, every decoder layer and the final norm of a float32 or bfloat16
+Llama model in one native call per step (and the LM head in a second: ``logits`` / ``logits_int8``).
 
 The C loop (``llama_layers.c``) runs the layers of a decode step or a short extend (the batches the paged
 attention kernel takes) with the fused element-wise kernels and, for the projections, the loop's own float32 kernel
@@ -83,7 +84,7 @@ def _operands(linear: object) -> tuple[int, int, int]:
 
 
 class FusedLlamaLayers:
-    """The per-layer weight addresses of one model and the call that runs its layers (see the module docstring).
+    """The per-layer weight addresses of one model and the call that runs its forward (see the module docstring).
 
     Build with ``FusedLlamaLayers.build(model)``, which returns None where the loop does not apply. The model's
     parameters must stay where they are (they do: weights are fixed after ``process_weights_after_loading``).
@@ -101,6 +102,8 @@ class FusedLlamaLayers:
         self.eps = cfg.rms_norm_eps
         self.scale = cfg.head_dim**-0.5
         self.cos_sin = model.rotary_emb.cos_sin_cache  # [max_positions, D] float32 (stays on the CPU)
+        self.embed = model.model.embed_tokens.weight  # [vocab, hidden_size] of the model dtype (one rank: all rows)
+        self.final_norm = model.model.norm.weight  # [hidden_size]
         rows = []
         for layer in model.model.layers:
             attn, mlp = layer.self_attn, layer.mlp
@@ -232,28 +235,28 @@ class FusedLlamaLayers:
 
     def run(
         self,
-        hidden: torch.Tensor,
+        input_ids: torch.Tensor,
         positions: torch.Tensor,
         out_cache_loc: torch.Tensor,
         pool: TokenToKVPool,
         plan: PagedAttentionPlan,
-    ) -> None:
-        """Run every layer over ``hidden [T, hidden_size]`` of the model dtype (contiguous; updated in place),
-        writing the new tokens' K/V at ``out_cache_loc`` (int64 ``[T]``) into ``pool`` (the model dtype, ``[S, Hkv,
-        D]`` per layer) at ``positions`` (int64 ``[T]``) and attending as ``plan`` says.
+    ) -> torch.Tensor:
+        """The model's hidden states for ``input_ids`` (int64 ``[T]``): the embedding lookup, every layer — writing
+        the new tokens' K/V at ``out_cache_loc`` (int64 ``[T]``) into ``pool`` (the model dtype, ``[S, Hkv, D]``
+        per layer) at ``positions`` (int64 ``[T]``), attending as ``plan`` says — and the final norm, in one native
+        call → ``[T, hidden_size]`` of the model dtype.
 
         Raises:
-            ValueError: a tensor of another dtype, shape or layout than the loop takes (named).
+            ValueError: a tensor of another dtype, shape or layout than the loop takes, or an input id outside
+                the vocabulary (named).
         """
-        num_tokens = hidden.shape[0]
-        if hidden.dtype != self.dtype or not hidden.is_contiguous() or hidden.shape[1] != self.hidden_size:
-            raise ValueError(f"FusedLlamaLayers.run: hidden must be contiguous {self.dtype} [T, {self.hidden_size}]")
+        num_tokens = input_ids.shape[0]
+        if input_ids.dtype != torch.int64 or positions.dtype != torch.int64 or out_cache_loc.dtype != torch.int64:
+            raise ValueError("FusedLlamaLayers.run: input_ids, positions and out_cache_loc must be int64")
         if pool.dtype != self.dtype or pool.num_layers != self.num_layers or plan.num_tokens != num_tokens:
             raise ValueError("FusedLlamaLayers.run: pool must hold the model dtype and layers, plan T tokens")
-        if positions.dtype != torch.int64 or out_cache_loc.dtype != torch.int64:
-            raise ValueError("FusedLlamaLayers.run: positions and out_cache_loc must be int64")
         q, kv, inter = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim, self.intermediate_size
-        activations = num_tokens * (self.hidden_size + 2 * q + 2 * kv + 3 * inter)
+        activations = num_tokens * (2 * self.hidden_size + 2 * q + 2 * kv + 3 * inter)
         if self.dtype == torch.float32 and not self.int8:
             work = torch.empty(activations, dtype=torch.float32)
         elif self.int8:  # float32 activations, 64 bytes of alignment, one product's bfloat16-rounded padded input
@@ -262,14 +265,18 @@ class FusedLlamaLayers:
         else:  # bfloat16 activations, 64 bytes of alignment, the float32 output of one product
             widest = max(q + 2 * kv, 2 * inter, self.hidden_size)
             work = torch.empty(2 * activations + 64 + 4 * num_tokens * widest, dtype=torch.uint8)
+        out = torch.empty((num_tokens, self.hidden_size), dtype=self.dtype)
         k_addr, v_addr = self._pool_addresses(pool)
         rtt, rtt_stride, rows, kv_lens = plan.pointers
-        out_loc = out_cache_loc.contiguous()  # held while the call reads it
+        ids, out_loc = input_ids.contiguous(), out_cache_loc.contiguous()  # held while the call reads them
         shape = (num_tokens, self.hidden_size, self.num_heads, self.num_kv_heads, self.head_dim, inter)
         model = (DTYPE_CODES[self.dtype], self.weights_kind, self.gemm, self.num_layers, self.weights.data_ptr())
+        ends = (ids.data_ptr(), self.embed.data_ptr(), self.embed.shape[0], self.final_norm.data_ptr(), out.data_ptr())
         kv = (k_addr.data_ptr(), v_addr.data_ptr())
         step = (self.eps, positions.data_ptr(), self.cos_sin.data_ptr(), out_loc.data_ptr())
         attention = (rtt, rtt_stride, rows, kv_lens, self.scale, MIN_PARALLEL_WORK)
         lib = load_library()
         assert lib is not None  # build() checked it
-        lib.radixgen_llama_layers(*model, *kv, hidden.data_ptr(), *shape, *step, *attention, work.data_ptr())
+        if lib.radixgen_llama_layers(*model, *kv, *ends, *shape, *step, *attention, work.data_ptr()) != 0:
+            raise ValueError(f"input_ids: token ids must be in [0, {self.embed.shape[0]})")
+        return out

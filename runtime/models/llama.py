@@ -288,12 +288,12 @@ class LlamaForCausalLM(nn.Module):
         """
         if batch.lora is not None and self.tp_group.world_size > 1:
             raise ValueError(f"LoRA is not supported with tensor parallelism (tp_size {self.tp_group.world_size})")
-        hidden = self.model.embed_tokens(batch.input_ids)  # [T, hidden_size]
         plan = batch.metadata.get("paged")  # set by the torch backend for decode steps and short extends
         if self.fused_layers is not None and isinstance(plan, cpu_ops.PagedAttentionPlan) and batch.lora is None:
+            # embedding, layers and final norm in one native call
             pool = batch.token_to_kv_pool
-            self.fused_layers.run(hidden, batch.positions, batch.out_cache_loc, pool, plan)  # in place
-            return self.model.norm(hidden)
+            return self.fused_layers.run(batch.input_ids, batch.positions, batch.out_cache_loc, pool, plan)
+        hidden = self.model.embed_tokens(batch.input_ids)  # [T, hidden_size]
         if self.fused_rope:  # RoPE runs in place on qkv from the cos/sin cache (LlamaAttention.fused_rope_cache)
             cos = sin = hidden
         else:
