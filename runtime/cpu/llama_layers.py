@@ -116,7 +116,9 @@ class FusedLlamaLayers:
             ])  # fmt: skip
         self.weights = torch.tensor(rows, dtype=torch.int64)  # [num_layers, LAYER_FIELDS = 15] addresses
         self.num_layers = len(rows)
-        self._pools: tuple[int, torch.Tensor, torch.Tensor] | None = None  # (id(pool), k addresses, v addresses)
+        # (pool, its k addresses, its v addresses): the pool itself, not its id(), which a pool made after this one
+        # was freed may reuse (the addresses would then be the freed pool's)
+        self._pools: tuple[TokenToKVPool, torch.Tensor, torch.Tensor] | None = None
 
     @property
     def int8(self) -> bool:
@@ -227,10 +229,10 @@ class FusedLlamaLayers:
 
     def _pool_addresses(self, pool: TokenToKVPool) -> tuple[torch.Tensor, torch.Tensor]:
         """Each layer's K and V storage address (int64 ``[num_layers]`` each), cached per pool."""
-        if self._pools is None or self._pools[0] != id(pool):
+        if self._pools is None or self._pools[0] is not pool:
             k = torch.tensor([b.data_ptr() for b in pool.k_buffer], dtype=torch.int64)
             v = torch.tensor([b.data_ptr() for b in pool.v_buffer], dtype=torch.int64)
-            self._pools = (id(pool), k, v)
+            self._pools = (pool, k, v)
         return self._pools[1], self._pools[2]
 
     def run(
