@@ -27,7 +27,8 @@ class ReqToTokenPool:
 
     ``req_to_token``: int32 tensor ``[size, max_context_len]``. Row ``r`` belongs to one running request;
     entry ``[r, p]`` is the KV slot holding that request's token at position ``p``. Unused entries are 0
-    (the padding slot).
+    (the padding slot). ``req_to_token_host``: on the CPU, a numpy view of the same memory (``None`` on other
+    devices), for writes of a few entries without a torch call each (a decode step's new slots).
     """
 
     def __init__(self, size: int, max_context_len: int, device: str | torch.device = "cpu") -> None:
@@ -37,6 +38,7 @@ class ReqToTokenPool:
         self.max_context_len = max_context_len
         self.device = torch.device(device)
         self.req_to_token = torch.zeros((size, max_context_len), dtype=torch.int32, device=self.device)
+        self.req_to_token_host = self.req_to_token.numpy() if self.device.type == "cpu" else None
         self._free: list[int] = list(range(size))
 
     def available_size(self) -> int:
@@ -264,7 +266,8 @@ class TokenSlotAllocator:
     """Free list of KV slots ``1..size`` (slot 0 is the padding slot and never handed out).
 
     ``alloc(n)`` returns the int64 slot indices ``[n]`` or ``None`` when fewer than ``n`` are free; ``free``
-    returns slots. Both are O(n) tensor ops, no per-slot Python loop.
+    returns slots. Both are O(n) tensor ops, no per-slot Python loop; ``alloc`` is one slice (a view) — the free
+    list is a tensor and a head offset, so a decode step's one-slot allocation costs one torch call.
     """
 
     def __init__(self, size: int, device: str | torch.device = "cpu") -> None:
@@ -274,19 +277,30 @@ class TokenSlotAllocator:
         self.device = torch.device(device)
         self.free_slots = torch.arange(1, size + 1, dtype=torch.int64, device=self.device)
 
+    @property
+    def free_slots(self) -> torch.Tensor:
+        """The free slots, int64 ``[available_size()]`` (a view; allocation takes from the front)."""
+        return self._slots[self._head :]
+
+    @free_slots.setter
+    def free_slots(self, slots: torch.Tensor) -> None:
+        self._slots = slots  # int64 [k]: the free list from _head on
+        self._head = 0
+        self._num_free = int(slots.numel())
+
     def available_size(self) -> int:
         """Number of free slots (tokens)."""
-        return int(self.free_slots.numel())
+        return self._num_free
 
     def alloc(self, n: int) -> torch.Tensor | None:
         """Take ``n`` free slots: int64 ``[n]``, or ``None`` if fewer than ``n`` are free."""
         if n < 0:
             raise ValueError(f"TokenSlotAllocator.alloc: n must be >= 0, got {n}")
-        if n > self.free_slots.numel():
+        if n > self._num_free:
             return None
-        out = self.free_slots[:n]
-        self.free_slots = self.free_slots[n:]
-        return out
+        head = self._head
+        self._head, self._num_free = head + n, self._num_free - n
+        return self._slots[head : head + n]
 
     def free(self, slots: torch.Tensor) -> None:
         """Return slots (int64 ``[k]``) to the free list."""
