@@ -12,7 +12,7 @@ from radixgen.radix import ReqToTokenPool, TokenSlotAllocator, TokenToKVPool
 from radixgen.runtime.attention import create_attention_backend
 from radixgen.runtime.cpu_threads import ThreadGovernor, available_cores
 from radixgen.runtime.distributed import TensorParallelGroup
-from radixgen.runtime.forward_batch import ForwardBatch, ForwardMode
+from radixgen.runtime.forward_batch import DecodeStaging, ForwardBatch, ForwardMode
 from radixgen.runtime.models import ModelConfig, load_model
 from radixgen.runtime.models.loader import resolve_quantization
 from radixgen.runtime.server_args import ServerArgs
@@ -108,6 +108,8 @@ class ModelRunner:
             total, cfg.num_hidden_layers, kv_heads, cfg.head_dim, self.dtype, self.device, args.kv_cache_dtype
         )
         self.allocator = TokenSlotAllocator(total, self.device)
+        # the int64 vectors of CPU decode steps, written in place (forward_batch.DecodeStaging)
+        self.decode_staging = DecodeStaging() if self.device.type == "cpu" else None
         # default: a quarter of the pool — enough for the decode batch of typical workloads, while the process
         # stays within weights + KV pool + 1 GiB (issue 7) when the whole pool is in use. The dense copy holds
         # K/V in the model dtype, so a quantized pool's quarter is counted in model-dtype bytes (the same number
@@ -196,6 +198,7 @@ class ModelRunner:
             self.req_to_token_pool,
             self.token_to_kv_pool,
             self.attn_backend,
+            self.decode_staging,
         )
         self.attn_backend.init_forward_metadata(batch)
         if self.lora_manager is not None:
@@ -203,16 +206,17 @@ class ModelRunner:
         return batch
 
     @torch.inference_mode()
-    def run(self, batch: ForwardBatch, logits_rows: torch.Tensor) -> torch.Tensor:
-        """The model forward over a prepared batch: float32 logits ``[len(logits_rows), vocab]``; a decode step
-        whose LM head took each row's argmax in passing leaves it in ``batch.greedy_ids``."""
+    def run(self, batch: ForwardBatch, logits_rows: torch.Tensor | None) -> torch.Tensor:
+        """The model forward over a prepared batch: float32 logits ``[len(logits_rows), vocab]`` (``None``: every
+        new token's row, in order — ``[num_tokens, vocab]``); a decode step whose LM head took each row's argmax
+        in passing leaves it in ``batch.greedy_ids``."""
         if self.thread_governor is not None:
             self.thread_governor.maybe_adjust()
         hidden = self.model(batch)  # [num_tokens, hidden]
-        if logits_rows.numel() == 0:
-            return torch.empty((0, self.vocab_size), dtype=torch.float32)
-        if batch.mode == ForwardMode.DECODE and logits_rows.numel() == hidden.shape[0]:
+        if logits_rows is None or (batch.mode == ForwardMode.DECODE and logits_rows.numel() == hidden.shape[0]):
             # a decode step's rows: one per request, in order (ScheduleBatch.build) — no gather
             logits, batch.greedy_ids = self.model.compute_logits_and_argmax(hidden)  # [bs, vocab], [bs] or None
             return logits
+        if logits_rows.numel() == 0:
+            return torch.empty((0, self.vocab_size), dtype=torch.float32)
         return self.model.compute_logits(hidden[logits_rows.to(hidden.device)])  # [k, vocab]

@@ -110,6 +110,12 @@ class ScheduleBatch:
         return torch.tensor(self.logits_rows, dtype=torch.int64)
 
     @property
+    def every_token_row(self) -> bool:
+        """A decode step in which every request samples: the logits rows are the new tokens, in order (the model
+        runner then takes them without an index tensor or a gather)."""
+        return self.mode == ForwardMode.DECODE and len(self.logits_rows) == len(self.input_ids)
+
+    @property
     def is_verify(self) -> bool:
         """A speculative verify forward (running requests, K + 1 positions each), not a prefill."""
         return self.drafts is not None

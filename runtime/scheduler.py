@@ -286,7 +286,7 @@ class Scheduler:
             logits = self.runner.forward(batch, batch.logits_rows_tensor())
         else:
             forward_batch = prepare(batch)
-            rows = batch.logits_rows_tensor()
+            rows = None if batch.every_token_row else batch.logits_rows_tensor()
             self.step_timer.lap("prepare")
             logits = self.runner.run(forward_batch, rows)  # type: ignore[attr-defined]
             batch.greedy_ids = forward_batch.greedy_ids

@@ -92,6 +92,7 @@ def follow(runner: ModelRunner, channel: TPBroadcast) -> None:
         batch = ForwardBatch.build(
             ForwardMode(fp.mode), fp.input_ids, fp.req_pool_indices, fp.prefix_lens, fp.extend_lens,
             fp.out_cache_loc, runner.req_to_token_pool, runner.token_to_kv_pool, runner.attn_backend,
+            runner.decode_staging,
         )  # fmt: skip
         runner.attn_backend.init_forward_metadata(batch)
         runner.run(batch, fp.logits_rows)

@@ -76,6 +76,7 @@ class TorchAttentionBackend(AttentionBackend):
         self._kernel_pool: tuple[TokenToKVPool, bool] | None = None  # (pool, use_cpu_kernel(pool)), decided once
         self._groups_key: tuple[int, ...] | None = None  # request rows of the batch the groups were found for
         self._groups: list[tuple[list[int], int]] = []
+        self._paged: cpu_ops.PagedAttentionPlan | None = None  # the last decode step's plan (see _paged_plan)
 
     def _decode_groups(self, batch: ForwardBatch) -> list[tuple[list[int], int]]:
         """Shared-prefix groups of a decode batch, found again only when the batch's request rows change (decode
@@ -109,6 +110,19 @@ class TorchAttentionBackend(AttentionBackend):
         rows = torch.repeat_interleave(batch.req_pool_indices, batch.extend_seq_lens)  # [T]
         return rows, batch.positions + 1
 
+    def _paged_plan(self, batch: ForwardBatch) -> cpu_ops.PagedAttentionPlan:
+        """The CPU kernel's plan; a decode step whose row and length vectors are the previous decode step's tensors
+        (a model runner's ``DecodeStaging`` writes them in place while the batch size stays) reuses its plan, which
+        holds those tensors and reads them when it runs."""
+        table = batch.req_to_token_pool.req_to_token
+        rows, kv_lens = self._paged_plan_rows(batch)
+        plan = self._paged
+        if plan is not None and plan.rows is rows and plan.kv_lens is kv_lens and plan.req_to_token is table:
+            return plan
+        plan = cpu_ops.PagedAttentionPlan(table, rows, kv_lens)
+        self._paged = plan if batch.mode == ForwardMode.DECODE else None
+        return plan
+
     def init_forward_metadata(self, batch: ForwardBatch) -> None:
         meta = batch.metadata
         pool = batch.token_to_kv_pool
@@ -116,8 +130,7 @@ class TorchAttentionBackend(AttentionBackend):
             if batch.mode == ForwardMode.DECODE or max(batch.extend_seq_lens_cpu) <= PAGED_EXTEND_MAX_TOKENS:
                 if batch.mode == ForwardMode.EXTEND and self.dense is not None:
                     self.dense.invalidate()
-                rows, kv_lens = self._paged_plan_rows(batch)
-                meta["paged"] = cpu_ops.PagedAttentionPlan(batch.req_to_token_pool.req_to_token, rows, kv_lens)
+                meta["paged"] = self._paged_plan(batch)
                 return
         if batch.mode == ForwardMode.DECODE:
             table = batch.req_to_token_pool.req_to_token
