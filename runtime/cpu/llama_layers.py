@@ -43,6 +43,9 @@ _GEMMS = {torch.float32: "sgemm_", torch.bfloat16: "cblas_gemm_bf16bf16f32"}
 #: rows a float32 LM head takes the loop's row kernel for (ROWS_GEMM_MAX_T in llama_layers.c; see
 #: FusedLlamaLayers.logits)
 ROWS_KERNEL_TOKENS = range(1, 33)
+#: bytes of native scratch (activations, quantized rows) kept from one call to the next: a decode batch's needs
+#: stay below it, so steps do not allocate theirs; a long extend's is allocated for its call
+SCRATCH_KEEP_BYTES = 8 * 2**20
 
 
 @cache
@@ -119,6 +122,19 @@ class FusedLlamaLayers:
         # (pool, its k addresses, its v addresses): the pool itself, not its id(), which a pool made after this one
         # was freed may reuse (the addresses would then be the freed pool's)
         self._pools: tuple[TokenToKVPool, torch.Tensor, torch.Tensor] | None = None
+        self._kept_scratch: torch.Tensor | None = None  # uint8, see _scratch
+
+    def _scratch(self, nbytes: int) -> torch.Tensor:
+        """uint8 scratch of at least ``nbytes`` for one native call (64-byte aligned: torch's CPU allocator). A
+        scratch of up to ``SCRATCH_KEEP_BYTES`` is kept and handed to the next call (the calls run one at a time
+        and nothing reads a scratch after its call)."""
+        kept = self._kept_scratch
+        if kept is not None and kept.numel() >= nbytes:
+            return kept
+        scratch = torch.empty(nbytes, dtype=torch.uint8)
+        if nbytes <= SCRATCH_KEEP_BYTES:
+            self._kept_scratch = scratch
+        return scratch
 
     @property
     def int8(self) -> bool:
@@ -210,7 +226,7 @@ class FusedLlamaLayers:
         assert lib is not None  # build() checked it
         if isinstance(head, W8A8Int8Linear):
             # one scratch: the token scales (float32 [n]), then 64-byte aligned the quantized rows (uint8 [n, Kp])
-            scratch = torch.empty(4 * rows + 64 + rows * (head.in_features + head.k_pad), dtype=torch.uint8)
+            scratch = self._scratch(4 * rows + 64 + rows * (head.in_features + head.k_pad))
             scales = scratch.data_ptr()
             quantized = (scales + 4 * rows + 63) & ~63
             argmax = torch.empty(rows, dtype=torch.int64)
@@ -220,7 +236,7 @@ class FusedLlamaLayers:
                 argmax.data_ptr(),
             )  # fmt: skip
             return out, argmax if took else None
-        scratch = torch.empty(rows * (head.in_features + head.k_pad), dtype=torch.float32)
+        scratch = self._scratch(4 * rows * (head.in_features + head.k_pad))  # float32 [n, Kp]
         lib.radixgen_linear_int8(
             x.data_ptr(), rows, head.in_features, head.qdata.data_ptr(), head.scale.data_ptr(),
             head.out_features, 0, out.data_ptr(), scratch.data_ptr(),
@@ -259,14 +275,14 @@ class FusedLlamaLayers:
             raise ValueError("FusedLlamaLayers.run: pool must hold the model dtype and layers, plan T tokens")
         q, kv, inter = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim, self.intermediate_size
         activations = num_tokens * (2 * self.hidden_size + 2 * q + 2 * kv + 3 * inter)
-        if self.dtype == torch.float32 and not self.int8:
-            work = torch.empty(activations, dtype=torch.float32)
+        if self.dtype == torch.float32 and not self.int8:  # float32 activations
+            work = self._scratch(4 * activations)
         elif self.int8:  # float32 activations, 64 bytes of alignment, one product's bfloat16-rounded padded input
             widest = max(self.hidden_size, q, inter) + 16
-            work = torch.empty(4 * activations + 64 + 4 * num_tokens * widest, dtype=torch.uint8)
+            work = self._scratch(4 * activations + 64 + 4 * num_tokens * widest)
         else:  # bfloat16 activations, 64 bytes of alignment, the float32 output of one product
             widest = max(q + 2 * kv, 2 * inter, self.hidden_size)
-            work = torch.empty(2 * activations + 64 + 4 * num_tokens * widest, dtype=torch.uint8)
+            work = self._scratch(2 * activations + 64 + 4 * num_tokens * widest)
         out = torch.empty((num_tokens, self.hidden_size), dtype=self.dtype)
         k_addr, v_addr = self._pool_addresses(pool)
         rtt, rtt_stride, rows, kv_lens = plan.pointers
