@@ -13,7 +13,7 @@ import torch
 from radixgen.radix.memory_pool import ReqToTokenPool, TokenSlotAllocator, TokenToKVPool
 from radixgen.runtime.attention.base import AttentionBackend
 from radixgen.runtime.attention.torch_backend import TorchAttentionBackend
-from radixgen.runtime.forward_batch import ForwardBatch, ForwardMode
+from radixgen.runtime.forward_batch import DecodeStaging, ForwardBatch, ForwardMode
 from radixgen.runtime.lora.manager import LoRAManager
 from radixgen.runtime.models.llama import LlamaForCausalLM
 
@@ -30,6 +30,9 @@ class KVHarness:
         backend: the attention backend (default: the torch backend).
         kv_cache_dtype: the KV pool's storage (``auto`` = the model dtype, ``int8``, ``fp8_e4m3``, ``fp8_e5m2``).
         lora: a LoRAManager; ``extend`` / ``decode`` then take each request's adapter name (None: base model).
+        staging: decode steps build their int64 vectors in it, as a CPU model runner's do (``DecodeStaging``).
+    Attributes:
+        last_batch: the ForwardBatch of the latest forward.
     """
 
     def __init__(
@@ -41,6 +44,7 @@ class KVHarness:
         backend: AttentionBackend | None = None,
         kv_cache_dtype: str = "auto",
         lora: LoRAManager | None = None,
+        staging: DecodeStaging | None = None,
     ):
         cfg = model.config
         device = next(model.parameters()).device
@@ -57,6 +61,8 @@ class KVHarness:
         self.backend = backend or TorchAttentionBackend()
         self.seq_lens: dict[int, int] = {}
         self.lora = lora
+        self.staging = staging
+        self.last_batch: ForwardBatch | None = None
 
     def new_request(self) -> int:
         """Allocate a request row (its sequence starts empty)."""
@@ -97,7 +103,9 @@ class KVHarness:
             self.req_pool,
             self.kv_pool,
             self.backend,
+            self.staging,
         )
+        self.last_batch = batch
         self.backend.init_forward_metadata(batch)
         if self.lora is not None:
             batch.lora = self.lora.prepare(loras or [None] * len(rows), extend_lens)

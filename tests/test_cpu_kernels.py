@@ -441,6 +441,38 @@ def test_fused_layer_loop_writes_the_pool_it_is_given(monkeypatch: pytest.Monkey
 
 
 @needs_kernels
+def test_decode_staging_reuses_vectors_and_plan_with_the_same_logits() -> None:
+    """Decode steps built in a DecodeStaging (as a CPU model runner's are) give exactly the logits of steps built
+    afresh; while the batch size stays they reuse the staging's int64 views and the backend's attention plan, and
+    a step of another batch size gets new ones."""
+    from model_harness import KVHarness
+
+    from radixgen.runtime.forward_batch import DecodeStaging
+    from radixgen.runtime.models import ModelConfig, load_model
+
+    model = load_model(ModelConfig.from_pretrained(STORIES), dtype=torch.float32, load_format="auto", seed=0)
+    runs = []
+    for staging in (None, DecodeStaging()):
+        harness = KVHarness(model, backend=TorchAttentionBackend(cpu_kernel=True), staging=staging)
+        rows = [harness.new_request(), harness.new_request()]
+        logits = [harness.extend(rows, [[1, 5, 9, 12], [1, 3]])]
+        seen = []  # (positions view, attention plan) of every decode step
+        for step in range(5):
+            if step == 3:  # a third request joins: batch size 3
+                rows.append(harness.new_request())
+                logits.append(harness.extend(rows[2:], [[1, 7, 7]]))
+            logits.append(harness.decode(rows, [20 + step + i for i in range(len(rows))]))
+            batch = harness.last_batch
+            assert batch is not None and batch.positions.tolist() == [harness.seq_lens[r] - 1 for r in rows]
+            seen.append((batch.positions, batch.metadata["paged"]))
+        runs.append(torch.cat(logits))
+        same = [seen[i][0] is seen[i + 1][0] and seen[i][1] is seen[i + 1][1] for i in range(4)]
+        # steps 0-2 at batch 2, 3-4 at batch 3: reused within each, new between them (with a staging only)
+        assert same == ([True, True, False, True] if staging is not None else [False] * 4), same
+    torch.testing.assert_close(runs[0], runs[1], atol=0, rtol=0)
+
+
+@needs_kernels
 def test_server_info_reports_the_decode_path() -> None:
     assert Engine(str(STORIES), max_total_tokens=1024).get_server_info()["cpu_decode_path"] == "fused-layers"
     quantized = Engine(str(STORIES), max_total_tokens=1024, quantization="int4wo-32")  # int4: not in the loop
