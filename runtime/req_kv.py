@@ -82,17 +82,16 @@ class ReqKVManager:
     def write_slots(self, items: list[tuple[Req, int]], slots: torch.Tensor) -> None:
         """Record new slots in ``req_to_token``: each request's ``n`` new tokens follow its ``kv_len``."""
         table = self.req_to_token_pool.req_to_token
-        host = self.req_to_token_pool.req_to_token_host
-        if all(n == 1 for _, n in items) and host is not None:  # CPU decode: numpy writes, one torch call at most
-            if len(items) == 1:
+        if all(n == 1 for _, n in items):  # decode: one slot per request
+            host = self.req_to_token_pool.req_to_token_host
+            if host is None:  # one vectorised write on the device
+                rows = torch.tensor([r.req_pool_idx for r, _ in items], dtype=torch.int64, device=table.device)
+                cols = torch.tensor([r.kv_len for r, _ in items], dtype=torch.int64, device=table.device)
+                table[rows, cols] = slots.to(torch.int32)
+            elif len(items) == 1:  # CPU: numpy writes, one torch call at most
                 host[items[0][0].req_pool_idx, items[0][0].kv_len] = slots.item()
             else:
                 host[[r.req_pool_idx for r, _ in items], [r.kv_len for r, _ in items]] = slots.numpy()
-            return
-        if all(n == 1 for _, n in items):  # decode: one slot per request, one vectorised write
-            rows = torch.tensor([r.req_pool_idx for r, _ in items], dtype=torch.int64, device=table.device)
-            cols = torch.tensor([r.kv_len for r, _ in items], dtype=torch.int64, device=table.device)
-            table[rows, cols] = slots.to(torch.int32)
             return
         offset = 0
         for req, n in items:
